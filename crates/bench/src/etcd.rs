@@ -1,0 +1,95 @@
+//! A 3-member etcd cluster (Debian's `etcd-server`) on loopback, for comparison.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+pub struct EtcdCluster {
+    pub endpoints: Vec<String>,
+    children: Vec<Child>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl EtcdCluster {
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
+    }
+
+    pub async fn start(dir: &Path) -> Result<EtcdCluster> {
+        let bin = which("etcd").context("etcd is not installed: `make deps` installs Debian's etcd-server")?;
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_>>()?;
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("e{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut children = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let log = std::fs::File::create(dir.join(format!("etcd-{i}.log")))?;
+            let child = Command::new(&bin)
+                .args([
+                    "--name",
+                    &format!("e{i}"),
+                    "--data-dir",
+                    dir.join(format!("etcd-{i}")).to_str().expect("utf-8 path"),
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                    "--listen-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                    "--initial-cluster",
+                    &initial.join(","),
+                    "--initial-cluster-state",
+                    "new",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("spawn etcd")?;
+            children.push(child);
+            endpoints.push(format!("127.0.0.1:{client}"));
+        }
+        let cluster = EtcdCluster { endpoints, children };
+        // Ready when a write succeeds.
+        let eps = cluster.endpoints.clone();
+        let ready = flotilla_tests::wait_until(Duration::from_secs(30), || {
+            let eps = eps.clone();
+            async move {
+                let mut c = etcd_client::Client::connect(&eps, None).await.ok()?;
+                c.put("ready", "1", None).await.ok().map(|_| ())
+            }
+        })
+        .await;
+        if ready.is_none() {
+            bail!("etcd did not accept a write within 30 s (logs in {})", dir.display());
+        }
+        Ok(cluster)
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+}

@@ -1,0 +1,145 @@
+//! `flotilla-bench store`: replicated writes of 256-byte values, Flotilla against etcd, same
+//! load generator, same run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use flotilla_rpc::StoreClient;
+use flotilla_tests::{Cluster, Options};
+use serde::Serialize;
+
+use crate::etcd::EtcdCluster;
+use crate::load::{self, rss_mib, LoadResult};
+
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    /// How long each load level runs.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Concurrent clients, one run per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    clients: Vec<usize>,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Also write the figures and ratios as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    system: &'static str,
+    #[serde(flatten)]
+    load: LoadResult,
+    rss_mib_per_node: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    value_size: usize,
+    duration_s: f64,
+    rows: Vec<Row>,
+    /// Per client count: Flotilla ÷ etcd writes/s, and Flotilla ÷ etcd p99.
+    ratios: Vec<serde_json::Value>,
+}
+
+fn mean_rss(pids: &[u32]) -> f64 {
+    let v: Vec<f64> = pids.iter().filter_map(|p| rss_mib(*p)).collect();
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+pub async fn run(args: StoreArgs) -> Result<()> {
+    let value = Arc::new(vec![b'x'; args.value_size]);
+    let dir = tempfile::Builder::new().prefix("flotilla-bench-").tempdir()?;
+    let mut rows = Vec::new();
+
+    eprintln!("starting a 3-node Flotilla cluster and a 3-member etcd ...");
+    let flotilla = Cluster::start(3, Options::default()).await?;
+    let etcd = EtcdCluster::start(dir.path()).await?;
+    let flotilla_pids: Vec<u32> = flotilla.nodes.iter().filter_map(|n| n.pid()).collect();
+    let clients: Arc<Vec<StoreClient>> = Arc::new(flotilla.live_clients());
+    let etcd_client = etcd_client::Client::connect(&etcd.endpoints, None).await?;
+
+    // Interleave the systems at each load level so that machine noise hits both alike.
+    for (round, &n) in args.clients.iter().enumerate() {
+        eprintln!("flotilla: {n} clients for {:?} ...", args.duration);
+        let (c, v) = (Arc::clone(&clients), Arc::clone(&value));
+        let result = load::run(n, args.duration, move |client, i| {
+            let (c, v) = (Arc::clone(&c), Arc::clone(&v));
+            async move {
+                let node = &c[client % c.len()];
+                node.create(&format!("/bench/{round}/{client}/{i}"), v.as_slice().to_vec())
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+        rows.push(Row {
+            system: "flotilla",
+            load: result,
+            rss_mib_per_node: mean_rss(&flotilla_pids),
+        });
+
+        eprintln!("etcd: {n} clients for {:?} ...", args.duration);
+        let (kv, v) = (etcd_client.kv_client(), Arc::clone(&value));
+        let result = load::run(n, args.duration, move |client, i| {
+            let (mut kv, v) = (kv.clone(), Arc::clone(&v));
+            async move {
+                kv.put(format!("/bench/{round}/{client}/{i}"), v.as_slice().to_vec(), None)
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+        rows.push(Row {
+            system: "etcd 3.4",
+            load: result,
+            rss_mib_per_node: mean_rss(&etcd.pids()),
+        });
+    }
+
+    println!(
+        "\n{:<10} {:>7} {:>10} {:>9} {:>9} {:>8} {:>10}",
+        "system", "clients", "writes/s", "p50 ms", "p99 ms", "errors", "RSS MiB"
+    );
+    for r in &rows {
+        println!(
+            "{:<10} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>10.1}",
+            r.system, r.load.clients, r.load.ops_per_sec, r.load.p50_ms, r.load.p99_ms, r.load.errors, r.rss_mib_per_node
+        );
+    }
+    let mut ratios = Vec::new();
+    for pair in rows.chunks(2) {
+        if let [f, e] = pair {
+            let tput = f.load.ops_per_sec / e.load.ops_per_sec.max(f64::MIN_POSITIVE);
+            let p99 = f.load.p99_ms / e.load.p99_ms.max(f64::MIN_POSITIVE);
+            println!(
+                "{} clients: flotilla/etcd writes/s = {tput:.2}x, p99 = {p99:.2}x",
+                f.load.clients
+            );
+            ratios.push(serde_json::json!({
+                "clients": f.load.clients,
+                "writes_per_sec_ratio": tput,
+                "p99_ratio": p99,
+            }));
+        }
+    }
+    if let Some(path) = args.json {
+        let report = Report {
+            value_size: args.value_size,
+            duration_s: args.duration.as_secs_f64(),
+            rows,
+            ratios,
+        };
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! `flotilla`: one binary for every node.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use flotilla_raft::{NodeConfig, RaftNode};
+
+#[derive(Parser)]
+#[command(name = "flotilla", version, about = "A container orchestrator: one binary, Raft inside")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: bootstrap a new cluster, join one through a seed, or resume from the data dir.
+    Node(NodeArgs),
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// This node's name, unique in the cluster.
+    #[arg(long)]
+    name: String,
+    /// Where the node keeps its state (RocksDB, snapshots).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The IP address other nodes reach this one at.
+    #[arg(long)]
+    advertise: IpAddr,
+    /// Port of the node-to-node gRPC endpoint (0 picks a free one on first start).
+    #[arg(long, default_value_t = 7443)]
+    peer_port: u16,
+    /// HOST:PORT of a node of the cluster to join. Ignored when the data dir has state.
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
+    /// How long to keep trying to reach the seed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    join_timeout: Duration,
+    /// Build a snapshot after this many log entries.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_threshold: u64,
+    /// Log entries kept after a snapshot for followers that lag a little.
+    #[arg(long, default_value_t = 1_000)]
+    snapshot_keep_logs: u64,
+    /// Changes kept in memory for watchers; an older watch start gets "compacted".
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    watch_window: u64,
+}
+
+impl NodeArgs {
+    fn config(&self) -> Result<NodeConfig, String> {
+        if let Some(seed) = &self.join {
+            let port_ok = seed.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(format!("invalid value '{seed}' for '--join <HOST:PORT>': expected HOST:PORT"));
+            }
+        }
+        let mut c = NodeConfig::new(&self.name, &self.data_dir, self.advertise);
+        c.peer_port = self.peer_port;
+        c.join = self.join.clone();
+        c.join_timeout = self.join_timeout;
+        c.snapshot_threshold = self.snapshot_threshold;
+        c.snapshot_keep_logs = self.snapshot_keep_logs;
+        c.watch_window = self.watch_window as usize;
+        Ok(c)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    flotilla_util::init_tracing("info,openraft=warn,h2=warn,tower=warn");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("flotilla: error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Node(args) => runtime.block_on(run_node(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("flotilla: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_node(args: NodeArgs) -> Result<(), String> {
+    let config = args.config()?;
+    let node = RaftNode::start(config).await.map_err(|e| e.to_string())?;
+    let status = node.status();
+    tracing::info!(name = %node.name, id = %node.id, addr = %node.addr, cluster = %node.cluster_id, role = %status.role, "node ready");
+    // One machine-readable line on stdout for tools and tests.
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "ready",
+            "name": node.name,
+            "node_id": node.id,
+            "peer_addr": node.addr,
+            "cluster_id": node.cluster_id,
+        })
+    );
+
+    wait_for_signal().await.map_err(|e| format!("cannot listen for signals: {e}"))?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

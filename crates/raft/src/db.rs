@@ -1,0 +1,139 @@
+//! The RocksDB database of one node: column families, the node's identity, and open errors.
+//!
+//! | column family | keys | values |
+//! |---|---|---|
+//! | `meta` | `identity`, `vote`, `committed`, `last_purged` | JSON identity, postcard Raft state |
+//! | `log` | log index, 8 bytes big-endian | postcard [`crate::types::Entry`] |
+//! | `data` | the store's keys | [`flotilla_store::Record`] encoding |
+//! | `sm` | `last_applied`, `membership` | postcard state-machine metadata |
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+use serde::{Deserialize, Serialize};
+
+pub const CF_META: &str = "meta";
+pub const CF_LOG: &str = "log";
+pub const CF_DATA: &str = "data";
+pub const CF_SM: &str = "sm";
+
+pub const KEY_IDENTITY: &[u8] = b"identity";
+pub const KEY_VOTE: &[u8] = b"vote";
+pub const KEY_COMMITTED: &[u8] = b"committed";
+pub const KEY_LAST_PURGED: &[u8] = b"last_purged";
+pub const KEY_LAST_APPLIED: &[u8] = b"last_applied";
+pub const KEY_MEMBERSHIP: &[u8] = b"membership";
+
+/// An upper bound above every key of the `data` family: UTF-8 never contains the byte 0xFF.
+pub const DATA_END: &[u8] = &[0xff];
+
+/// Who this node is, kept with its data so that a restart resumes the same member.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub node_id: u64,
+    pub name: String,
+    /// `host:port` of the peer endpoint.
+    pub addr: String,
+    /// Set once the node has bootstrapped or joined a cluster.
+    pub cluster_id: Option<String>,
+}
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data dir {dir}: {source}")]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data dir {dir} is corrupt (RocksDB: {detail}); restore it from a snapshot or remove it and rejoin")]
+    Corrupt { dir: PathBuf, detail: String },
+    #[error("data dir {dir} is in use by another process (RocksDB: {detail})")]
+    Locked { dir: PathBuf, detail: String },
+    #[error("cannot open data dir {dir}: {detail}")]
+    Other { dir: PathBuf, detail: String },
+    #[error("data dir {dir} holds an unreadable identity record: {detail}")]
+    BadIdentity { dir: PathBuf, detail: String },
+}
+
+/// The database handle shared by the log store, the state machine and readers.
+pub struct Db {
+    pub db: DB,
+    pub dir: PathBuf,
+}
+
+impl Db {
+    /// Opens (or creates) the database under `dir/db`.
+    pub fn open(dir: &Path) -> Result<Arc<Db>, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("db");
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_paranoid_checks(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(3);
+        let cfs = [CF_META, CF_LOG, CF_DATA, CF_SM].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| classify(dir, e))?;
+        Ok(Arc::new(Db {
+            db,
+            dir: dir.to_path_buf(),
+        }))
+    }
+
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        // The four families are created on open, so a missing one is a bug, not an input error.
+        self.db.cf_handle(name).expect("column family created on open")
+    }
+
+    pub fn identity(&self) -> Result<Option<Identity>, OpenError> {
+        let bad = |detail: String| OpenError::BadIdentity {
+            dir: self.dir.clone(),
+            detail,
+        };
+        match self.db.get_cf(self.cf(CF_META), KEY_IDENTITY) {
+            Ok(None) => Ok(None),
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).map(Some).map_err(|e| bad(e.to_string())),
+            Err(e) => Err(classify(&self.dir, e)),
+        }
+    }
+
+    pub fn save_identity(&self, identity: &Identity) -> Result<(), rocksdb::Error> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        let bytes = serde_json::to_vec(identity).expect("identity serialises to JSON");
+        self.db.put_cf_opt(self.cf(CF_META), KEY_IDENTITY, bytes, &opts)
+    }
+}
+
+fn classify(dir: &Path, e: rocksdb::Error) -> OpenError {
+    let detail = e.to_string();
+    let dir = dir.to_path_buf();
+    match e.kind() {
+        rocksdb::ErrorKind::Corruption => OpenError::Corrupt { dir, detail },
+        _ if detail.contains("lock") || detail.contains("Resource temporarily unavailable") => {
+            OpenError::Locked { dir, detail }
+        }
+        // A truncated or garbled MANIFEST/CURRENT can also surface as an I/O or invalid-argument
+        // error; both mean the directory does not hold a usable database.
+        rocksdb::ErrorKind::InvalidArgument | rocksdb::ErrorKind::IOError
+            if detail.contains("CURRENT") || detail.contains("MANIFEST") || detail.contains("corrupt") =>
+        {
+            OpenError::Corrupt { dir, detail }
+        }
+        _ => OpenError::Other { dir, detail },
+    }
+}
+
+pub fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub fn index_from_key(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}

@@ -1,0 +1,19 @@
+//! Flotilla's replicated store: openraft with RocksDB log storage and state machine, snapshots
+//! streamed in chunks, and a gRPC transport. [`RaftNode`] implements the store contract of
+//! `flotilla-store` for everything above it.
+
+mod db;
+mod log_store;
+mod membership;
+mod network;
+mod node;
+mod service;
+mod snapshot;
+mod state_machine;
+mod types;
+
+pub use db::{Identity, OpenError};
+pub use membership::{promotions, target_voters};
+pub use node::{NodeConfig, RaftNode, StartError};
+pub use state_machine::Replica;
+pub use types::{Member, NodeId, TypeConfig};

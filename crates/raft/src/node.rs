@@ -1,0 +1,628 @@
+//! A replicated node: opens the database, starts Raft and the gRPC services, and bootstraps,
+//! joins or resumes a cluster. [`RaftNode`] is the store for everything above it: proposals are
+//! forwarded to the leader, linearizable reads take a read index from the leader.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use flotilla_rpc::pb;
+use flotilla_rpc::pb::cluster_client::ClusterClient;
+use flotilla_rpc::pb::store_client::StoreClient as PbStoreClient;
+use flotilla_rpc::{command_to_pb, error_from_pb};
+use flotilla_store::{Command, Engine, Proposer, Revision, StoreError};
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::async_runtime::WatchReceiver;
+use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::db::{Db, Identity, OpenError};
+use crate::log_store::LogStore;
+use crate::network::{lazy_channel, Network};
+use crate::snapshot::SnapshotDir;
+use crate::state_machine::{Replica, StateMachine};
+use crate::types::{Member, NodeId, Raft};
+
+/// How a node is started (the `flotilla node` flags).
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub advertise: IpAddr,
+    /// 0 picks a free port on first start; a restart reuses the recorded one.
+    pub peer_port: u16,
+    pub join: Option<String>,
+    /// How long to keep trying to reach the seed when joining.
+    pub join_timeout: Duration,
+    /// Build a snapshot after this many log entries.
+    pub snapshot_threshold: u64,
+    /// Log entries kept after a snapshot, for followers that lag a little.
+    pub snapshot_keep_logs: u64,
+    /// Changes kept in memory for watchers.
+    pub watch_window: usize,
+    /// How long a proposal or read may wait for a leader and a quorum.
+    pub request_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(name: impl Into<String>, data_dir: impl Into<PathBuf>, advertise: IpAddr) -> Self {
+        Self {
+            name: name.into(),
+            data_dir: data_dir.into(),
+            advertise,
+            peer_port: 7443,
+            join: None,
+            join_timeout: Duration::from_secs(30),
+            snapshot_threshold: 10_000,
+            snapshot_keep_logs: 1_000,
+            watch_window: 100_000,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a node could not start. Each is one clear line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("data dir {dir} belongs to cluster {ours}, but seed {seed} belongs to cluster {theirs}")]
+    OtherCluster {
+        dir: PathBuf,
+        ours: String,
+        seed: String,
+        theirs: String,
+    },
+    #[error("cannot reach seed {seed} within {secs} s: {detail}")]
+    SeedUnreachable { seed: String, secs: u64, detail: String },
+    #[error("seed {seed} refused the join: {detail}")]
+    JoinRefused { seed: String, detail: String },
+    #[error("peer port {addr} is already in use")]
+    PortInUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write to data dir {dir}: {detail}")]
+    Storage { dir: PathBuf, detail: String },
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("bootstrap did not elect this node leader within {secs} s")]
+    BootstrapTimeout { secs: u64 },
+}
+
+/// A running member of the cluster.
+pub struct RaftNode {
+    pub id: NodeId,
+    pub name: String,
+    pub cluster_id: String,
+    pub addr: String,
+    pub raft: Raft,
+    pub replica: Replica,
+    pub(crate) snapshots: SnapshotDir,
+    network: Network,
+    request_timeout: Duration,
+    shutdown: CancellationToken,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+enum Mode {
+    Bootstrap,
+    Join(String),
+    Resume,
+}
+
+fn seed_channel(seed: &str) -> Channel {
+    lazy_channel(seed)
+}
+
+/// Asks `seed` for its status, retrying until `timeout`.
+async fn seed_status(seed: &str, timeout: Duration) -> Result<pb::StatusResponse, StartError> {
+    let deadline = Instant::now() + timeout;
+    let mut client = ClusterClient::new(seed_channel(seed));
+    loop {
+        let err = match tokio::time::timeout(Duration::from_secs(2), client.status(pb::StatusRequest {})).await {
+            Ok(Ok(resp)) => {
+                let status = resp.into_inner();
+                if !status.cluster_id.is_empty() {
+                    return Ok(status);
+                }
+                "seed has not joined a cluster yet".to_string()
+            }
+            Ok(Err(status)) => status.message().to_string(),
+            Err(_) => "no answer within 2 s".to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(StartError::SeedUnreachable {
+                seed: seed.to_string(),
+                secs: timeout.as_secs(),
+                detail: err,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn raft_config(config: &NodeConfig) -> Arc<Config> {
+    let c = Config {
+        cluster_name: "flotilla".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_threshold),
+        max_in_snapshot_log_to_keep: config.snapshot_keep_logs,
+        max_payload_entries: 1000,
+        ..Default::default()
+    };
+    // The values above are within openraft's constraints; validation only rejects
+    // inconsistent timeouts, which these are not.
+    Arc::new(c.validate().expect("raft config is valid"))
+}
+
+impl RaftNode {
+    /// Opens the data dir and starts the node. Returns once it is a member of a cluster (for a
+    /// join: once the leader has added it as a learner).
+    pub async fn start(config: NodeConfig) -> Result<Arc<RaftNode>, StartError> {
+        let db = Db::open(&config.data_dir)?;
+        let storage_err = |detail: String| StartError::Storage {
+            dir: config.data_dir.clone(),
+            detail,
+        };
+        let existing = db.identity()?;
+
+        let (mode, identity) = match existing {
+            Some(identity) if identity.cluster_id.is_some() => {
+                if let Some(seed) = &config.join {
+                    check_same_cluster(seed, &identity, &config).await?;
+                }
+                (Mode::Resume, identity)
+            }
+            partial => {
+                let node_id = partial.as_ref().map_or_else(new_node_id, |i| i.node_id);
+                let port = partial
+                    .as_ref()
+                    .and_then(|i| i.addr.parse::<SocketAddr>().ok())
+                    .map_or(config.peer_port, |a| a.port());
+                let identity = Identity {
+                    node_id,
+                    name: config.name.clone(),
+                    addr: SocketAddr::new(config.advertise, port).to_string(),
+                    cluster_id: None,
+                };
+                match &config.join {
+                    Some(seed) => (Mode::Join(seed.clone()), identity),
+                    None => (Mode::Bootstrap, identity),
+                }
+            }
+        };
+
+        let bind: SocketAddr = match identity.addr.parse() {
+            Ok(a) => a,
+            Err(_) => SocketAddr::new(config.advertise, config.peer_port),
+        };
+        let listener = std::net::TcpListener::bind(bind).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                StartError::PortInUse { addr: bind }
+            } else {
+                StartError::Listen { addr: bind, source }
+            }
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| StartError::Listen { addr: bind, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr: bind, source })?;
+        let mut identity = identity;
+        identity.addr = local.to_string();
+
+        let cluster_id = match (&mode, &identity.cluster_id) {
+            (Mode::Resume, Some(id)) => id.clone(),
+            (Mode::Join(seed), _) => seed_status(seed, config.join_timeout).await?.cluster_id,
+            _ => format!("{:016x}", rand::random::<u64>()),
+        };
+        if matches!(mode, Mode::Bootstrap) {
+            identity.cluster_id = Some(cluster_id.clone());
+        }
+        db.save_identity(&identity).map_err(|e| storage_err(e.to_string()))?;
+
+        let snapshots = SnapshotDir::open(config.data_dir.join("snapshots")).map_err(|e| storage_err(e.to_string()))?;
+        let replica = Replica::new(Arc::clone(&db), config.watch_window).map_err(|e| storage_err(e.to_string()))?;
+        let network = Network::new(identity.node_id, cluster_id.clone());
+        let raft = Raft::new(
+            identity.node_id,
+            raft_config(&config),
+            network.clone(),
+            LogStore::new(Arc::clone(&db)),
+            StateMachine::new(replica.clone(), snapshots.clone()),
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let node = Arc::new(RaftNode {
+            id: identity.node_id,
+            name: identity.name.clone(),
+            cluster_id: cluster_id.clone(),
+            addr: identity.addr.clone(),
+            raft: raft.clone(),
+            replica,
+            snapshots,
+            network,
+            request_timeout: config.request_timeout,
+            shutdown: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+
+        let server = crate::service::serve(Arc::clone(&node), listener, node.shutdown.clone());
+        node.spawn(server);
+
+        let member = Member {
+            name: identity.name.clone(),
+            addr: identity.addr.clone(),
+        };
+        let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+        match mode {
+            Mode::Bootstrap | Mode::Resume if !initialized && config.join.is_none() => {
+                node.bootstrap(member).await?;
+            }
+            Mode::Join(seed) => {
+                node.join(&seed, &member, config.join_timeout).await?;
+                identity.cluster_id = Some(cluster_id);
+                db.save_identity(&identity).map_err(|e| storage_err(e.to_string()))?;
+            }
+            Mode::Resume if !initialized => {
+                // A join that was interrupted before the leader replicated to us: ask again.
+                if let Some(seed) = &config.join {
+                    node.join(seed, &member, config.join_timeout).await?;
+                }
+            }
+            _ => {}
+        }
+
+        node.spawn(crate::membership::run_promoter(raft, node.shutdown.clone()));
+        Ok(node)
+    }
+
+    fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(fut);
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
+    }
+
+    async fn bootstrap(&self, member: Member) -> Result<(), StartError> {
+        self.raft
+            .initialize(BTreeMap::from([(self.id, member)]))
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        // Wait for our own first commit as leader, so that joins can be served at once.
+        let secs = 10;
+        self.raft
+            .wait(Some(Duration::from_secs(secs)))
+            .metrics(
+                |m| m.current_leader == Some(m.id) && m.last_applied.as_ref().map(|l| l.index) >= m.last_log_index,
+                "bootstrap leader applied its first entry",
+            )
+            .await
+            .map_err(|_| StartError::BootstrapTimeout { secs })?;
+        tracing::info!(cluster = %self.cluster_id, "bootstrapped a new cluster");
+        Ok(())
+    }
+
+    async fn join(&self, seed: &str, member: &Member, timeout: Duration) -> Result<(), StartError> {
+        let deadline = Instant::now() + timeout;
+        let mut client = ClusterClient::new(seed_channel(seed));
+        loop {
+            let req = pb::JoinRequest {
+                node_id: self.id,
+                name: member.name.clone(),
+                addr: member.addr.clone(),
+                cluster_id: self.cluster_id.clone(),
+                forwarded: false,
+            };
+            let detail = match client.join(req).await {
+                Ok(_) => {
+                    tracing::info!(%seed, cluster = %self.cluster_id, "joined as a learner");
+                    return Ok(());
+                }
+                Err(status) if status.code() == tonic::Code::InvalidArgument || status.code() == tonic::Code::AlreadyExists => {
+                    return Err(StartError::JoinRefused {
+                        seed: seed.to_string(),
+                        detail: status.message().to_string(),
+                    })
+                }
+                Err(status) => status.message().to_string(),
+            };
+            if Instant::now() >= deadline {
+                return Err(StartError::SeedUnreachable {
+                    seed: seed.to_string(),
+                    secs: timeout.as_secs(),
+                    detail,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops Raft and the services.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        if let Err(err) = self.raft.shutdown().await {
+            tracing::warn!(?err, "raft shutdown");
+        }
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
+    }
+
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.current_leader == Some(self.id) && m.state == ServerState::Leader
+    }
+
+    /// Waits up to `max` for a leader to be known (it may be gone by the time we use it).
+    async fn await_leader(&self, max: Duration) {
+        let _ = self
+            .raft
+            .wait(Some(max))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await;
+    }
+
+    fn store_client(&self, addr: &str) -> PbStoreClient<Channel> {
+        PbStoreClient::new(self.network.channel(addr))
+    }
+
+    /// Applies `command` through this node if it is the leader. `Ok(None)`: not the leader.
+    pub(crate) async fn propose_local(&self, command: Command) -> Result<Option<Revision>, StoreError> {
+        match self.raft.client_write(command).await {
+            Ok(resp) => resp.data.0.map(Some).map_err(StoreError::from),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(None),
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_))) => Err(StoreError::Timeout {
+                waiting_for: "commit: the leader changed first, so the write may or may not have been applied".into(),
+                millis: 0,
+            }),
+            Err(RaftError::Fatal(f)) => Err(StoreError::Closed { reason: f.to_string() }),
+            Err(RaftError::APIError(other)) => Err(StoreError::storage(other)),
+        }
+    }
+
+    /// The read index from the leader, if this node is the leader. `Ok(None)`: not the leader.
+    pub(crate) async fn read_index_local(&self) -> Result<Option<Revision>, StoreError> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(read) => Ok(Some(read.index())),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => Ok(None),
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => Err(StoreError::NotLeader {
+                reason: format!("the leader cannot reach a quorum: {q}"),
+            }),
+            Err(RaftError::Fatal(f)) => Err(StoreError::Closed { reason: f.to_string() }),
+        }
+    }
+
+    /// Runs `local` on the leader: here if this node leads, else forwarded with `remote`.
+    async fn on_leader<T, L, LF, R, RF>(&self, what: &str, local: L, remote: R) -> Result<T, StoreError>
+    where
+        L: Fn() -> LF,
+        LF: std::future::Future<Output = Result<Option<T>, StoreError>>,
+        R: Fn(PbStoreClient<Channel>) -> RF,
+        RF: std::future::Future<Output = Result<Result<T, StoreError>, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let deadline = started + self.request_timeout;
+        let mut last = String::from("no leader elected");
+        loop {
+            let leader = self.leader();
+            match leader {
+                Some((id, _)) if id == self.id => match local().await {
+                    Ok(Some(v)) => return Ok(v),
+                    Ok(None) => last = "leadership moved".into(),
+                    Err(StoreError::NotLeader { reason }) => last = reason,
+                    Err(e) => return Err(e),
+                },
+                Some((_, member)) => match remote(self.store_client(&member.addr)).await {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(StoreError::NotLeader { reason })) => last = reason,
+                    Ok(Err(e)) => return Err(e),
+                    Err(status) => last = format!("leader {member} unreachable: {}", status.message()),
+                },
+                None => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StoreError::NotLeader {
+                    reason: format!("{what} gave up after {} ms: {last}", self.request_timeout.as_millis()),
+                });
+            }
+            // Give the cluster a moment to settle (an election, a reconnect) before retrying.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.await_leader((deadline - now).min(Duration::from_millis(500))).await;
+        }
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> pb::StatusResponse {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower if voters.contains(&self.id) => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Shutdown => "shutdown",
+            _ => "learner",
+        };
+        pb::StatusResponse {
+            node_id: self.id,
+            name: self.name.clone(),
+            cluster_id: self.cluster_id.clone(),
+            role: role.into(),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            applied: m.last_applied.as_ref().map_or(0, |l| l.index),
+            last_log: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
+            purged_index: m.purged.as_ref().map_or(0, |l| l.index),
+            members: membership
+                .nodes()
+                .map(|(id, n)| pb::Member {
+                    id: *id,
+                    name: n.name.clone(),
+                    addr: n.addr.clone(),
+                    voter: voters.contains(id),
+                })
+                .collect(),
+            watch_window_start: self.replica.window().start(),
+        }
+    }
+
+    /// Adds a learner, here if this node leads, else through the leader.
+    pub(crate) async fn add_learner(&self, req: pb::JoinRequest) -> Result<(), tonic::Status> {
+        if req.cluster_id != self.cluster_id {
+            return Err(tonic::Status::invalid_argument(format!(
+                "node belongs to cluster {}, this is cluster {}",
+                req.cluster_id, self.cluster_id
+            )));
+        }
+        if req.name.is_empty() || req.addr.parse::<SocketAddr>().is_err() {
+            return Err(tonic::Status::invalid_argument("join needs a name and a host:port address"));
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            match self.leader() {
+                Some((id, _)) if id == self.id => {
+                    let duplicate = {
+                        let m = self.raft.metrics();
+                        let m = m.borrow_watched();
+                        let membership = m.membership_config.membership();
+                        let found = membership
+                            .nodes()
+                            .find(|(nid, n)| **nid != req.node_id && (n.name == req.name || n.addr == req.addr))
+                            .map(|(_, n)| n.clone());
+                        found
+                    };
+                    if let Some(other) = duplicate {
+                        return Err(tonic::Status::already_exists(format!(
+                            "member {other} already uses this name or address"
+                        )));
+                    }
+                    let member = Member {
+                        name: req.name.clone(),
+                        addr: req.addr.clone(),
+                    };
+                    match self.raft.add_learner(req.node_id, member, false).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) if e.forward_to_leader().is_some() => {}
+                        Err(e) => return Err(tonic::Status::unavailable(e.to_string())),
+                    }
+                }
+                Some((_, leader)) if !req.forwarded => {
+                    let mut client = ClusterClient::new(self.network.channel(&leader.addr));
+                    let mut fwd = req.clone();
+                    fwd.forwarded = true;
+                    match client.join(fwd).await {
+                        Ok(_) => return Ok(()),
+                        Err(s) if s.code() == tonic::Code::Unavailable => {}
+                        Err(s) => return Err(s),
+                    }
+                }
+                Some(_) => return Err(tonic::Status::unavailable("not the leader")),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(tonic::Status::unavailable("no leader to add the learner"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn check_same_cluster(seed: &str, identity: &Identity, config: &NodeConfig) -> Result<(), StartError> {
+    // Resuming needs no seed; only a seed that answers and disagrees is an error.
+    let Ok(status) = seed_status(seed, Duration::from_secs(2)).await else {
+        return Ok(());
+    };
+    let ours = identity.cluster_id.clone().unwrap_or_default();
+    if status.cluster_id != ours {
+        return Err(StartError::OtherCluster {
+            dir: config.data_dir.clone(),
+            ours,
+            seed: seed.to_string(),
+            theirs: status.cluster_id,
+        });
+    }
+    Ok(())
+}
+
+fn new_node_id() -> NodeId {
+    // Zero is avoided so that it can mean "none" on the wire.
+    rand::random::<u64>().max(1)
+}
+
+#[async_trait]
+impl Proposer for RaftNode {
+    async fn propose(&self, command: Command) -> Result<Revision, StoreError> {
+        let ops = command_to_pb(&command);
+        self.on_leader(
+            "proposal",
+            || self.propose_local(command.clone()),
+            |mut client| {
+                let ops = ops.clone();
+                async move {
+                    let resp = client
+                        .propose(pb::ProposeRequest { ops, forwarded: true })
+                        .await?
+                        .into_inner();
+                    Ok(match resp.error {
+                        Some(e) => Err(error_from_pb(e)),
+                        None => Ok(resp.revision),
+                    })
+                }
+            },
+        )
+        .await
+    }
+
+    async fn read_barrier(&self) -> Result<Revision, StoreError> {
+        let index = self
+            .on_leader(
+                "read index",
+                || self.read_index_local(),
+                |mut client| async move {
+                    let resp = client.read_index(pb::ReadIndexRequest {}).await?.into_inner();
+                    Ok(match resp.error {
+                        Some(e) => Err(error_from_pb(e)),
+                        None => Ok(resp.index),
+                    })
+                },
+            )
+            .await?;
+        let waited = self
+            .raft
+            .wait(Some(self.request_timeout))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await;
+        match waited {
+            Ok(_) => Ok(self.replica.applied_revision().max(index)),
+            Err(_) => Err(StoreError::Timeout {
+                waiting_for: format!("the local replica to apply index {index}"),
+                millis: self.request_timeout.as_millis() as u64,
+            }),
+        }
+    }
+}

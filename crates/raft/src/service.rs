@@ -1,0 +1,329 @@
+//! The gRPC services every node serves on its peer port.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use flotilla_rpc::pb;
+use flotilla_rpc::pb::cluster_server::{Cluster, ClusterServer};
+use flotilla_rpc::pb::raft_server::{Raft as RaftRpc, RaftServer};
+use flotilla_rpc::pb::store_server::{Store, StoreServer};
+use flotilla_rpc::{command_from_pb, error_to_pb, event_to_pb, record_to_pb};
+use flotilla_store::{Engine, Proposer, StoreError};
+use futures::Stream;
+use tokio::io::AsyncWriteExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::node::RaftNode;
+use crate::types::{decode, encode, Snapshot, SnapshotMeta, Vote};
+
+/// Serves the three services on `listener` until `shutdown`.
+pub async fn serve(node: Arc<RaftNode>, listener: std::net::TcpListener, shutdown: CancellationToken) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(err) => {
+            tracing::error!(?err, "cannot register the peer listener");
+            return;
+        }
+    };
+    let max = flotilla_rpc::MAX_MESSAGE_BYTES;
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            RaftServer::new(RaftService { node: Arc::clone(&node) })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(StoreServer::new(StoreService { node: Arc::clone(&node) }).max_decoding_message_size(max))
+        .add_service(ClusterServer::new(ClusterService { node }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await;
+    if let Err(err) = result {
+        tracing::error!(?err, "peer server stopped");
+    }
+}
+
+struct RaftService {
+    node: Arc<RaftNode>,
+}
+
+impl RaftService {
+    fn check_cluster(&self, cluster_id: &str) -> Result<(), Status> {
+        if cluster_id != self.node.cluster_id {
+            return Err(Status::permission_denied(format!(
+                "message for cluster {cluster_id}, this node is in cluster {}",
+                self.node.cluster_id
+            )));
+        }
+        Ok(())
+    }
+
+    fn payload<T: serde::de::DeserializeOwned>(&self, req: Request<pb::RaftPayload>) -> Result<T, Status> {
+        let p = req.into_inner();
+        self.check_cluster(&p.cluster_id)?;
+        decode(&p.data).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+    }
+}
+
+fn reply<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Response<pb::RaftPayload>, Status> {
+    match r {
+        Ok(v) => Ok(Response::new(pb::RaftPayload {
+            cluster_id: String::new(),
+            data: encode(&v),
+        })),
+        Err(e) => Err(Status::internal(e.to_string())),
+    }
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        let rpc = self.payload(req)?;
+        reply(self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        let rpc = self.payload(req)?;
+        reply(self.node.raft.vote(rpc).await)
+    }
+
+    async fn pre_vote(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        let rpc = self.payload(req)?;
+        reply(self.node.raft.pre_vote(rpc).await)
+    }
+
+    async fn transfer_leader(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        let rpc = self.payload(req)?;
+        reply(self.node.raft.handle_transfer_leader(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        self.check_cluster(&first.cluster_id)?;
+        let bad = |what: &str, e: postcard::Error| Status::invalid_argument(format!("undecodable snapshot {what}: {e}"));
+        let vote: Vote = decode(&first.vote).map_err(|e| bad("vote", e))?;
+        let meta: SnapshotMeta = decode(&first.meta).map_err(|e| bad("metadata", e))?;
+        let path = self.node.snapshots.incoming_path();
+        let received = receive_snapshot(&mut stream, first, &path).await;
+        if let Err(status) = received {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(status);
+        }
+        let snapshot = Snapshot {
+            meta,
+            snapshot: path.clone(),
+        };
+        let result = self.node.raft.install_full_snapshot(vote, snapshot).await;
+        // An installed snapshot was moved into place; anything left here was not used.
+        let _ = tokio::fs::remove_file(&path).await;
+        reply(result)
+    }
+}
+
+async fn receive_snapshot(
+    stream: &mut Streaming<pb::SnapshotChunk>,
+    first: pb::SnapshotChunk,
+    path: &std::path::Path,
+) -> Result<(), Status> {
+    let io = |e: std::io::Error| Status::internal(format!("writing received snapshot: {e}"));
+    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut chunk = first;
+    loop {
+        file.write_all(&chunk.data).await.map_err(io)?;
+        if chunk.done {
+            break;
+        }
+        chunk = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::aborted("snapshot stream ended before its last chunk"))?;
+    }
+    file.sync_all().await.map_err(io)?;
+    Ok(())
+}
+
+struct StoreService {
+    node: Arc<RaftNode>,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Store for StoreService {
+    async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
+        let req = req.into_inner();
+        let command = command_from_pb(req.ops).ok_or_else(|| Status::invalid_argument("an operation is empty"))?;
+        if command.ops.is_empty() {
+            return Err(Status::invalid_argument("a proposal needs at least one operation"));
+        }
+        let result = if req.forwarded {
+            match self.node.propose_local(command).await {
+                Ok(Some(rev)) => Ok(rev),
+                Ok(None) => Err(StoreError::NotLeader {
+                    reason: "the forwarded-to node is no longer the leader".into(),
+                }),
+                Err(e) => Err(e),
+            }
+        } else {
+            self.node.propose(command).await
+        };
+        Ok(Response::new(match result {
+            Ok(revision) => pb::ProposeResponse { revision, error: None },
+            Err(e) => pb::ProposeResponse {
+                revision: 0,
+                error: Some(error_to_pb(&e)),
+            },
+        }))
+    }
+
+    async fn read_index(&self, _req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let resp = match self.node.read_index_local().await {
+            Ok(Some(index)) => pb::ReadIndexResponse { index, error: None },
+            Ok(None) => pb::ReadIndexResponse {
+                index: 0,
+                error: Some(error_to_pb(&StoreError::NotLeader {
+                    reason: "asked for a read index, but not the leader".into(),
+                })),
+            },
+            Err(e) => pb::ReadIndexResponse {
+                index: 0,
+                error: Some(error_to_pb(&e)),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let req = req.into_inner();
+        let result = async {
+            if req.linearizable {
+                self.node.read_barrier().await?;
+            }
+            self.node.replica.get(&req.key)
+        }
+        .await;
+        Ok(Response::new(match result {
+            Ok((revision, record)) => pb::GetResponse {
+                revision,
+                record: record.as_ref().map(record_to_pb),
+                error: None,
+            },
+            Err(e) => pb::GetResponse {
+                error: Some(error_to_pb(&e)),
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let req = req.into_inner();
+        let result = async {
+            if req.linearizable {
+                self.node.read_barrier().await?;
+            }
+            let after = (!req.start_after.is_empty()).then_some(req.start_after.as_str());
+            self.node.replica.list(&req.prefix, after, req.limit as usize)
+        }
+        .await;
+        Ok(Response::new(match result {
+            Ok(listing) => pb::ListResponse {
+                revision: listing.revision,
+                items: listing
+                    .items
+                    .iter()
+                    .map(|(k, r)| pb::KeyRecord {
+                        key: k.clone(),
+                        record: Some(record_to_pb(r)),
+                    })
+                    .collect(),
+                error: None,
+            },
+            Err(e) => pb::ListResponse {
+                error: Some(error_to_pb(&e)),
+                ..Default::default()
+            },
+        }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let req = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::WatchResponse, Status>>(16);
+        let watcher = self.node.replica.window_arc().watch(req.prefix, req.after_revision);
+        tokio::spawn(async move {
+            let mut watcher = match watcher {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = tx.send(Ok(error_response(&e))).await;
+                    return;
+                }
+            };
+            loop {
+                let msg = tokio::select! {
+                    _ = tx.closed() => return,
+                    next = watcher.next() => next,
+                };
+                match msg {
+                    Ok(events) => {
+                        let resp = pb::WatchResponse {
+                            events: events.iter().map(|e| event_to_pb(e)).collect(),
+                            error: None,
+                        };
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Ok(error_response(&e))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+fn error_response(e: &StoreError) -> pb::WatchResponse {
+    pb::WatchResponse {
+        events: vec![],
+        error: Some(error_to_pb(e)),
+    }
+}
+
+struct ClusterService {
+    node: Arc<RaftNode>,
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        self.node.add_learner(req.into_inner()).await?;
+        Ok(Response::new(pb::JoinResponse {
+            cluster_id: self.node.cluster_id.clone(),
+            leader_id: self.node.leader().map_or(0, |(id, _)| id),
+        }))
+    }
+
+    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        Ok(Response::new(self.node.status()))
+    }
+
+    async fn digest(&self, _req: Request<pb::DigestRequest>) -> Result<Response<pb::DigestResponse>, Status> {
+        let (revision, digest, keys) = self
+            .node
+            .replica
+            .digest()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::DigestResponse { revision, digest, keys }))
+    }
+}

@@ -1,0 +1,312 @@
+//! The replicated state machine on RocksDB, and [`Replica`], the local read view of it.
+//!
+//! Every entry is applied in one `WriteBatch` holding its data changes and `last_applied`, so a
+//! crash never leaves half an entry applied. After the write, the entry's changes are published
+//! to the watch window and the proposer's responder is answered.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use flotilla_store::{plan, Engine, Listing, Outcome, Record, Revision, StoreError, WatchWindow};
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
+
+use crate::db::{Db, CF_DATA, CF_SM, DATA_END, KEY_LAST_APPLIED, KEY_MEMBERSHIP};
+use crate::snapshot::{self, SnapshotDir, SnapshotWriter};
+use crate::types::{decode, encode, io_err, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// The local replica's data, shared by the state machine and readers.
+#[derive(Clone)]
+pub struct Replica {
+    db: Arc<Db>,
+    applied: Arc<AtomicU64>,
+    window: Arc<WatchWindow>,
+}
+
+impl Replica {
+    pub fn new(db: Arc<Db>, window_capacity: usize) -> io::Result<Self> {
+        let (applied, _) = read_sm_meta(&db, None)?;
+        let revision = applied.map_or(0, |l| l.index);
+        Ok(Self {
+            db,
+            applied: Arc::new(AtomicU64::new(revision)),
+            window: Arc::new(WatchWindow::new(revision, window_capacity)),
+        })
+    }
+
+    pub fn window_arc(&self) -> &Arc<WatchWindow> {
+        &self.window
+    }
+
+    fn storage(e: impl std::fmt::Display) -> StoreError {
+        StoreError::storage(e)
+    }
+
+    /// A digest of every key with its revisions, and the revision it was taken at.
+    pub fn digest(&self) -> Result<(Revision, String, u64), StoreError> {
+        let listing = self.list("", None, 0)?;
+        let digest = flotilla_store::digest(listing.items.iter().map(|(k, r)| (k.as_str(), r)));
+        Ok((listing.revision, digest, listing.items.len() as u64))
+    }
+}
+
+/// Reads `last_applied` and the membership, from a RocksDB snapshot when given.
+fn read_sm_meta(
+    db: &Db,
+    snap: Option<&rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>>,
+) -> io::Result<(Option<LogId>, StoredMembership)> {
+    let get = |key: &[u8]| match snap {
+        Some(s) => s.get_cf(db.cf(CF_SM), key),
+        None => db.db.get_cf(db.cf(CF_SM), key),
+    };
+    let applied = match get(KEY_LAST_APPLIED).map_err(|e| io_err("read last_applied", e))? {
+        Some(b) => decode::<Option<LogId>>(&b).map_err(|e| io_err("decode last_applied", e))?,
+        None => None,
+    };
+    let membership = match get(KEY_MEMBERSHIP).map_err(|e| io_err("read membership", e))? {
+        Some(b) => decode(&b).map_err(|e| io_err("decode membership", e))?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+impl Engine for Replica {
+    fn get(&self, key: &str) -> Result<(Revision, Option<Record>), StoreError> {
+        let snap = self.db.db.snapshot();
+        let (applied, _) = read_sm_meta(&self.db, Some(&snap)).map_err(Self::storage)?;
+        let record = snap
+            .get_cf(self.db.cf(CF_DATA), key.as_bytes())
+            .map_err(Self::storage)?
+            .map(|b| Record::decode(&b).ok_or_else(|| StoreError::storage(format!("malformed record at {key}"))))
+            .transpose()?;
+        Ok((applied.map_or(0, |l| l.index), record))
+    }
+
+    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Listing, StoreError> {
+        let snap = self.db.db.snapshot();
+        let (applied, _) = read_sm_meta(&self.db, Some(&snap)).map_err(Self::storage)?;
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(&snap);
+        let from: Vec<u8> = match start_after {
+            Some(after) if after >= prefix => {
+                let mut k = after.as_bytes().to_vec();
+                k.push(0);
+                k
+            }
+            _ => prefix.as_bytes().to_vec(),
+        };
+        let iter = self.db.db.iterator_cf_opt(
+            self.db.cf(CF_DATA),
+            opts,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut items = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(Self::storage)?;
+            if !key.starts_with(prefix.as_bytes()) || items.len() >= limit {
+                break;
+            }
+            let key = String::from_utf8(key.to_vec()).map_err(Self::storage)?;
+            let record = Record::decode(&value).ok_or_else(|| StoreError::storage(format!("malformed record at {key}")))?;
+            items.push((key, record));
+        }
+        Ok(Listing {
+            revision: applied.map_or(0, |l| l.index),
+            items,
+        })
+    }
+
+    fn applied_revision(&self) -> Revision {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    fn window(&self) -> &WatchWindow {
+        &self.window
+    }
+}
+
+/// openraft's state machine: applies entries to the `data` family.
+pub struct StateMachine {
+    replica: Replica,
+    snapshots: SnapshotDir,
+}
+
+impl StateMachine {
+    pub fn new(replica: Replica, snapshots: SnapshotDir) -> Self {
+        Self { replica, snapshots }
+    }
+
+    fn db(&self) -> &Db {
+        &self.replica.db
+    }
+
+    fn read_record(&self, key: &str) -> io::Result<Option<Record>> {
+        match self.db().db.get_cf(self.db().cf(CF_DATA), key.as_bytes()) {
+            Ok(Some(b)) => Record::decode(&b)
+                .map(Some)
+                .ok_or_else(|| io_err("read record", format!("malformed record at {key}"))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(io_err("read record", e)),
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = PathBuf;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
+        read_sm_meta(self.db(), None)
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        let no_sync = WriteOptions::default();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let log_id = entry.log_id.clone();
+            let revision = log_id.index;
+            let mut batch = WriteBatch::default();
+            let mut events = Vec::new();
+            let outcome = match &entry.payload {
+                EntryPayload::Blank => Outcome(Ok(revision)),
+                EntryPayload::Normal(command) => match plan(command, revision, |k| self.read_record(k))? {
+                    Ok(planned) => {
+                        let cf = self.db().cf(CF_DATA);
+                        for (key, value) in &planned.writes {
+                            match value {
+                                Some(record) => batch.put_cf(cf, key.as_bytes(), record.encode()),
+                                None => batch.delete_cf(cf, key.as_bytes()),
+                            }
+                        }
+                        events = planned.events;
+                        Outcome(Ok(revision))
+                    }
+                    Err(rejection) => Outcome(Err(rejection)),
+                },
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(log_id.clone()), m.clone());
+                    batch.put_cf(self.db().cf(CF_SM), KEY_MEMBERSHIP, encode(&stored));
+                    Outcome(Ok(revision))
+                }
+            };
+            batch.put_cf(self.db().cf(CF_SM), KEY_LAST_APPLIED, encode(&Some(log_id)));
+            self.db()
+                .db
+                .write_opt(batch, &no_sync)
+                .map_err(|e| io_err("apply entry", e))?;
+            self.replica.applied.store(revision, Ordering::Release);
+            self.replica.window.publish(revision, events);
+            if let Some(responder) = responder {
+                responder.send(outcome);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            db: Arc::clone(&self.replica.db),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, path: PathBuf) -> io::Result<()> {
+        let db = Arc::clone(&self.replica.db);
+        let snapshots = self.snapshots.clone();
+        let meta = meta.clone();
+        let index = meta.last_log_id.as_ref().map_or(0, |l| l.index);
+        tokio::task::spawn_blocking(move || install(&db, &snapshots, &meta, &path))
+            .await
+            .map_err(|e| io_err("install snapshot task", e))??;
+        self.replica.applied.store(index, Ordering::Release);
+        // Events between the old state and the snapshot are unknown here: open watchers must
+        // start over from a list, as Kubernetes clients do after 410 Gone.
+        self.replica.window.reset(index);
+        tracing::info!(index, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot>> {
+        let Some(path) = self.snapshots.current()? else {
+            return Ok(None);
+        };
+        let meta = snapshot::read_meta(&path)?;
+        Ok(Some(Snapshot { meta, snapshot: path }))
+    }
+}
+
+/// Verifies a received snapshot in full, then replaces the data in one batch.
+fn install(db: &Db, snapshots: &SnapshotDir, meta: &SnapshotMeta, path: &std::path::Path) -> io::Result<()> {
+    let contents = snapshot::read(path)?;
+    if contents.meta.last_log_id != meta.last_log_id {
+        return Err(io_err(
+            "install snapshot",
+            format!(
+                "file is at {:?}, expected {:?}",
+                contents.meta.last_log_id, meta.last_log_id
+            ),
+        ));
+    }
+    let mut batch = WriteBatch::default();
+    let data = db.cf(CF_DATA);
+    batch.delete_range_cf(data, &b""[..], DATA_END);
+    for (key, value) in &contents.records {
+        batch.put_cf(data, key, value);
+    }
+    batch.put_cf(db.cf(CF_SM), KEY_LAST_APPLIED, encode(&meta.last_log_id));
+    batch.put_cf(db.cf(CF_SM), KEY_MEMBERSHIP, encode(&meta.last_membership));
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.db.write_opt(batch, &opts).map_err(|e| io_err("install snapshot", e))?;
+    let final_path = snapshots.path_for(meta);
+    std::fs::rename(path, &final_path)?;
+    snapshots.prune(&final_path)?;
+    Ok(())
+}
+
+/// Builds a snapshot file from a consistent RocksDB snapshot of the state machine.
+pub struct SnapshotBuilder {
+    db: Arc<Db>,
+    snapshots: SnapshotDir,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = PathBuf;
+
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        let db = Arc::clone(&self.db);
+        let snapshots = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || build(&db, &snapshots))
+            .await
+            .map_err(|e| io_err("build snapshot task", e))?
+    }
+}
+
+fn build(db: &Db, snapshots: &SnapshotDir) -> io::Result<Snapshot> {
+    let snap = db.db.snapshot();
+    let (last_log_id, last_membership) = read_sm_meta(db, Some(&snap))?;
+    let meta = SnapshotMeta {
+        last_log_id,
+        last_membership,
+    };
+    let mut writer = SnapshotWriter::create(snapshots.temp_path("build"), &meta)?;
+    let mut opts = ReadOptions::default();
+    opts.set_snapshot(&snap);
+    for item in db.db.iterator_cf_opt(db.cf(CF_DATA), opts, IteratorMode::Start) {
+        let (key, value) = item.map_err(|e| io_err("read state for snapshot", e))?;
+        writer.record(&key, &value)?;
+    }
+    let path = snapshots.path_for(&meta);
+    writer.finish(&path)?;
+    snapshots.prune(&path)?;
+    tracing::info!(index = meta.last_log_id.as_ref().map_or(0, |l| l.index), "built snapshot");
+    Ok(Snapshot { meta, snapshot: path })
+}

@@ -1,0 +1,234 @@
+//! A typed client of one node's `Store` and `Cluster` services.
+
+use std::time::Duration;
+
+use flotilla_store::{Command, Event, Listing, Record, Revision, StoreError};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::convert::{command_to_pb, error_from_pb, event_from_pb, record_from_pb};
+use crate::pb;
+use crate::pb::cluster_client::ClusterClient;
+use crate::pb::store_client::StoreClient as PbStoreClient;
+
+/// Why a call failed: the store refused it, or the node could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("rpc to {addr} failed: {status}")]
+    Rpc { addr: String, status: tonic::Status },
+    #[error("invalid address {addr}: {source}")]
+    Address {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+impl ClientError {
+    /// The store's error, if the store answered.
+    pub fn store(&self) -> Option<&StoreError> {
+        match self {
+            ClientError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one node, addressed as `host:port`. Connects lazily; cheap to clone.
+#[derive(Clone)]
+pub struct StoreClient {
+    addr: String,
+    store: PbStoreClient<Channel>,
+    cluster: ClusterClient<Channel>,
+}
+
+fn check(error: Option<pb::StoreError>) -> Result<(), ClientError> {
+    match error {
+        Some(e) => Err(ClientError::Store(error_from_pb(e))),
+        None => Ok(()),
+    }
+}
+
+impl StoreClient {
+    pub fn new(addr: &str, timeout: Duration) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|source| ClientError::Address {
+                addr: addr.to_string(),
+                source,
+            })?
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .timeout(timeout)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        Ok(Self {
+            addr: addr.to_string(),
+            store: PbStoreClient::new(channel.clone())
+                .max_decoding_message_size(crate::MAX_MESSAGE_BYTES),
+            cluster: ClusterClient::new(channel),
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn rpc(&self, status: tonic::Status) -> ClientError {
+        ClientError::Rpc {
+            addr: self.addr.clone(),
+            status,
+        }
+    }
+
+    pub async fn propose(&self, command: &Command) -> Result<Revision, ClientError> {
+        let resp = self
+            .store
+            .clone()
+            .propose(pb::ProposeRequest {
+                ops: command_to_pb(command),
+                forwarded: false,
+            })
+            .await
+            .map_err(|s| self.rpc(s))?
+            .into_inner();
+        check(resp.error)?;
+        Ok(resp.revision)
+    }
+
+    pub async fn create(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<Revision, ClientError> {
+        self.propose(&Command::create(key, value)).await
+    }
+
+    pub async fn update(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        expected: Option<Revision>,
+    ) -> Result<Revision, ClientError> {
+        self.propose(&Command::update(key, value, expected)).await
+    }
+
+    pub async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Revision, ClientError> {
+        self.propose(&Command::delete(key, expected)).await
+    }
+
+    pub async fn get(&self, key: &str, linearizable: bool) -> Result<(Revision, Option<Record>), ClientError> {
+        let resp = self
+            .store
+            .clone()
+            .get(pb::GetRequest {
+                key: key.to_string(),
+                linearizable,
+            })
+            .await
+            .map_err(|s| self.rpc(s))?
+            .into_inner();
+        check(resp.error)?;
+        Ok((resp.revision, resp.record.map(record_from_pb)))
+    }
+
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+        linearizable: bool,
+    ) -> Result<Listing, ClientError> {
+        let resp = self
+            .store
+            .clone()
+            .list(pb::ListRequest {
+                prefix: prefix.to_string(),
+                start_after: start_after.unwrap_or_default().to_string(),
+                limit,
+                linearizable,
+            })
+            .await
+            .map_err(|s| self.rpc(s))?
+            .into_inner();
+        check(resp.error)?;
+        Ok(Listing {
+            revision: resp.revision,
+            items: resp
+                .items
+                .into_iter()
+                .map(|i| (i.key, record_from_pb(i.record.unwrap_or_default())))
+                .collect(),
+        })
+    }
+
+    /// Every key under `prefix`, page by page, each page read linearizably or locally.
+    pub async fn list_all(&self, prefix: &str, linearizable: bool) -> Result<Vec<(String, Record)>, ClientError> {
+        let mut out: Vec<(String, Record)> = Vec::new();
+        loop {
+            let after = out.last().map(|(k, _)| k.clone());
+            let page = self.list(prefix, after.as_deref(), 1000, linearizable).await?;
+            let done = page.items.len() < 1000;
+            out.extend(page.items);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Opens a watch of changes under `prefix` after revision `after`.
+    pub async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, ClientError> {
+        let stream = self
+            .store
+            .clone()
+            .watch(pb::WatchRequest {
+                prefix: prefix.to_string(),
+                after_revision: after,
+            })
+            .await
+            .map_err(|s| self.rpc(s))?
+            .into_inner();
+        Ok(WatchStream {
+            addr: self.addr.clone(),
+            inner: stream,
+        })
+    }
+
+    pub async fn status(&self) -> Result<pb::StatusResponse, ClientError> {
+        Ok(self
+            .cluster
+            .clone()
+            .status(pb::StatusRequest {})
+            .await
+            .map_err(|s| self.rpc(s))?
+            .into_inner())
+    }
+
+    pub async fn digest(&self) -> Result<pb::DigestResponse, ClientError> {
+        Ok(self
+            .cluster
+            .clone()
+            .digest(pb::DigestRequest {})
+            .await
+            .map_err(|s| self.rpc(s))?
+            .into_inner())
+    }
+}
+
+/// The changes a watch delivers, batch by batch.
+pub struct WatchStream {
+    addr: String,
+    inner: tonic::Streaming<pb::WatchResponse>,
+}
+
+impl WatchStream {
+    /// The next batch of changes; `Ok(None)` when the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<Vec<Event>>, ClientError> {
+        match self.inner.message().await {
+            Ok(Some(resp)) => {
+                check(resp.error)?;
+                Ok(Some(resp.events.into_iter().map(event_from_pb).collect()))
+            }
+            Ok(None) => Ok(None),
+            Err(status) => Err(ClientError::Rpc {
+                addr: self.addr.clone(),
+                status,
+            }),
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests with real `flotilla node` processes. One binary, one module per behaviour.
+
+mod cas;
+mod crash;
+mod failover;
+mod learner_read;
+mod snapshot;
+mod startup_errors;
+mod support;
+mod watch;

@@ -1,0 +1,332 @@
+//! The cluster builder for end-to-end tests: real `flotilla node` processes on loopback, each
+//! with its own RocksDB in a temp dir, started, killed with SIGKILL and restarted.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use flotilla_rpc::StoreClient;
+pub use flotilla_util::wait_until;
+
+/// The `flotilla` binary under test: `$FLOTILLA_BIN`, or the one built beside this test binary.
+pub fn flotilla_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("FLOTILLA_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/e2e-<hash> -> target/<profile>/flotilla
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("flotilla"))
+        .expect("test binary lives in target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --bin flotilla`, as `make test` does) or set FLOTILLA_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Extra flags for every node of a cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub extra_args: Vec<String>,
+}
+
+impl Options {
+    pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
+        self.extra_args.push(flag.to_string());
+        self.extra_args.push(value.to_string());
+        self
+    }
+}
+
+/// One node process.
+pub struct NodeProc {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub addr: String,
+    pub node_id: u64,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.data_dir.with_extension("log")
+    }
+}
+
+/// What a node prints on stdout once it is a member.
+struct Ready {
+    addr: String,
+    node_id: u64,
+}
+
+/// Starts `flotilla` with `args`; returns the child once it printed its ready line.
+fn spawn(args: &[String], log: &Path) -> Result<(Child, Ready)> {
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut child = Command::new(flotilla_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .context("spawn flotilla")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next();
+        let _ = tx.send(first);
+        // Keep draining so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Some(Ok(line))) => line,
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+            bail!("node did not become ready ({other:?}); log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
+    Ok((
+        child,
+        Ready {
+            addr: v["peer_addr"].as_str().ok_or_else(|| anyhow!("no peer_addr in {line}"))?.to_string(),
+            node_id: v["node_id"].as_u64().ok_or_else(|| anyhow!("no node_id in {line}"))?,
+        },
+    ))
+}
+
+/// A cluster of real node processes.
+pub struct Cluster {
+    pub nodes: Vec<NodeProc>,
+    pub options: Options,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes: the first bootstraps, the others join through it. Waits until the
+    /// cluster has its full voter count (1 or 3 or 5).
+    pub async fn start(n: usize, options: Options) -> Result<Cluster> {
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            options,
+            dir: tempfile::Builder::new().prefix("flotilla-e2e-").tempdir()?,
+        };
+        for _ in 0..n {
+            cluster.add_node().await?;
+        }
+        let voters = match n {
+            0..=2 => 1,
+            3 | 4 => 3,
+            _ => 5,
+        };
+        cluster.wait_voters(voters).await?;
+        Ok(cluster)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts one more node, joining through the first.
+    pub async fn add_node(&mut self) -> Result<usize> {
+        let i = self.nodes.len();
+        let name = format!("n{}", i + 1);
+        let data_dir = self.dir.path().join(&name);
+        let mut args: Vec<String> = [
+            "node",
+            "--name",
+            &name,
+            "--data-dir",
+            data_dir.to_str().expect("utf-8 temp path"),
+            "--advertise",
+            "127.0.0.1",
+            "--peer-port",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if i > 0 {
+            args.push("--join".into());
+            args.push(self.nodes[0].addr.clone());
+        }
+        args.extend(self.options.extra_args.iter().cloned());
+        let log = data_dir.with_extension("log");
+        let (child, ready) = tokio::task::spawn_blocking({
+            let args = args.clone();
+            move || spawn(&args, &log)
+        })
+        .await??;
+        self.nodes.push(NodeProc {
+            name,
+            data_dir,
+            addr: ready.addr,
+            node_id: ready.node_id,
+            args,
+            child: Some(child),
+        });
+        Ok(i)
+    }
+
+    pub fn client(&self, i: usize) -> StoreClient {
+        StoreClient::new(&self.nodes[i].addr, Duration::from_secs(15)).expect("valid node address")
+    }
+
+    /// Clients of the running nodes.
+    pub fn live_clients(&self) -> Vec<StoreClient> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_running())
+            .map(|i| self.client(i))
+            .collect()
+    }
+
+    /// SIGKILL node `i` and reap it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM node `i` and wait for it to exit; returns its exit status.
+    pub fn terminate(&mut self, i: usize) -> Result<std::process::ExitStatus> {
+        let mut child = self.nodes[i].child.take().ok_or_else(|| anyhow!("node {i} not running"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        Ok(child.wait()?)
+    }
+
+    /// Restarts node `i` from its data dir with its original flags.
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        anyhow::ensure!(!self.nodes[i].is_running(), "node {i} is still running");
+        let args = self.nodes[i].args.clone();
+        let log = self.nodes[i].log_path();
+        let (child, ready) = tokio::task::spawn_blocking(move || spawn(&args, &log)).await??;
+        anyhow::ensure!(ready.node_id == self.nodes[i].node_id, "restart changed the node id");
+        self.nodes[i].addr = ready.addr;
+        self.nodes[i].child = Some(child);
+        Ok(())
+    }
+
+    /// The index of the node that every running node agrees is the leader.
+    pub async fn leader(&self) -> Result<usize> {
+        let clients = self.live_clients();
+        let found = wait_until(Duration::from_secs(30), || {
+            let clients = clients.clone();
+            async move {
+                let mut leader = None;
+                for c in &clients {
+                    let s = c.status().await.ok()?;
+                    let l = s.leader_id?;
+                    if leader.is_some_and(|x| x != l) {
+                        return None;
+                    }
+                    leader = Some(l);
+                }
+                leader
+            }
+        })
+        .await
+        .ok_or_else(|| anyhow!("the running nodes did not agree on a leader within 30 s"))?;
+        self.nodes
+            .iter()
+            .position(|n| n.node_id == found && n.is_running())
+            .ok_or_else(|| anyhow!("leader {found} is not a running node"))
+    }
+
+    /// Waits until the membership has `n` voters.
+    pub async fn wait_voters(&self, n: usize) -> Result<()> {
+        let client = self.client(self.nodes.iter().position(|n| n.is_running()).expect("a running node"));
+        wait_until(Duration::from_secs(30), || {
+            let client = client.clone();
+            async move {
+                let s = client.status().await.ok()?;
+                (s.members.iter().filter(|m| m.voter).count() == n).then_some(())
+            }
+        })
+        .await
+        .ok_or_else(|| anyhow!("the cluster did not reach {n} voters within 30 s"))
+    }
+
+    /// Waits until every running node has applied the same index and holds the same data;
+    /// returns the digest.
+    pub async fn converged(&self) -> Result<flotilla_rpc::pb::DigestResponse> {
+        let clients = self.live_clients();
+        wait_until(Duration::from_secs(60), || {
+            let clients = clients.clone();
+            async move {
+                let mut first: Option<flotilla_rpc::pb::DigestResponse> = None;
+                for c in &clients {
+                    let d = c.digest().await.ok()?;
+                    match &first {
+                        None => first = Some(d),
+                        Some(f) if f.revision == d.revision && f.digest == d.digest => {}
+                        Some(_) => return None,
+                    }
+                }
+                first
+            }
+        })
+        .await
+        .ok_or_else(|| anyhow!("the nodes did not converge on one digest within 60 s"))
+    }
+
+    /// The last lines of node `i`'s log, for failure messages.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.nodes[i].log_path()).unwrap_or_default();
+        let mut tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        tail.reverse();
+        tail.join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Runs `flotilla` with `args` to completion; returns (exit code, stderr).
+pub fn run_to_exit(args: &[&str], timeout: Duration) -> Result<(Option<i32>, String)> {
+    let child = Command::new(flotilla_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => {
+            let output = output?;
+            Ok((output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned()))
+        }
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            bail!("flotilla {args:?} did not exit within {timeout:?}");
+        }
+    }
+}
