@@ -226,30 +226,31 @@ impl Cluster {
         Ok(())
     }
 
-    /// The index of the node that every running node agrees is the leader.
+    /// The index of the running node that every running node agrees is the leader.
     pub async fn leader(&self) -> Result<usize> {
         let clients = self.live_clients();
-        let found = wait_until(Duration::from_secs(30), || {
+        let running: Vec<(u64, usize)> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_running())
+            .map(|i| (self.nodes[i].node_id, i))
+            .collect();
+        wait_until(Duration::from_secs(30), || {
             let clients = clients.clone();
+            let running = running.clone();
             async move {
                 let mut leader = None;
                 for c in &clients {
-                    let s = c.status().await.ok()?;
-                    let l = s.leader_id?;
+                    let l = c.status().await.ok()?.leader_id?;
                     if leader.is_some_and(|x| x != l) {
                         return None;
                     }
                     leader = Some(l);
                 }
-                leader
+                // Right after a kill the survivors may still name the dead leader.
+                running.iter().find(|(id, _)| Some(*id) == leader).map(|(_, i)| *i)
             }
         })
         .await
-        .ok_or_else(|| anyhow!("the running nodes did not agree on a leader within 30 s"))?;
-        self.nodes
-            .iter()
-            .position(|n| n.node_id == found && n.is_running())
-            .ok_or_else(|| anyhow!("leader {found} is not a running node"))
+        .ok_or_else(|| anyhow!("the running nodes did not agree on a running leader within 30 s"))
     }
 
     /// Waits until the membership has `n` voters.
