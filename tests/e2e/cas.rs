@@ -24,7 +24,11 @@ async fn concurrent_compare_and_set_has_one_winner_per_revision() {
                 let record = record.unwrap();
                 let n: u64 = String::from_utf8(record.value).unwrap().parse().unwrap();
                 match client
-                    .update("/cas/counter", (n + 1).to_string(), Some(record.mod_revision))
+                    .update(
+                        "/cas/counter",
+                        (n + 1).to_string(),
+                        Some(record.mod_revision),
+                    )
                     .await
                 {
                     Ok(rev) => wins.lock().unwrap().push((record.mod_revision, rev)),
@@ -40,21 +44,35 @@ async fn concurrent_compare_and_set_has_one_winner_per_revision() {
         conflicts += t.await.unwrap();
     }
     let wins = wins.lock().unwrap().clone();
-    assert!(conflicts > 0, "24 racing clients never conflicted: the race was not exercised");
+    assert!(
+        conflicts > 0,
+        "24 racing clients never conflicted: the race was not exercised"
+    );
 
     // Exactly one winner per revision: the expected revisions are distinct and form one chain.
     let expected: BTreeSet<u64> = wins.iter().map(|w| w.0).collect();
-    assert_eq!(expected.len(), wins.len(), "two clients won at the same revision");
+    assert_eq!(
+        expected.len(),
+        wins.len(),
+        "two clients won at the same revision"
+    );
     let mut chain = vec![first];
     let by_expected: std::collections::BTreeMap<u64, u64> = wins.iter().copied().collect();
     while let Some(next) = by_expected.get(chain.last().unwrap()) {
         chain.push(*next);
     }
-    assert_eq!(chain.len(), wins.len() + 1, "the winners do not form a single chain");
+    assert_eq!(
+        chain.len(),
+        wins.len() + 1,
+        "the winners do not form a single chain"
+    );
 
     // The counter counts the winners, and sits at the last winner's revision.
     let (_, record) = cluster.client(2).get("/cas/counter", true).await.unwrap();
     let record = record.unwrap();
-    assert_eq!(String::from_utf8(record.value).unwrap(), wins.len().to_string());
+    assert_eq!(
+        String::from_utf8(record.value).unwrap(),
+        wins.len().to_string()
+    );
     assert_eq!(record.mod_revision, *chain.last().unwrap());
 }

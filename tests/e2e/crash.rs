@@ -32,8 +32,15 @@ async fn crash_mid_stream_keeps_acknowledged_and_never_half_applies() {
             batches.entry(batch).or_default().push(record.mod_revision);
         }
         for (batch, revisions) in &batches {
-            assert_eq!(revisions.len(), WIDTH, "batch {batch} is half applied on node {i}");
-            assert!(revisions.windows(2).all(|w| w[0] == w[1]), "batch {batch} spans revisions");
+            assert_eq!(
+                revisions.len(),
+                WIDTH,
+                "batch {batch} is half applied on node {i}"
+            );
+            assert!(
+                revisions.windows(2).all(|w| w[0] == w[1]),
+                "batch {batch} spans revisions"
+            );
         }
     }
 }

@@ -10,7 +10,10 @@ use crate::support::{assert_all_present, Writer};
 async fn leader_killed_under_writes_loses_nothing_acknowledged() {
     let mut cluster = Cluster::start(3, Options::default()).await.unwrap();
     let writer = Writer::start(cluster.live_clients(), "/failover", 1);
-    assert!(writer.wait_acked(100, Duration::from_secs(60)).await, "no writes before the kill");
+    assert!(
+        writer.wait_acked(100, Duration::from_secs(60)).await,
+        "no writes before the kill"
+    );
 
     let leader = cluster.leader().await.unwrap();
     cluster.kill(leader);
@@ -20,14 +23,20 @@ async fn leader_killed_under_writes_loses_nothing_acknowledged() {
     let new_leader = cluster.leader().await.unwrap();
     assert_ne!(new_leader, leader);
     assert!(
-        writer.wait_acked(before + 100, Duration::from_secs(60)).await,
+        writer
+            .wait_acked(before + 100, Duration::from_secs(60))
+            .await,
         "writes did not resume after the leader was killed"
     );
 
     // The old leader comes back from its data dir and catches up.
     cluster.restart(leader).await.unwrap();
     let resumed = writer.acked_count();
-    assert!(writer.wait_acked(resumed + 50, Duration::from_secs(60)).await);
+    assert!(
+        writer
+            .wait_acked(resumed + 50, Duration::from_secs(60))
+            .await
+    );
     let acked = writer.stop().await;
 
     cluster.converged().await.unwrap();

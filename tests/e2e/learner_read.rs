@@ -12,7 +12,11 @@ async fn linearizable_read_on_a_learner_sees_the_latest_write() {
         .find(|m| !m.voter)
         .expect("four nodes keep one learner")
         .id;
-    let learner = cluster.nodes.iter().position(|n| n.node_id == learner_id).unwrap();
+    let learner = cluster
+        .nodes
+        .iter()
+        .position(|n| n.node_id == learner_id)
+        .unwrap();
     let learner_client = cluster.client(learner);
     assert_eq!(learner_client.status().await.unwrap().role, "learner");
     let leader = cluster.leader().await.unwrap();

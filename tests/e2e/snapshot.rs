@@ -17,10 +17,16 @@ async fn stopped_node_catches_up_through_a_snapshot() {
 
     let client = cluster.client(writer_node);
     for i in 0..1200 {
-        client.create(&format!("/snap/{i:05}"), format!("v{i}")).await.unwrap();
+        client
+            .create(&format!("/snap/{i:05}"), format!("v{i}"))
+            .await
+            .unwrap();
     }
     for i in (0..1200).step_by(3) {
-        client.update(&format!("/snap/{i:05}"), "updated", None).await.unwrap();
+        client
+            .update(&format!("/snap/{i:05}"), "updated", None)
+            .await
+            .unwrap();
     }
     for i in (1..1200).step_by(7) {
         client.delete(&format!("/snap/{i:05}"), None).await.unwrap();
@@ -48,8 +54,16 @@ async fn stopped_node_catches_up_through_a_snapshot() {
     );
     assert_eq!(digest.keys, 1200 - (1..1200).step_by(7).count() as u64);
     // Identical state on every node, key by key.
-    let reference = cluster.client(leader).list_all("/snap/", false).await.unwrap();
+    let reference = cluster
+        .client(leader)
+        .list_all("/snap/", false)
+        .await
+        .unwrap();
     for i in 0..3 {
-        assert_eq!(cluster.client(i).list_all("/snap/", false).await.unwrap(), reference, "node {i} differs");
+        assert_eq!(
+            cluster.client(i).list_all("/snap/", false).await.unwrap(),
+            reference,
+            "node {i} differs"
+        );
     }
 }

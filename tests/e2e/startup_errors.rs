@@ -6,14 +6,31 @@ use flotilla_tests::{run_to_exit, Cluster, Options};
 
 fn assert_clean_failure(code: Option<i32>, stderr: &str, needle: &str) {
     assert_eq!(code, Some(1), "expected exit code 1; stderr:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "panic trace in stderr:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "panic trace in stderr:\n{stderr}"
+    );
     let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.starts_with("flotilla: error: "), "last line is not the error: {last:?}");
-    assert!(last.contains(needle), "error {last:?} does not mention {needle:?}");
+    assert!(
+        last.starts_with("flotilla: error: "),
+        "last line is not the error: {last:?}"
+    );
+    assert!(
+        last.contains(needle),
+        "error {last:?} does not mention {needle:?}"
+    );
 }
 
 fn node_args<'a>(name: &'a str, dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["node", "--name", name, "--data-dir", dir, "--advertise", "127.0.0.1"];
+    let mut v = vec![
+        "node",
+        "--name",
+        name,
+        "--data-dir",
+        dir,
+        "--advertise",
+        "127.0.0.1",
+    ];
     v.extend_from_slice(extra);
     v
 }
@@ -32,7 +49,11 @@ fn port_in_use_is_a_clear_error() {
 #[test]
 fn missing_seed_is_a_clear_error() {
     // A port with nobody listening: bind, note it, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let seed = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
@@ -47,11 +68,33 @@ fn missing_seed_is_a_clear_error() {
 
 #[test]
 fn bad_flag_names_the_flag() {
-    let (code, stderr) = run_to_exit(&["node", "--name", "a", "--data-dir", "/tmp/x", "--advertise", "not-an-ip"], Duration::from_secs(30)).unwrap();
+    let (code, stderr) = run_to_exit(
+        &[
+            "node",
+            "--name",
+            "a",
+            "--data-dir",
+            "/tmp/x",
+            "--advertise",
+            "not-an-ip",
+        ],
+        Duration::from_secs(30),
+    )
+    .unwrap();
     assert_eq!(code, Some(2));
     assert!(stderr.contains("--advertise"), "{stderr}");
     let (code, stderr) = run_to_exit(
-        &["node", "--name", "a", "--data-dir", "/tmp/x", "--advertise", "127.0.0.1", "--join", "nowhere"],
+        &[
+            "node",
+            "--name",
+            "a",
+            "--data-dir",
+            "/tmp/x",
+            "--advertise",
+            "127.0.0.1",
+            "--join",
+            "nowhere",
+        ],
         Duration::from_secs(30),
     )
     .unwrap();
@@ -70,7 +113,11 @@ async fn corrupt_database_is_a_clear_error() {
     let len = std::fs::metadata(&manifest).unwrap().len() as usize;
     std::fs::write(&manifest, vec![0x5a; len]).unwrap();
     let data = cluster.nodes[0].data_dir.to_str().unwrap().to_string();
-    let (code, stderr) = run_to_exit(&node_args("n1", &data, &["--peer-port", "0"]), Duration::from_secs(30)).unwrap();
+    let (code, stderr) = run_to_exit(
+        &node_args("n1", &data, &["--peer-port", "0"]),
+        Duration::from_secs(30),
+    )
+    .unwrap();
     assert_clean_failure(code, &stderr, "corrupt");
 }
 

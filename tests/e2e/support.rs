@@ -31,7 +31,8 @@ impl Writer {
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     let client = &clients[n % clients.len()];
-                    let keys: Vec<String> = (0..width).map(|j| format!("{prefix}/{n:08}/{j}")).collect();
+                    let keys: Vec<String> =
+                        (0..width).map(|j| format!("{prefix}/{n:08}/{j}")).collect();
                     let ops = keys
                         .iter()
                         .map(|k| Op::Create {
@@ -39,8 +40,11 @@ impl Writer {
                             value: format!("value of {k}").into_bytes(),
                         })
                         .collect();
-                    let result =
-                        tokio::time::timeout(Duration::from_secs(20), client.propose(&Command::batch(ops))).await;
+                    let result = tokio::time::timeout(
+                        Duration::from_secs(20),
+                        client.propose(&Command::batch(ops)),
+                    )
+                    .await;
                     if let Ok(Ok(rev)) = result {
                         let mut a = acked.lock().unwrap();
                         for k in keys {

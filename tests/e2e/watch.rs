@@ -37,16 +37,32 @@ async fn watch_sees_every_change_once_in_order_across_leader_change() {
             .unwrap()
             .expect("watch ended");
         for e in events {
-            assert!(e.revision > start, "event at {} not after the start {start}", e.revision);
-            assert!(e.revision >= last, "out of order: {} after {last}", e.revision);
-            assert!(seen.insert(e.key.clone(), e.revision).is_none(), "{} delivered twice", e.key);
+            assert!(
+                e.revision > start,
+                "event at {} not after the start {start}",
+                e.revision
+            );
+            assert!(
+                e.revision >= last,
+                "out of order: {} after {last}",
+                e.revision
+            );
+            assert!(
+                seen.insert(e.key.clone(), e.revision).is_none(),
+                "{} delivered twice",
+                e.key
+            );
             last = e.revision;
         }
     }
     assert_eq!(seen["/w/end"], end);
     // Every acknowledged write was delivered, at its revision.
     for (k, rev) in &acked {
-        assert_eq!(seen.get(k), Some(rev), "acknowledged write {k} not delivered at {rev}");
+        assert_eq!(
+            seen.get(k),
+            Some(rev),
+            "acknowledged write {k} not delivered at {rev}"
+        );
     }
     // And nothing else: the delivered keys are exactly those the store holds.
     let stored: BTreeMap<String, u64> = client
@@ -57,12 +73,17 @@ async fn watch_sees_every_change_once_in_order_across_leader_change() {
         .map(|(k, r)| (k, r.mod_revision))
         .collect();
     seen.remove("/w/end");
-    assert_eq!(seen, stored, "watch delivered a different set of changes than the store holds");
+    assert_eq!(
+        seen, stored,
+        "watch delivered a different set of changes than the store holds"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watch_from_a_revision_older_than_the_window_is_compacted() {
-    let cluster = Cluster::start(1, Options::default().arg("--watch-window", 50)).await.unwrap();
+    let cluster = Cluster::start(1, Options::default().arg("--watch-window", 50))
+        .await
+        .unwrap();
     let client = cluster.client(0);
     let first = client.create("/c/0", "v").await.unwrap();
     for i in 1..200 {

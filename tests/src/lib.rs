@@ -77,7 +77,10 @@ struct Ready {
 
 /// Starts `flotilla` with `args`; returns the child once it printed its ready line.
 fn spawn(args: &[String], log: &Path) -> Result<(Child, Ready)> {
-    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let mut child = Command::new(flotilla_bin())
         .args(args)
         .stdin(Stdio::null())
@@ -101,15 +104,24 @@ fn spawn(args: &[String], log: &Path) -> Result<(Child, Ready)> {
             let _ = child.wait();
             let tail = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(15).collect();
-            bail!("node did not become ready ({other:?}); log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            bail!(
+                "node did not become ready ({other:?}); log tail:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
     };
-    let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("ready line {line:?}"))?;
     Ok((
         child,
         Ready {
-            addr: v["peer_addr"].as_str().ok_or_else(|| anyhow!("no peer_addr in {line}"))?.to_string(),
-            node_id: v["node_id"].as_u64().ok_or_else(|| anyhow!("no node_id in {line}"))?,
+            addr: v["peer_addr"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no peer_addr in {line}"))?
+                .to_string(),
+            node_id: v["node_id"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("no node_id in {line}"))?,
         },
     ))
 }
@@ -209,8 +221,14 @@ impl Cluster {
 
     /// SIGTERM node `i` and wait for it to exit; returns its exit status.
     pub fn terminate(&mut self, i: usize) -> Result<std::process::ExitStatus> {
-        let mut child = self.nodes[i].child.take().ok_or_else(|| anyhow!("node {i} not running"))?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+        let mut child = self.nodes[i]
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("node {i} not running"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
         Ok(child.wait()?)
     }
 
@@ -220,7 +238,10 @@ impl Cluster {
         let args = self.nodes[i].args.clone();
         let log = self.nodes[i].log_path();
         let (child, ready) = tokio::task::spawn_blocking(move || spawn(&args, &log)).await??;
-        anyhow::ensure!(ready.node_id == self.nodes[i].node_id, "restart changed the node id");
+        anyhow::ensure!(
+            ready.node_id == self.nodes[i].node_id,
+            "restart changed the node id"
+        );
         self.nodes[i].addr = ready.addr;
         self.nodes[i].child = Some(child);
         Ok(())
@@ -246,7 +267,10 @@ impl Cluster {
                     leader = Some(l);
                 }
                 // Right after a kill the survivors may still name the dead leader.
-                running.iter().find(|(id, _)| Some(*id) == leader).map(|(_, i)| *i)
+                running
+                    .iter()
+                    .find(|(id, _)| Some(*id) == leader)
+                    .map(|(_, i)| *i)
             }
         })
         .await
@@ -255,7 +279,12 @@ impl Cluster {
 
     /// Waits until the membership has `n` voters.
     pub async fn wait_voters(&self, n: usize) -> Result<()> {
-        let client = self.client(self.nodes.iter().position(|n| n.is_running()).expect("a running node"));
+        let client = self.client(
+            self.nodes
+                .iter()
+                .position(|n| n.is_running())
+                .expect("a running node"),
+        );
         wait_until(Duration::from_secs(30), || {
             let client = client.clone();
             async move {
@@ -323,7 +352,10 @@ pub fn run_to_exit(args: &[&str], timeout: Duration) -> Result<(Option<i32>, Str
     match rx.recv_timeout(timeout) {
         Ok(output) => {
             let output = output?;
-            Ok((output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned()))
+            Ok((
+                output.status.code(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            ))
         }
         Err(_) => {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);

@@ -12,7 +12,9 @@ pub struct EtcdCluster {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl EtcdCluster {
@@ -21,8 +23,11 @@ impl EtcdCluster {
     }
 
     pub async fn start(dir: &Path) -> Result<EtcdCluster> {
-        let bin = which("etcd").context("etcd is not installed: `make deps` installs Debian's etcd-server")?;
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((free_port()?, free_port()?))).collect::<Result<_>>()?;
+        let bin = which("etcd")
+            .context("etcd is not installed: `make deps` installs Debian's etcd-server")?;
+        let ports: Vec<(u16, u16)> = (0..3)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<_>>()?;
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
@@ -59,7 +64,10 @@ impl EtcdCluster {
             children.push(child);
             endpoints.push(format!("127.0.0.1:{client}"));
         }
-        let cluster = EtcdCluster { endpoints, children };
+        let cluster = EtcdCluster {
+            endpoints,
+            children,
+        };
         // Ready when a write succeeds.
         let eps = cluster.endpoints.clone();
         let ready = flotilla_tests::wait_until(Duration::from_secs(30), || {
@@ -71,7 +79,10 @@ impl EtcdCluster {
         })
         .await;
         if ready.is_none() {
-            bail!("etcd did not accept a write within 30 s (logs in {})", dir.display());
+            bail!(
+                "etcd did not accept a write within 30 s (logs in {})",
+                dir.display()
+            );
         }
         Ok(cluster)
     }

@@ -32,7 +32,8 @@ where
     for c in 0..clients {
         let op = Arc::clone(&op);
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut hist =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut errors = 0u64;
             let mut n = 0u64;
             while Instant::now() < deadline {

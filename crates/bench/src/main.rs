@@ -7,7 +7,10 @@ mod store;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "flotilla-bench", about = "Benchmarks Flotilla side by side with its peer systems")]
+#[command(
+    name = "flotilla-bench",
+    about = "Benchmarks Flotilla side by side with its peer systems"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,7 +24,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Store(args) => runtime.block_on(store::run(args)),
     }

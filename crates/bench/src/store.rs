@@ -57,7 +57,9 @@ fn mean_rss(pids: &[u32]) -> f64 {
 
 pub async fn run(args: StoreArgs) -> Result<()> {
     let value = Arc::new(vec![b'x'; args.value_size]);
-    let dir = tempfile::Builder::new().prefix("flotilla-bench-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("flotilla-bench-")
+        .tempdir()?;
     let mut rows = Vec::new();
 
     eprintln!("starting a 3-node Flotilla cluster and a 3-member etcd ...");
@@ -75,9 +77,12 @@ pub async fn run(args: StoreArgs) -> Result<()> {
             let (c, v) = (Arc::clone(&c), Arc::clone(&v));
             async move {
                 let node = &c[client % c.len()];
-                node.create(&format!("/bench/{round}/{client}/{i}"), v.as_slice().to_vec())
-                    .await
-                    .is_ok()
+                node.create(
+                    &format!("/bench/{round}/{client}/{i}"),
+                    v.as_slice().to_vec(),
+                )
+                .await
+                .is_ok()
             }
         })
         .await;
@@ -92,9 +97,13 @@ pub async fn run(args: StoreArgs) -> Result<()> {
         let result = load::run(n, args.duration, move |client, i| {
             let (mut kv, v) = (kv.clone(), Arc::clone(&v));
             async move {
-                kv.put(format!("/bench/{round}/{client}/{i}"), v.as_slice().to_vec(), None)
-                    .await
-                    .is_ok()
+                kv.put(
+                    format!("/bench/{round}/{client}/{i}"),
+                    v.as_slice().to_vec(),
+                    None,
+                )
+                .await
+                .is_ok()
             }
         })
         .await;
@@ -112,7 +121,13 @@ pub async fn run(args: StoreArgs) -> Result<()> {
     for r in &rows {
         println!(
             "{:<10} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>10.1}",
-            r.system, r.load.clients, r.load.ops_per_sec, r.load.p50_ms, r.load.p99_ms, r.load.errors, r.rss_mib_per_node
+            r.system,
+            r.load.clients,
+            r.load.ops_per_sec,
+            r.load.p50_ms,
+            r.load.p99_ms,
+            r.load.errors,
+            r.rss_mib_per_node
         );
     }
     let mut ratios = Vec::new();

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use flotilla_raft::{NodeConfig, RaftNode};
 
 #[derive(Parser)]
-#[command(name = "flotilla", version, about = "A container orchestrator: one binary, Raft inside")]
+#[command(
+    name = "flotilla",
+    version,
+    about = "A container orchestrator: one binary, Raft inside"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,9 +59,13 @@ struct NodeArgs {
 impl NodeArgs {
     fn config(&self) -> Result<NodeConfig, String> {
         if let Some(seed) = &self.join {
-            let port_ok = seed.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            let port_ok = seed
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !port_ok {
-                return Err(format!("invalid value '{seed}' for '--join <HOST:PORT>': expected HOST:PORT"));
+                return Err(format!(
+                    "invalid value '{seed}' for '--join <HOST:PORT>': expected HOST:PORT"
+                ));
             }
         }
         let mut c = NodeConfig::new(&self.name, &self.data_dir, self.advertise);
@@ -74,7 +82,10 @@ impl NodeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     flotilla_util::init_tracing("info,openraft=warn,h2=warn,tower=warn");
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("flotilla: error: cannot start the async runtime: {err}");
@@ -110,7 +121,9 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         })
     );
 
-    wait_for_signal().await.map_err(|e| format!("cannot listen for signals: {e}"))?;
+    wait_for_signal()
+        .await
+        .map_err(|e| format!("cannot listen for signals: {e}"))?;
     tracing::info!("shutting down");
     node.shutdown().await;
     Ok(())

@@ -78,7 +78,8 @@ impl Db {
         opts.set_paranoid_checks(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(3);
-        let cfs = [CF_META, CF_LOG, CF_DATA, CF_SM].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let cfs = [CF_META, CF_LOG, CF_DATA, CF_SM]
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| classify(dir, e))?;
         Ok(Arc::new(Db {
             db,
@@ -88,7 +89,9 @@ impl Db {
 
     pub fn cf(&self, name: &str) -> &ColumnFamily {
         // The four families are created on open, so a missing one is a bug, not an input error.
-        self.db.cf_handle(name).expect("column family created on open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created on open")
     }
 
     pub fn identity(&self) -> Result<Option<Identity>, OpenError> {
@@ -98,7 +101,9 @@ impl Db {
         };
         match self.db.get_cf(self.cf(CF_META), KEY_IDENTITY) {
             Ok(None) => Ok(None),
-            Ok(Some(bytes)) => serde_json::from_slice(&bytes).map(Some).map_err(|e| bad(e.to_string())),
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| bad(e.to_string())),
             Err(e) => Err(classify(&self.dir, e)),
         }
     }
@@ -107,7 +112,8 @@ impl Db {
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(true);
         let bytes = serde_json::to_vec(identity).expect("identity serialises to JSON");
-        self.db.put_cf_opt(self.cf(CF_META), KEY_IDENTITY, bytes, &opts)
+        self.db
+            .put_cf_opt(self.cf(CF_META), KEY_IDENTITY, bytes, &opts)
     }
 }
 
@@ -122,7 +128,9 @@ fn classify(dir: &Path, e: rocksdb::Error) -> OpenError {
         // A truncated or garbled MANIFEST/CURRENT can also surface as an I/O or invalid-argument
         // error; both mean the directory does not hold a usable database.
         rocksdb::ErrorKind::InvalidArgument | rocksdb::ErrorKind::IOError
-            if detail.contains("CURRENT") || detail.contains("MANIFEST") || detail.contains("corrupt") =>
+            if detail.contains("CURRENT")
+                || detail.contains("MANIFEST")
+                || detail.contains("corrupt") =>
         {
             OpenError::Corrupt { dir, detail }
         }

@@ -10,7 +10,9 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
-use crate::db::{index_from_key, index_key, Db, CF_LOG, CF_META, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE};
+use crate::db::{
+    index_from_key, index_key, Db, CF_LOG, CF_META, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE,
+};
 use crate::types::{decode, encode, io_err, Entry, LogId, TypeConfig, Vote};
 
 #[derive(Clone)]
@@ -25,7 +27,9 @@ impl LogStore {
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
         match self.db.db.get_cf(self.db.cf(CF_META), key) {
-            Ok(Some(bytes)) => decode(&bytes).map(Some).map_err(|e| io_err("decode raft metadata", e)),
+            Ok(Some(bytes)) => decode(&bytes)
+                .map(Some)
+                .map_err(|e| io_err("decode raft metadata", e)),
             Ok(None) => Ok(None),
             Err(e) => Err(io_err("read raft metadata", e)),
         }
@@ -37,14 +41,19 @@ impl LogStore {
         tokio::task::spawn_blocking(move || {
             let mut opts = WriteOptions::default();
             opts.set_sync(sync);
-            db.db.write_opt(batch, &opts).map_err(|e| io_err("write raft log", e))
+            db.db
+                .write_opt(batch, &opts)
+                .map_err(|e| io_err("write raft log", e))
         })
         .await
         .map_err(|e| io_err("raft log writer task", e))?
     }
 
     fn last_entry_log_id(&self) -> io::Result<Option<LogId>> {
-        let mut iter = self.db.db.iterator_cf(self.db.cf(CF_LOG), IteratorMode::End);
+        let mut iter = self
+            .db
+            .db
+            .iterator_cf(self.db.cf(CF_LOG), IteratorMode::End);
         match iter.next() {
             None => Ok(None),
             Some(Ok((_, value))) => {
@@ -72,14 +81,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => None,
         };
         let from = index_key(start);
-        let iter = self
-            .db
-            .db
-            .iterator_cf(self.db.cf(CF_LOG), IteratorMode::From(&from, Direction::Forward));
+        let iter = self.db.db.iterator_cf(
+            self.db.cf(CF_LOG),
+            IteratorMode::From(&from, Direction::Forward),
+        );
         let mut out = Vec::new();
         for item in iter {
             let (key, value) = item.map_err(|e| io_err("read raft log", e))?;
-            let index = index_from_key(&key).ok_or_else(|| io_err("read raft log", "malformed key"))?;
+            let index =
+                index_from_key(&key).ok_or_else(|| io_err("read raft log", "malformed key"))?;
             if end.is_some_and(|end| index >= end) {
                 break;
             }
@@ -98,7 +108,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
-        let last_log_id = self.last_entry_log_id()?.or_else(|| last_purged_log_id.clone());
+        let last_log_id = self
+            .last_entry_log_id()?
+            .or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -160,8 +172,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io_err("flush task", e))?
             .map_err(|e| io_err("flush write-ahead log", e))?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.db.cf(CF_META), KEY_LAST_PURGED, encode(&Some(log_id.clone())));
-        batch.delete_range_cf(self.db.cf(CF_LOG), index_key(0), index_key(log_id.index + 1));
+        batch.put_cf(
+            self.db.cf(CF_META),
+            KEY_LAST_PURGED,
+            encode(&Some(log_id)),
+        );
+        batch.delete_range_cf(
+            self.db.cf(CF_LOG),
+            index_key(0),
+            index_key(log_id.index + 1),
+        );
         self.write(batch, true).await
     }
 }

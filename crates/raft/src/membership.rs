@@ -16,7 +16,7 @@ pub const CAUGHT_UP_LAG: u64 = 100;
 /// above the member count, at most 5.
 pub fn target_voters(members: usize) -> usize {
     match members {
-        0 | 1 | 2 => 1,
+        0..=2 => 1,
         3 | 4 => 3,
         _ => 5,
     }
@@ -25,13 +25,17 @@ pub fn target_voters(members: usize) -> usize {
 /// Which learners to promote: enough caught-up ones (lowest ids first) to reach the target
 /// voter count, or, if there are too few, the largest odd count within reach. Never an even
 /// voter count.
-pub fn promotions(voters: &BTreeSet<NodeId>, caught_up_learners: &BTreeSet<NodeId>, members: usize) -> BTreeSet<NodeId> {
+pub fn promotions(
+    voters: &BTreeSet<NodeId>,
+    caught_up_learners: &BTreeSet<NodeId>,
+    members: usize,
+) -> BTreeSet<NodeId> {
     let target = target_voters(members);
     if voters.len() >= target {
         return BTreeSet::new();
     }
     let mut reachable = (voters.len() + caught_up_learners.len()).min(target);
-    if reachable % 2 == 0 {
+    if reachable.is_multiple_of(2) {
         reachable -= 1;
     }
     caught_up_learners
@@ -63,7 +67,8 @@ pub async fn run_promoter(raft: Raft, shutdown: CancellationToken) {
             }
             let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
             let last = m.last_log_index.unwrap_or(0);
-            let replication: BTreeMap<NodeId, Option<crate::types::LogId>> = m.replication.clone().unwrap_or_default();
+            let replication: BTreeMap<NodeId, Option<crate::types::LogId>> =
+                m.replication.clone().unwrap_or_default();
             let caught_up: BTreeSet<NodeId> = membership
                 .learner_ids()
                 .filter(|id| {
@@ -79,8 +84,15 @@ pub async fn run_promoter(raft: Raft, shutdown: CancellationToken) {
         if promote.is_empty() {
             continue;
         }
-        tracing::info!(?promote, voters = voters.len(), "promoting learners to voters");
-        if let Err(err) = raft.change_membership(ChangeMembers::AddVoterIds(promote), true).await {
+        tracing::info!(
+            ?promote,
+            voters = voters.len(),
+            "promoting learners to voters"
+        );
+        if let Err(err) = raft
+            .change_membership(ChangeMembers::AddVoterIds(promote), true)
+            .await
+        {
             tracing::warn!(%err, "promotion failed");
         }
     }
@@ -112,7 +124,10 @@ mod tests {
         // Six members, three voters, one caught up: stay at three.
         assert!(promotions(&set(&[1, 2, 3]), &set(&[4]), 6).is_empty());
         // Six members, three voters, three caught up: go to five.
-        assert_eq!(promotions(&set(&[1, 2, 3]), &set(&[4, 5, 6]), 6), set(&[4, 5]));
+        assert_eq!(
+            promotions(&set(&[1, 2, 3]), &set(&[4, 5, 6]), 6),
+            set(&[4, 5])
+        );
     }
 
     #[test]

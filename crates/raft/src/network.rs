@@ -9,11 +9,13 @@ use std::time::Duration;
 use flotilla_rpc::pb;
 use flotilla_rpc::pb::raft_client::RaftClient;
 use futures::StreamExt;
-use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
+use openraft::errors::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::RPCTypes;
 use serde::de::DeserializeOwned;
@@ -90,13 +92,21 @@ pub struct Peer {
 
 fn status_to_rpc(status: tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::from_string(status)),
+        tonic::Code::Unavailable | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::from_string(status))
+        }
         _ => RPCError::Network(NetworkError::from_string(status)),
     }
 }
 
 impl Peer {
-    async fn call<Req, Resp, F, Fut>(&mut self, action: RPCTypes, req: &Req, option: &RPCOption, send: F) -> Result<Resp, RPCError<TypeConfig>>
+    async fn call<Req, Resp, F, Fut>(
+        &mut self,
+        action: RPCTypes,
+        req: &Req,
+        option: &RPCOption,
+        send: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -120,7 +130,9 @@ impl Peer {
             Ok(Err(status)) => return Err(status_to_rpc(status)),
             Ok(Ok(resp)) => resp.into_inner(),
         };
-        decode(&resp.data).map_err(|e| RPCError::Network(NetworkError::from_string(format!("decode response: {e}"))))
+        decode(&resp.data).map_err(|e| {
+            RPCError::Network(NetworkError::from_string(format!("decode response: {e}")))
+        })
     }
 }
 
@@ -132,16 +144,35 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RPCTypes::AppendEntries, &rpc, &option, |mut c, p| async move { c.append_entries(p).await })
-            .await
+        self.call(
+            RPCTypes::AppendEntries,
+            &rpc,
+            &option,
+            |mut c, p| async move { c.append_entries(p).await },
+        )
+        .await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RPCTypes::Vote, &rpc, &option, |mut c, p| async move { c.vote(p).await }).await
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RPCTypes::Vote, &rpc, &option, |mut c, p| async move {
+            c.vote(p).await
+        })
+        .await
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RPCTypes::Vote, &rpc, &option, |mut c, p| async move { c.pre_vote(p).await }).await
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RPCTypes::Vote, &rpc, &option, |mut c, p| async move {
+            c.pre_vote(p).await
+        })
+        .await
     }
 
     async fn transfer_leader(
@@ -149,9 +180,12 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        self.call(RPCTypes::TransferLeader, &req, &option, |mut c, p| async move {
-            c.transfer_leader(p).await
-        })
+        self.call(
+            RPCTypes::TransferLeader,
+            &req,
+            &option,
+            |mut c, p| async move { c.transfer_leader(p).await },
+        )
         .await
     }
 
@@ -164,7 +198,9 @@ impl RaftNetworkV2<TypeConfig> for Peer {
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let file = tokio::fs::File::open(&snapshot.snapshot)
             .await
-            .map_err(|e| StreamingError::Network(NetworkError::from_string(format!("open snapshot: {e}"))))?;
+            .map_err(|e| {
+                StreamingError::Network(NetworkError::from_string(format!("open snapshot: {e}")))
+            })?;
         let first = pb::SnapshotChunk {
             cluster_id: self.cluster_id.clone(),
             vote: encode(&vote),

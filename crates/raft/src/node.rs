@@ -14,8 +14,8 @@ use flotilla_rpc::pb::cluster_client::ClusterClient;
 use flotilla_rpc::pb::store_client::StoreClient as PbStoreClient;
 use flotilla_rpc::{command_to_pb, error_from_pb};
 use flotilla_store::{Command, Engine, Proposer, Revision, StoreError};
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -70,7 +70,9 @@ impl NodeConfig {
 pub enum StartError {
     #[error(transparent)]
     Open(#[from] OpenError),
-    #[error("data dir {dir} belongs to cluster {ours}, but seed {seed} belongs to cluster {theirs}")]
+    #[error(
+        "data dir {dir} belongs to cluster {ours}, but seed {seed} belongs to cluster {theirs}"
+    )]
     OtherCluster {
         dir: PathBuf,
         ours: String,
@@ -78,7 +80,11 @@ pub enum StartError {
         theirs: String,
     },
     #[error("cannot reach seed {seed} within {secs} s: {detail}")]
-    SeedUnreachable { seed: String, secs: u64, detail: String },
+    SeedUnreachable {
+        seed: String,
+        secs: u64,
+        detail: String,
+    },
     #[error("seed {seed} refused the join: {detail}")]
     JoinRefused { seed: String, detail: String },
     #[error("peer port {addr} is already in use")]
@@ -127,17 +133,20 @@ async fn seed_status(seed: &str, timeout: Duration) -> Result<pb::StatusResponse
     let deadline = Instant::now() + timeout;
     let mut client = ClusterClient::new(seed_channel(seed));
     loop {
-        let err = match tokio::time::timeout(Duration::from_secs(2), client.status(pb::StatusRequest {})).await {
-            Ok(Ok(resp)) => {
-                let status = resp.into_inner();
-                if !status.cluster_id.is_empty() {
-                    return Ok(status);
+        let err =
+            match tokio::time::timeout(Duration::from_secs(2), client.status(pb::StatusRequest {}))
+                .await
+            {
+                Ok(Ok(resp)) => {
+                    let status = resp.into_inner();
+                    if !status.cluster_id.is_empty() {
+                        return Ok(status);
+                    }
+                    "seed has not joined a cluster yet".to_string()
                 }
-                "seed has not joined a cluster yet".to_string()
-            }
-            Ok(Err(status)) => status.message().to_string(),
-            Err(_) => "no answer within 2 s".to_string(),
-        };
+                Ok(Err(status)) => status.message().to_string(),
+                Err(_) => "no answer within 2 s".to_string(),
+            };
         if Instant::now() >= deadline {
             return Err(StartError::SeedUnreachable {
                 seed: seed.to_string(),
@@ -231,10 +240,13 @@ impl RaftNode {
         if matches!(mode, Mode::Bootstrap) {
             identity.cluster_id = Some(cluster_id.clone());
         }
-        db.save_identity(&identity).map_err(|e| storage_err(e.to_string()))?;
+        db.save_identity(&identity)
+            .map_err(|e| storage_err(e.to_string()))?;
 
-        let snapshots = SnapshotDir::open(config.data_dir.join("snapshots")).map_err(|e| storage_err(e.to_string()))?;
-        let replica = Replica::new(Arc::clone(&db), config.watch_window).map_err(|e| storage_err(e.to_string()))?;
+        let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))
+            .map_err(|e| storage_err(e.to_string()))?;
+        let replica = Replica::new(Arc::clone(&db), config.watch_window)
+            .map_err(|e| storage_err(e.to_string()))?;
         let network = Network::new(identity.node_id, cluster_id.clone());
         let raft = Raft::new(
             identity.node_id,
@@ -267,7 +279,10 @@ impl RaftNode {
             name: identity.name.clone(),
             addr: identity.addr.clone(),
         };
-        let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
         match mode {
             Mode::Bootstrap | Mode::Resume if !initialized && config.join.is_none() => {
                 node.bootstrap(member).await?;
@@ -275,7 +290,8 @@ impl RaftNode {
             Mode::Join(seed) => {
                 node.join(&seed, &member, config.join_timeout).await?;
                 identity.cluster_id = Some(cluster_id);
-                db.save_identity(&identity).map_err(|e| storage_err(e.to_string()))?;
+                db.save_identity(&identity)
+                    .map_err(|e| storage_err(e.to_string()))?;
             }
             Mode::Resume if !initialized => {
                 // A join that was interrupted before the leader replicated to us: ask again.
@@ -292,7 +308,10 @@ impl RaftNode {
 
     fn spawn(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
         let handle = tokio::spawn(fut);
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
     }
 
     async fn bootstrap(&self, member: Member) -> Result<(), StartError> {
@@ -305,7 +324,10 @@ impl RaftNode {
         self.raft
             .wait(Some(Duration::from_secs(secs)))
             .metrics(
-                |m| m.current_leader == Some(m.id) && m.last_applied.as_ref().map(|l| l.index) >= m.last_log_index,
+                |m| {
+                    m.current_leader == Some(m.id)
+                        && m.last_applied.as_ref().map(|l| l.index) >= m.last_log_index
+                },
                 "bootstrap leader applied its first entry",
             )
             .await
@@ -330,7 +352,10 @@ impl RaftNode {
                     tracing::info!(%seed, cluster = %self.cluster_id, "joined as a learner");
                     return Ok(());
                 }
-                Err(status) if status.code() == tonic::Code::InvalidArgument || status.code() == tonic::Code::AlreadyExists => {
+                Err(status)
+                    if status.code() == tonic::Code::InvalidArgument
+                        || status.code() == tonic::Code::AlreadyExists =>
+                {
                     return Err(StartError::JoinRefused {
                         seed: seed.to_string(),
                         detail: status.message().to_string(),
@@ -389,7 +414,10 @@ impl RaftNode {
     }
 
     /// Applies `command` through this node if it is the leader. `Ok(None)`: not the leader.
-    pub(crate) async fn propose_local(&self, command: Command) -> Result<Option<Revision>, StoreError> {
+    pub(crate) async fn propose_local(
+        &self,
+        command: Command,
+    ) -> Result<Option<Revision>, StoreError> {
         match self.raft.client_write(command).await {
             Ok(resp) => resp.data.0.map(Some).map_err(StoreError::from),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Ok(None),
@@ -407,15 +435,24 @@ impl RaftNode {
         match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(read) => Ok(Some(read.index())),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => Ok(None),
-            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => Err(StoreError::NotLeader {
-                reason: format!("the leader cannot reach a quorum: {q}"),
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
+                Err(StoreError::NotLeader {
+                    reason: format!("the leader cannot reach a quorum: {q}"),
+                })
+            }
+            Err(RaftError::Fatal(f)) => Err(StoreError::Closed {
+                reason: f.to_string(),
             }),
-            Err(RaftError::Fatal(f)) => Err(StoreError::Closed { reason: f.to_string() }),
         }
     }
 
     /// Runs `local` on the leader: here if this node leads, else forwarded with `remote`.
-    async fn on_leader<T, L, LF, R, RF>(&self, what: &str, local: L, remote: R) -> Result<T, StoreError>
+    async fn on_leader<T, L, LF, R, RF>(
+        &self,
+        what: &str,
+        local: L,
+        remote: R,
+    ) -> Result<T, StoreError>
     where
         L: Fn() -> LF,
         LF: std::future::Future<Output = Result<Option<T>, StoreError>>,
@@ -438,19 +475,25 @@ impl RaftNode {
                     Ok(Ok(v)) => return Ok(v),
                     Ok(Err(StoreError::NotLeader { reason })) => last = reason,
                     Ok(Err(e)) => return Err(e),
-                    Err(status) => last = format!("leader {member} unreachable: {}", status.message()),
+                    Err(status) => {
+                        last = format!("leader {member} unreachable: {}", status.message())
+                    }
                 },
                 None => {}
             }
             let now = Instant::now();
             if now >= deadline {
                 return Err(StoreError::NotLeader {
-                    reason: format!("{what} gave up after {} ms: {last}", self.request_timeout.as_millis()),
+                    reason: format!(
+                        "{what} gave up after {} ms: {last}",
+                        self.request_timeout.as_millis()
+                    ),
                 });
             }
             // Give the cluster a moment to settle (an election, a reconnect) before retrying.
             tokio::time::sleep(Duration::from_millis(20)).await;
-            self.await_leader((deadline - now).min(Duration::from_millis(500))).await;
+            self.await_leader((deadline - now).min(Duration::from_millis(500)))
+                .await;
         }
     }
 
@@ -500,7 +543,9 @@ impl RaftNode {
             )));
         }
         if req.name.is_empty() || req.addr.parse::<SocketAddr>().is_err() {
-            return Err(tonic::Status::invalid_argument("join needs a name and a host:port address"));
+            return Err(tonic::Status::invalid_argument(
+                "join needs a name and a host:port address",
+            ));
         }
         let deadline = Instant::now() + self.request_timeout;
         loop {
@@ -512,7 +557,9 @@ impl RaftNode {
                         let membership = m.membership_config.membership();
                         let found = membership
                             .nodes()
-                            .find(|(nid, n)| **nid != req.node_id && (n.name == req.name || n.addr == req.addr))
+                            .find(|(nid, n)| {
+                                **nid != req.node_id && (n.name == req.name || n.addr == req.addr)
+                            })
                             .map(|(_, n)| n.clone());
                         found
                     };
@@ -552,7 +599,11 @@ impl RaftNode {
     }
 }
 
-async fn check_same_cluster(seed: &str, identity: &Identity, config: &NodeConfig) -> Result<(), StartError> {
+async fn check_same_cluster(
+    seed: &str,
+    identity: &Identity,
+    config: &NodeConfig,
+) -> Result<(), StartError> {
     // Resuming needs no seed; only a seed that answers and disagrees is an error.
     let Ok(status) = seed_status(seed, Duration::from_secs(2)).await else {
         return Ok(());
@@ -585,7 +636,10 @@ impl Proposer for RaftNode {
                 let ops = ops.clone();
                 async move {
                     let resp = client
-                        .propose(pb::ProposeRequest { ops, forwarded: true })
+                        .propose(pb::ProposeRequest {
+                            ops,
+                            forwarded: true,
+                        })
                         .await?
                         .into_inner();
                     Ok(match resp.error {
@@ -604,7 +658,10 @@ impl Proposer for RaftNode {
                 "read index",
                 || self.read_index_local(),
                 |mut client| async move {
-                    let resp = client.read_index(pb::ReadIndexRequest {}).await?.into_inner();
+                    let resp = client
+                        .read_index(pb::ReadIndexRequest {})
+                        .await?
+                        .into_inner();
                     Ok(match resp.error {
                         Some(e) => Err(error_from_pb(e)),
                         None => Ok(resp.index),

@@ -19,7 +19,11 @@ use crate::node::RaftNode;
 use crate::types::{decode, encode, Snapshot, SnapshotMeta, Vote};
 
 /// Serves the three services on `listener` until `shutdown`.
-pub async fn serve(node: Arc<RaftNode>, listener: std::net::TcpListener, shutdown: CancellationToken) {
+pub async fn serve(
+    node: Arc<RaftNode>,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(err) => {
@@ -31,11 +35,18 @@ pub async fn serve(node: Arc<RaftNode>, listener: std::net::TcpListener, shutdow
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
-            RaftServer::new(RaftService { node: Arc::clone(&node) })
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            RaftServer::new(RaftService {
+                node: Arc::clone(&node),
+            })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
         )
-        .add_service(StoreServer::new(StoreService { node: Arc::clone(&node) }).max_decoding_message_size(max))
+        .add_service(
+            StoreServer::new(StoreService {
+                node: Arc::clone(&node),
+            })
+            .max_decoding_message_size(max),
+        )
         .add_service(ClusterServer::new(ClusterService { node }))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await;
@@ -59,14 +70,20 @@ impl RaftService {
         Ok(())
     }
 
-    fn payload<T: serde::de::DeserializeOwned>(&self, req: Request<pb::RaftPayload>) -> Result<T, Status> {
+    fn payload<T: serde::de::DeserializeOwned>(
+        &self,
+        req: Request<pb::RaftPayload>,
+    ) -> Result<T, Status> {
         let p = req.into_inner();
         self.check_cluster(&p.cluster_id)?;
-        decode(&p.data).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+        decode(&p.data)
+            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
     }
 }
 
-fn reply<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Response<pb::RaftPayload>, Status> {
+fn reply<T: serde::Serialize, E: std::fmt::Display>(
+    r: Result<T, E>,
+) -> Result<Response<pb::RaftPayload>, Status> {
     match r {
         Ok(v) => Ok(Response::new(pb::RaftPayload {
             cluster_id: String::new(),
@@ -78,22 +95,34 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<R
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc = self.payload(req)?;
         reply(self.node.raft.append_entries(rpc).await)
     }
 
-    async fn vote(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn vote(
+        &self,
+        req: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc = self.payload(req)?;
         reply(self.node.raft.vote(rpc).await)
     }
 
-    async fn pre_vote(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn pre_vote(
+        &self,
+        req: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc = self.payload(req)?;
         reply(self.node.raft.pre_vote(rpc).await)
     }
 
-    async fn transfer_leader(&self, req: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::RaftPayload>,
+    ) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc = self.payload(req)?;
         reply(self.node.raft.handle_transfer_leader(rpc).await)
     }
@@ -108,7 +137,9 @@ impl RaftRpc for RaftService {
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
         self.check_cluster(&first.cluster_id)?;
-        let bad = |what: &str, e: postcard::Error| Status::invalid_argument(format!("undecodable snapshot {what}: {e}"));
+        let bad = |what: &str, e: postcard::Error| {
+            Status::invalid_argument(format!("undecodable snapshot {what}: {e}"))
+        };
         let vote: Vote = decode(&first.vote).map_err(|e| bad("vote", e))?;
         let meta: SnapshotMeta = decode(&first.meta).map_err(|e| bad("metadata", e))?;
         let path = self.node.snapshots.incoming_path();
@@ -158,11 +189,17 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> 
 
 #[tonic::async_trait]
 impl Store for StoreService {
-    async fn propose(&self, req: Request<pb::ProposeRequest>) -> Result<Response<pb::ProposeResponse>, Status> {
+    async fn propose(
+        &self,
+        req: Request<pb::ProposeRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
         let req = req.into_inner();
-        let command = command_from_pb(req.ops).ok_or_else(|| Status::invalid_argument("an operation is empty"))?;
+        let command = command_from_pb(req.ops)
+            .ok_or_else(|| Status::invalid_argument("an operation is empty"))?;
         if command.ops.is_empty() {
-            return Err(Status::invalid_argument("a proposal needs at least one operation"));
+            return Err(Status::invalid_argument(
+                "a proposal needs at least one operation",
+            ));
         }
         let result = if req.forwarded {
             match self.node.propose_local(command).await {
@@ -176,7 +213,10 @@ impl Store for StoreService {
             self.node.propose(command).await
         };
         Ok(Response::new(match result {
-            Ok(revision) => pb::ProposeResponse { revision, error: None },
+            Ok(revision) => pb::ProposeResponse {
+                revision,
+                error: None,
+            },
             Err(e) => pb::ProposeResponse {
                 revision: 0,
                 error: Some(error_to_pb(&e)),
@@ -184,7 +224,10 @@ impl Store for StoreService {
         }))
     }
 
-    async fn read_index(&self, _req: Request<pb::ReadIndexRequest>) -> Result<Response<pb::ReadIndexResponse>, Status> {
+    async fn read_index(
+        &self,
+        _req: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         let resp = match self.node.read_index_local().await {
             Ok(Some(index)) => pb::ReadIndexResponse { index, error: None },
             Ok(None) => pb::ReadIndexResponse {
@@ -223,14 +266,19 @@ impl Store for StoreService {
         }))
     }
 
-    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
         let req = req.into_inner();
         let result = async {
             if req.linearizable {
                 self.node.read_barrier().await?;
             }
             let after = (!req.start_after.is_empty()).then_some(req.start_after.as_str());
-            self.node.replica.list(&req.prefix, after, req.limit as usize)
+            self.node
+                .replica
+                .list(&req.prefix, after, req.limit as usize)
         }
         .await;
         Ok(Response::new(match result {
@@ -255,10 +303,17 @@ impl Store for StoreService {
 
     type WatchStream = WatchStream;
 
-    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let req = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::WatchResponse, Status>>(16);
-        let watcher = self.node.replica.window_arc().watch(req.prefix, req.after_revision);
+        let watcher = self
+            .node
+            .replica
+            .window_arc()
+            .watch(req.prefix, req.after_revision);
         tokio::spawn(async move {
             let mut watcher = match watcher {
                 Ok(w) => w,
@@ -289,7 +344,9 @@ impl Store for StoreService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }
 
@@ -306,7 +363,10 @@ struct ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
         self.node.add_learner(req.into_inner()).await?;
         Ok(Response::new(pb::JoinResponse {
             cluster_id: self.node.cluster_id.clone(),
@@ -314,16 +374,26 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn status(&self, _req: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
         Ok(Response::new(self.node.status()))
     }
 
-    async fn digest(&self, _req: Request<pb::DigestRequest>) -> Result<Response<pb::DigestResponse>, Status> {
+    async fn digest(
+        &self,
+        _req: Request<pb::DigestRequest>,
+    ) -> Result<Response<pb::DigestResponse>, Status> {
         let (revision, digest, keys) = self
             .node
             .replica
             .digest()
             .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::DigestResponse { revision, digest, keys }))
+        Ok(Response::new(pb::DigestResponse {
+            revision,
+            digest,
+            keys,
+        }))
     }
 }

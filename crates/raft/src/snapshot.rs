@@ -98,7 +98,10 @@ pub fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
         hasher: Sha256::new(),
     };
     if r.exact(MAGIC.len())? != MAGIC {
-        return Err(io_err("snapshot", format!("{} is not a snapshot file", path.display())));
+        return Err(io_err(
+            "snapshot",
+            format!("{} is not a snapshot file", path.display()),
+        ));
     }
     let n = r.len()?;
     decode(&r.exact(n)?).map_err(|e| io_err("snapshot metadata", e))
@@ -111,7 +114,10 @@ pub fn read(path: &Path) -> io::Result<SnapshotContents> {
         hasher: Sha256::new(),
     };
     if r.exact(MAGIC.len())? != MAGIC {
-        return Err(io_err("snapshot", format!("{} is not a snapshot file", path.display())));
+        return Err(io_err(
+            "snapshot",
+            format!("{} is not a snapshot file", path.display()),
+        ));
     }
     let n = r.len()?;
     let meta: SnapshotMeta = decode(&r.exact(n)?).map_err(|e| io_err("snapshot metadata", e))?;
@@ -133,7 +139,10 @@ pub fn read(path: &Path) -> io::Result<SnapshotContents> {
     let mut sum = [0u8; 32];
     r.inner.read_exact(&mut sum)?;
     if sum[..] != expected[..] {
-        return Err(io_err("snapshot", format!("{} fails its checksum", path.display())));
+        return Err(io_err(
+            "snapshot",
+            format!("{} fails its checksum", path.display()),
+        ));
     }
     Ok(SnapshotContents { meta, records })
 }
@@ -158,11 +167,13 @@ impl SnapshotDir {
     }
 
     pub fn temp_path(&self, what: &str) -> PathBuf {
-        self.dir.join(format!("{what}-{:016x}.tmp", rand::random::<u64>()))
+        self.dir
+            .join(format!("{what}-{:016x}.tmp", rand::random::<u64>()))
     }
 
     pub fn incoming_path(&self) -> PathBuf {
-        self.dir.join(format!("incoming-{:016x}.part", rand::random::<u64>()))
+        self.dir
+            .join(format!("incoming-{:016x}.part", rand::random::<u64>()))
     }
 
     /// The final name of a snapshot: sorted by index, then term.
@@ -171,7 +182,8 @@ impl SnapshotDir {
             .last_log_id
             .as_ref()
             .map_or((0, 0), |l| (l.index, l.leader_id.term));
-        self.dir.join(format!("snap-{index:020}-{term:020}{SUFFIX}"))
+        self.dir
+            .join(format!("snap-{index:020}-{term:020}{SUFFIX}"))
     }
 
     /// The newest snapshot file, if any.
@@ -210,7 +222,10 @@ mod tests {
     fn meta(index: u64) -> SnapshotMeta {
         SnapshotMeta {
             last_log_id: Some(openraft::LogId {
-                leader_id: openraft::impls::leader_id_adv::LeaderId { term: 3, node_id: 1 },
+                leader_id: openraft::impls::leader_id_adv::LeaderId {
+                    term: 3,
+                    node_id: 1,
+                },
                 index,
             }),
             last_membership: StoredMembership::default(),
@@ -230,7 +245,13 @@ mod tests {
         assert_eq!(snaps.current().unwrap(), Some(path.clone()));
         let got = read(&path).unwrap();
         assert_eq!(got.meta, m);
-        assert_eq!(got.records, vec![(b"/a".to_vec(), b"1".to_vec()), (b"/b".to_vec(), b"22".to_vec())]);
+        assert_eq!(
+            got.records,
+            vec![
+                (b"/a".to_vec(), b"1".to_vec()),
+                (b"/b".to_vec(), b"22".to_vec())
+            ]
+        );
         assert_eq!(read_meta(&path).unwrap(), m);
 
         let mut bytes = std::fs::read(&path).unwrap();

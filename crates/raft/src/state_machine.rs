@@ -17,7 +17,9 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use crate::db::{Db, CF_DATA, CF_SM, DATA_END, KEY_LAST_APPLIED, KEY_MEMBERSHIP};
 use crate::snapshot::{self, SnapshotDir, SnapshotWriter};
-use crate::types::{decode, encode, io_err, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::types::{
+    decode, encode, io_err, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
+};
 
 /// The local replica's data, shared by the state machine and readers.
 #[derive(Clone)]
@@ -81,12 +83,20 @@ impl Engine for Replica {
         let record = snap
             .get_cf(self.db.cf(CF_DATA), key.as_bytes())
             .map_err(Self::storage)?
-            .map(|b| Record::decode(&b).ok_or_else(|| StoreError::storage(format!("malformed record at {key}"))))
+            .map(|b| {
+                Record::decode(&b)
+                    .ok_or_else(|| StoreError::storage(format!("malformed record at {key}")))
+            })
             .transpose()?;
         Ok((applied.map_or(0, |l| l.index), record))
     }
 
-    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Listing, StoreError> {
+    fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Listing, StoreError> {
         let snap = self.db.db.snapshot();
         let (applied, _) = read_sm_meta(&self.db, Some(&snap)).map_err(Self::storage)?;
         let mut opts = ReadOptions::default();
@@ -112,7 +122,8 @@ impl Engine for Replica {
                 break;
             }
             let key = String::from_utf8(key.to_vec()).map_err(Self::storage)?;
-            let record = Record::decode(&value).ok_or_else(|| StoreError::storage(format!("malformed record at {key}")))?;
+            let record = Record::decode(&value)
+                .ok_or_else(|| StoreError::storage(format!("malformed record at {key}")))?;
             items.push((key, record));
         }
         Ok(Listing {
@@ -171,13 +182,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let no_sync = WriteOptions::default();
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
-            let log_id = entry.log_id.clone();
+            let log_id = entry.log_id;
             let revision = log_id.index;
             let mut batch = WriteBatch::default();
             let mut events = Vec::new();
             let outcome = match &entry.payload {
                 EntryPayload::Blank => Outcome(Ok(revision)),
-                EntryPayload::Normal(command) => match plan(command, revision, |k| self.read_record(k))? {
+                EntryPayload::Normal(command) => match plan(command, revision, |k| {
+                    self.read_record(k)
+                })? {
                     Ok(planned) => {
                         let cf = self.db().cf(CF_DATA);
                         for (key, value) in &planned.writes {
@@ -192,7 +205,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Err(rejection) => Outcome(Err(rejection)),
                 },
                 EntryPayload::Membership(m) => {
-                    let stored = StoredMembership::new(Some(log_id.clone()), m.clone());
+                    let stored = StoredMembership::new(Some(log_id), m.clone());
                     batch.put_cf(self.db().cf(CF_SM), KEY_MEMBERSHIP, encode(&stored));
                     Outcome(Ok(revision))
                 }
@@ -239,12 +252,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         };
         let meta = snapshot::read_meta(&path)?;
-        Ok(Some(Snapshot { meta, snapshot: path }))
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: path,
+        }))
     }
 }
 
 /// Verifies a received snapshot in full, then replaces the data in one batch.
-fn install(db: &Db, snapshots: &SnapshotDir, meta: &SnapshotMeta, path: &std::path::Path) -> io::Result<()> {
+fn install(
+    db: &Db,
+    snapshots: &SnapshotDir,
+    meta: &SnapshotMeta,
+    path: &std::path::Path,
+) -> io::Result<()> {
     let contents = snapshot::read(path)?;
     if contents.meta.last_log_id != meta.last_log_id {
         return Err(io_err(
@@ -265,7 +286,9 @@ fn install(db: &Db, snapshots: &SnapshotDir, meta: &SnapshotMeta, path: &std::pa
     batch.put_cf(db.cf(CF_SM), KEY_MEMBERSHIP, encode(&meta.last_membership));
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
-    db.db.write_opt(batch, &opts).map_err(|e| io_err("install snapshot", e))?;
+    db.db
+        .write_opt(batch, &opts)
+        .map_err(|e| io_err("install snapshot", e))?;
     let final_path = snapshots.path_for(meta);
     std::fs::rename(path, &final_path)?;
     snapshots.prune(&final_path)?;
@@ -300,13 +323,22 @@ fn build(db: &Db, snapshots: &SnapshotDir) -> io::Result<Snapshot> {
     let mut writer = SnapshotWriter::create(snapshots.temp_path("build"), &meta)?;
     let mut opts = ReadOptions::default();
     opts.set_snapshot(&snap);
-    for item in db.db.iterator_cf_opt(db.cf(CF_DATA), opts, IteratorMode::Start) {
+    for item in db
+        .db
+        .iterator_cf_opt(db.cf(CF_DATA), opts, IteratorMode::Start)
+    {
         let (key, value) = item.map_err(|e| io_err("read state for snapshot", e))?;
         writer.record(&key, &value)?;
     }
     let path = snapshots.path_for(&meta);
     writer.finish(&path)?;
     snapshots.prune(&path)?;
-    tracing::info!(index = meta.last_log_id.as_ref().map_or(0, |l| l.index), "built snapshot");
-    Ok(Snapshot { meta, snapshot: path })
+    tracing::info!(
+        index = meta.last_log_id.as_ref().map_or(0, |l| l.index),
+        "built snapshot"
+    );
+    Ok(Snapshot {
+        meta,
+        snapshot: path,
+    })
 }

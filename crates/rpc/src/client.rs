@@ -95,7 +95,11 @@ impl StoreClient {
         Ok(resp.revision)
     }
 
-    pub async fn create(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<Revision, ClientError> {
+    pub async fn create(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<Revision, ClientError> {
         self.propose(&Command::create(key, value)).await
     }
 
@@ -108,11 +112,19 @@ impl StoreClient {
         self.propose(&Command::update(key, value, expected)).await
     }
 
-    pub async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Revision, ClientError> {
+    pub async fn delete(
+        &self,
+        key: &str,
+        expected: Option<Revision>,
+    ) -> Result<Revision, ClientError> {
         self.propose(&Command::delete(key, expected)).await
     }
 
-    pub async fn get(&self, key: &str, linearizable: bool) -> Result<(Revision, Option<Record>), ClientError> {
+    pub async fn get(
+        &self,
+        key: &str,
+        linearizable: bool,
+    ) -> Result<(Revision, Option<Record>), ClientError> {
         let resp = self
             .store
             .clone()
@@ -158,11 +170,17 @@ impl StoreClient {
     }
 
     /// Every key under `prefix`, page by page, each page read linearizably or locally.
-    pub async fn list_all(&self, prefix: &str, linearizable: bool) -> Result<Vec<(String, Record)>, ClientError> {
+    pub async fn list_all(
+        &self,
+        prefix: &str,
+        linearizable: bool,
+    ) -> Result<Vec<(String, Record)>, ClientError> {
         let mut out: Vec<(String, Record)> = Vec::new();
         loop {
             let after = out.last().map(|(k, _)| k.clone());
-            let page = self.list(prefix, after.as_deref(), 1000, linearizable).await?;
+            let page = self
+                .list(prefix, after.as_deref(), 1000, linearizable)
+                .await?;
             let done = page.items.len() < 1000;
             out.extend(page.items);
             if done {

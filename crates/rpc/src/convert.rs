@@ -29,7 +29,11 @@ pub fn command_to_pb(c: &Command) -> Vec<pb::Op> {
                     key: key.clone(),
                     value: value.clone(),
                 }),
-                Op::Update { key, value, expected } => pb::op::Op::Update(pb::UpdateOp {
+                Op::Update {
+                    key,
+                    value,
+                    expected,
+                } => pb::op::Op::Update(pb::UpdateOp {
                     key: key.clone(),
                     value: value.clone(),
                     expected: *expected,
@@ -76,7 +80,11 @@ pub fn error_to_pb(e: &StoreError) -> pb::StoreError {
     };
     match e {
         StoreError::AlreadyExists { key } | StoreError::NotFound { key } => out.key = key.clone(),
-        StoreError::Conflict { key, expected, current } => {
+        StoreError::Conflict {
+            key,
+            expected,
+            current,
+        } => {
             out.key = key.clone();
             out.expected = *expected;
             out.current = *current;

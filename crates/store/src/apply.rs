@@ -48,8 +48,15 @@ pub fn plan<E>(
                 }),
                 EventKind::Created,
             ),
-            (Op::Update { .. } | Op::Delete { .. }, None) => return Ok(Err(reject(RejectReason::NotFound))),
-            (Op::Update { expected, value, .. }, Some(existing)) => {
+            (Op::Update { .. } | Op::Delete { .. }, None) => {
+                return Ok(Err(reject(RejectReason::NotFound)))
+            }
+            (
+                Op::Update {
+                    expected, value, ..
+                },
+                Some(existing),
+            ) => {
                 if let Err(reason) = check_expected(*expected, existing) {
                     return Ok(Err(reject(reason)));
                 }
@@ -108,7 +115,11 @@ mod tests {
 
     use super::*;
 
-    fn run(data: &BTreeMap<String, Record>, cmd: &Command, rev: Revision) -> Result<Plan, Rejection> {
+    fn run(
+        data: &BTreeMap<String, Record>,
+        cmd: &Command,
+        rev: Revision,
+    ) -> Result<Plan, Rejection> {
         plan(cmd, rev, |k| Ok::<_, Infallible>(data.get(k).cloned())).unwrap()
     }
 
@@ -139,7 +150,13 @@ mod tests {
     fn update_checks_expected_revision() {
         let data = BTreeMap::from([("a".to_string(), rec(1, 3, "x"))]);
         let r = run(&data, &Command::update("a", "y", Some(2)), 5).unwrap_err();
-        assert_eq!(r.reason, RejectReason::Conflict { expected: 2, current: 3 });
+        assert_eq!(
+            r.reason,
+            RejectReason::Conflict {
+                expected: 2,
+                current: 3
+            }
+        );
         let p = run(&data, &Command::update("a", "y", Some(3)), 5).unwrap();
         assert_eq!(p.writes, vec![("a".into(), Some(rec(1, 5, "y")))]);
         let p = run(&data, &Command::update("a", "y", None), 6).unwrap();
@@ -150,11 +167,15 @@ mod tests {
     fn update_and_delete_of_missing_key_are_refused() {
         let data = BTreeMap::new();
         assert_eq!(
-            run(&data, &Command::update("a", "y", None), 5).unwrap_err().reason,
+            run(&data, &Command::update("a", "y", None), 5)
+                .unwrap_err()
+                .reason,
             RejectReason::NotFound
         );
         assert_eq!(
-            run(&data, &Command::delete("a", None), 5).unwrap_err().reason,
+            run(&data, &Command::delete("a", None), 5)
+                .unwrap_err()
+                .reason,
             RejectReason::NotFound
         );
     }
@@ -188,7 +209,10 @@ mod tests {
         let p = run(&data, &ok, 9).unwrap();
         assert_eq!(
             p.writes,
-            vec![("a".into(), Some(rec(9, 9, "2"))), ("b".into(), Some(rec(9, 9, "3")))]
+            vec![
+                ("a".into(), Some(rec(9, 9, "2"))),
+                ("b".into(), Some(rec(9, 9, "3")))
+            ]
         );
         assert_eq!(p.events.len(), 3);
 

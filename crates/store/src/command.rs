@@ -52,7 +52,11 @@ impl Command {
         })
     }
 
-    pub fn update(key: impl Into<String>, value: impl Into<Vec<u8>>, expected: Option<Revision>) -> Self {
+    pub fn update(
+        key: impl Into<String>,
+        value: impl Into<Vec<u8>>,
+        expected: Option<Revision>,
+    ) -> Self {
         Self::single(Op::Update {
             key: key.into(),
             value: value.into(),
@@ -82,7 +86,10 @@ pub enum RejectReason {
     AlreadyExists,
     NotFound,
     /// The key is at `current`, not at the expected revision.
-    Conflict { expected: Revision, current: Revision },
+    Conflict {
+        expected: Revision,
+        current: Revision,
+    },
 }
 
 /// A refused command: which operation failed and why.
@@ -105,7 +112,11 @@ impl std::fmt::Display for Command {
             }
             match op {
                 Op::Create { key, value } => write!(f, "create {key} ({} bytes)", value.len())?,
-                Op::Update { key, value, expected } => {
+                Op::Update {
+                    key,
+                    value,
+                    expected,
+                } => {
                     write!(f, "update {key} ({} bytes", value.len())?;
                     if let Some(r) = expected {
                         write!(f, ", at {r}")?;

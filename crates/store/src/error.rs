@@ -22,7 +22,10 @@ pub enum StoreError {
     Timeout { waiting_for: String, millis: u64 },
     /// A watch asked for changes after a revision that has left the watch window.
     #[error("revision {requested} is compacted; the oldest watchable revision is {oldest}")]
-    Compacted { requested: Revision, oldest: Revision },
+    Compacted {
+        requested: Revision,
+        oldest: Revision,
+    },
     /// The node is shutting down or the watch window was reset.
     #[error("store closed: {reason}")]
     Closed { reason: String },

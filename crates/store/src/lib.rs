@@ -15,7 +15,7 @@ mod traits;
 mod watch;
 
 pub use apply::{plan, Plan};
-pub use command::{Command, Op, Outcome, Rejection, RejectReason, Revision};
+pub use command::{Command, Op, Outcome, RejectReason, Rejection, Revision};
 pub use error::{ErrorCode, StoreError};
 pub use memory::MemoryStore;
 pub use record::{digest, Event, EventKind, Listing, Record};

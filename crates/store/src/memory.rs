@@ -43,7 +43,12 @@ impl Engine for MemoryStore {
         Ok((state.0, state.1.get(key).cloned()))
     }
 
-    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Listing, StoreError> {
+    fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Listing, StoreError> {
         let state = self.lock();
         let lower = match start_after {
             Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
@@ -77,7 +82,9 @@ impl Proposer for MemoryStore {
         let mut state = self.lock();
         let revision = state.0 + 1;
         let data = &state.1;
-        let planned = plan(&command, revision, |k| Ok::<_, Infallible>(data.get(k).cloned()));
+        let planned = plan(&command, revision, |k| {
+            Ok::<_, Infallible>(data.get(k).cloned())
+        });
         let Ok(planned) = planned;
         // A refused command still consumes its revision, as a refused Raft entry does.
         state.0 = revision;
@@ -115,9 +122,15 @@ mod tests {
             s.propose(Command::create(k, "v")).await.unwrap();
         }
         let page = s.list("/p/", None, 2).unwrap();
-        assert_eq!(page.items.iter().map(|i| i.0.as_str()).collect::<Vec<_>>(), ["/p/a", "/p/b"]);
+        assert_eq!(
+            page.items.iter().map(|i| i.0.as_str()).collect::<Vec<_>>(),
+            ["/p/a", "/p/b"]
+        );
         let page = s.list("/p/", Some("/p/b"), 2).unwrap();
-        assert_eq!(page.items.iter().map(|i| i.0.as_str()).collect::<Vec<_>>(), ["/p/c"]);
+        assert_eq!(
+            page.items.iter().map(|i| i.0.as_str()).collect::<Vec<_>>(),
+            ["/p/c"]
+        );
         assert_eq!(page.revision, 4);
     }
 
@@ -127,7 +140,10 @@ mod tests {
         let rev = s.propose(Command::create("k", "0")).await.unwrap();
         let mut wins = 0;
         for i in 0..10 {
-            if s.propose(Command::update("k", format!("{i}"), Some(rev))).await.is_ok() {
+            if s.propose(Command::update("k", format!("{i}"), Some(rev)))
+                .await
+                .is_ok()
+            {
                 wins += 1;
             }
         }

@@ -22,7 +22,12 @@ pub trait Engine: Send + Sync {
     fn get(&self, key: &str) -> Result<(Revision, Option<Record>), StoreError>;
     /// Keys starting with `prefix`, after `start_after` when set, at most `limit` (0: no limit),
     /// all read at one revision.
-    fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Listing, StoreError>;
+    fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Listing, StoreError>;
     /// The last revision applied to this replica.
     fn applied_revision(&self) -> Revision;
     /// Every change applied to this replica, for watchers.

@@ -59,7 +59,9 @@ impl WatchWindow {
             w.events.extend(events.into_iter().map(Arc::new));
             while w.events.len() > w.capacity {
                 // Drop whole revisions so that a batch is never split.
-                let Some(oldest) = w.events.front().map(|e| e.revision) else { break };
+                let Some(oldest) = w.events.front().map(|e| e.revision) else {
+                    break;
+                };
                 while w.events.front().is_some_and(|e| e.revision == oldest) {
                     w.events.pop_front();
                 }
@@ -93,7 +95,11 @@ impl WatchWindow {
     }
 
     /// Watches keys starting with `prefix` for changes after revision `after`.
-    pub fn watch(self: &Arc<Self>, prefix: impl Into<String>, after: Revision) -> Result<Watcher, StoreError> {
+    pub fn watch(
+        self: &Arc<Self>,
+        prefix: impl Into<String>,
+        after: Revision,
+    ) -> Result<Watcher, StoreError> {
         let w = self.lock();
         if after < w.start {
             return Err(StoreError::Compacted {
@@ -117,7 +123,12 @@ impl WatchWindow {
     }
 
     /// Events after `cursor` matching `prefix`, and the revision the caller has now seen.
-    fn pull(&self, prefix: &str, cursor: Revision, epoch: u64) -> Result<(Vec<Arc<Event>>, Revision), StoreError> {
+    fn pull(
+        &self,
+        prefix: &str,
+        cursor: Revision,
+        epoch: u64,
+    ) -> Result<(Vec<Arc<Event>>, Revision), StoreError> {
         let w = self.lock();
         if epoch != w.epoch || cursor < w.start {
             return Err(StoreError::Compacted {
@@ -195,10 +206,25 @@ mod tests {
         let mut watcher = w.watch("/a/", 0).unwrap();
         w.publish(2, vec![ev(2, "/b/1")]);
         w.publish(3, vec![ev(3, "/a/2"), ev(3, "/a/3")]);
-        let got: Vec<_> = watcher.next().await.unwrap().iter().map(|e| (e.revision, e.key.clone())).collect();
-        assert_eq!(got, vec![(1, "/a/1".into()), (3, "/a/2".into()), (3, "/a/3".into())]);
+        let got: Vec<_> = watcher
+            .next()
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.revision, e.key.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(1, "/a/1".into()), (3, "/a/2".into()), (3, "/a/3".into())]
+        );
         w.publish(4, vec![ev(4, "/a/4")]);
-        let got: Vec<_> = watcher.next().await.unwrap().iter().map(|e| e.revision).collect();
+        let got: Vec<_> = watcher
+            .next()
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.revision)
+            .collect();
         assert_eq!(got, vec![4]);
     }
 
@@ -225,7 +251,10 @@ mod tests {
         assert_eq!(w.start(), 3);
         assert!(matches!(
             w.watch("", 2),
-            Err(StoreError::Compacted { requested: 2, oldest: 3 })
+            Err(StoreError::Compacted {
+                requested: 2,
+                oldest: 3
+            })
         ));
         assert!(w.watch("", 3).is_ok());
     }
@@ -237,7 +266,10 @@ mod tests {
         for rev in 1..=5 {
             w.publish(rev, vec![ev(rev, "k")]);
         }
-        assert!(matches!(watcher.next().await, Err(StoreError::Compacted { .. })));
+        assert!(matches!(
+            watcher.next().await,
+            Err(StoreError::Compacted { .. })
+        ));
     }
 
     #[tokio::test]
@@ -245,7 +277,10 @@ mod tests {
         let w = Arc::new(WatchWindow::new(0, 10));
         let mut watcher = w.watch("", 0).unwrap();
         w.reset(100);
-        assert!(matches!(watcher.next().await, Err(StoreError::Compacted { .. })));
+        assert!(matches!(
+            watcher.next().await,
+            Err(StoreError::Compacted { .. })
+        ));
         assert!(w.watch("", 99).is_err());
         assert!(w.watch("", 100).is_ok());
     }
@@ -257,7 +292,13 @@ mod tests {
         w.publish(1, vec![ev(1, "k")]);
         w.publish(2, vec![ev(2, "k")]);
         w.publish(3, vec![ev(3, "k")]);
-        let got: Vec<_> = watcher.next().await.unwrap().iter().map(|e| e.revision).collect();
+        let got: Vec<_> = watcher
+            .next()
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.revision)
+            .collect();
         assert_eq!(got, vec![3]);
     }
 }
