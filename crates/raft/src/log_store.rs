@@ -108,9 +108,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
-        let last_log_id = self
-            .last_entry_log_id()?
-            .or(last_purged_log_id);
+        let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -172,11 +170,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| io_err("flush task", e))?
             .map_err(|e| io_err("flush write-ahead log", e))?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.db.cf(CF_META),
-            KEY_LAST_PURGED,
-            encode(&Some(log_id)),
-        );
+        batch.put_cf(self.db.cf(CF_META), KEY_LAST_PURGED, encode(&Some(log_id)));
         batch.delete_range_cf(
             self.db.cf(CF_LOG),
             index_key(0),
