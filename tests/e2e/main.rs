@@ -3,6 +3,7 @@
 mod cas;
 mod crash;
 mod failover;
+mod layers;
 mod learner_read;
 mod snapshot;
 mod startup_errors;
