@@ -91,8 +91,8 @@ impl<R: Read> HashingReader<R> {
     }
 }
 
-/// Reads only the metadata of a snapshot file (no verification).
-pub fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
+/// Opens a snapshot file and reads its header: the reader, positioned after the metadata.
+fn open(path: &Path) -> io::Result<(HashingReader<BufReader<File>>, SnapshotMeta)> {
     let mut r = HashingReader {
         inner: BufReader::new(File::open(path)?),
         hasher: Sha256::new(),
@@ -104,23 +104,18 @@ pub fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
         ));
     }
     let n = r.len()?;
-    decode(&r.exact(n)?).map_err(|e| io_err("snapshot metadata", e))
+    let meta = decode(&r.exact(n)?).map_err(|e| io_err("snapshot metadata", e))?;
+    Ok((r, meta))
+}
+
+/// Reads only the metadata of a snapshot file (no verification).
+pub fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
+    Ok(open(path)?.1)
 }
 
 /// Reads and verifies a whole snapshot file.
 pub fn read(path: &Path) -> io::Result<SnapshotContents> {
-    let mut r = HashingReader {
-        inner: BufReader::new(File::open(path)?),
-        hasher: Sha256::new(),
-    };
-    if r.exact(MAGIC.len())? != MAGIC {
-        return Err(io_err(
-            "snapshot",
-            format!("{} is not a snapshot file", path.display()),
-        ));
-    }
-    let n = r.len()?;
-    let meta: SnapshotMeta = decode(&r.exact(n)?).map_err(|e| io_err("snapshot metadata", e))?;
+    let (mut r, meta) = open(path)?;
     let mut records = Vec::new();
     loop {
         match r.exact(1)?[0] {

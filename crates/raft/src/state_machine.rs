@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use flotilla_store::{plan, Engine, Listing, Outcome, Record, Revision, StoreError, WatchWindow};
+use flotilla_store::{
+    list_start_key, plan, Engine, Listing, Outcome, Record, Revision, StoreError, WatchWindow,
+};
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
@@ -101,18 +103,11 @@ impl Engine for Replica {
         let (applied, _) = read_sm_meta(&self.db, Some(&snap)).map_err(Self::storage)?;
         let mut opts = ReadOptions::default();
         opts.set_snapshot(&snap);
-        let from: Vec<u8> = match start_after {
-            Some(after) if after >= prefix => {
-                let mut k = after.as_bytes().to_vec();
-                k.push(0);
-                k
-            }
-            _ => prefix.as_bytes().to_vec(),
-        };
+        let from = list_start_key(prefix, start_after);
         let iter = self.db.db.iterator_cf_opt(
             self.db.cf(CF_DATA),
             opts,
-            IteratorMode::From(&from, Direction::Forward),
+            IteratorMode::From(from.as_bytes(), Direction::Forward),
         );
         let limit = if limit == 0 { usize::MAX } else { limit };
         let mut items = Vec::new();

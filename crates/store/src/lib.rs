@@ -18,6 +18,6 @@ pub use apply::{plan, Plan};
 pub use command::{Command, Op, Outcome, RejectReason, Rejection, Revision};
 pub use error::{ErrorCode, StoreError};
 pub use memory::MemoryStore;
-pub use record::{digest, Event, EventKind, Listing, Record};
+pub use record::{digest, list_start_key, Event, EventKind, Listing, Record};
 pub use traits::{Consistency, Engine, Proposer};
 pub use watch::{WatchWindow, Watcher};

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use crate::apply::plan;
 use crate::command::{Command, Revision};
 use crate::error::StoreError;
-use crate::record::{Listing, Record};
+use crate::record::{list_start_key, Listing, Record};
 use crate::traits::{Engine, Proposer};
 use crate::watch::WatchWindow;
 
@@ -50,10 +50,7 @@ impl Engine for MemoryStore {
         limit: usize,
     ) -> Result<Listing, StoreError> {
         let state = self.lock();
-        let lower = match start_after {
-            Some(after) if after >= prefix => Bound::Excluded(after.to_string()),
-            _ => Bound::Included(prefix.to_string()),
-        };
+        let lower = Bound::Included(list_start_key(prefix, start_after));
         let items = state
             .1
             .range((lower, Bound::Unbounded))

@@ -65,6 +65,15 @@ pub struct Listing {
     pub items: Vec<(String, Record)>,
 }
 
+/// The first key a listing of `prefix` considers: just past `start_after` when it lies at or
+/// after the prefix (a NUL byte sorts right after it), else the prefix itself.
+pub fn list_start_key(prefix: &str, start_after: Option<&str>) -> String {
+    match start_after {
+        Some(after) if after >= prefix => format!("{after}\0"),
+        _ => prefix.to_string(),
+    }
+}
+
 /// A digest of a state: SHA-256 over every key with its revisions and value, in key order.
 /// Two replicas with the same digest hold the same data at the same revisions.
 pub fn digest<'a>(items: impl IntoIterator<Item = (&'a str, &'a Record)>) -> String {
