@@ -237,9 +237,8 @@ impl RaftNode {
             (Mode::Join(seed), _) => seed_status(seed, config.join_timeout).await?.cluster_id,
             _ => format!("{:016x}", rand::random::<u64>()),
         };
-        if matches!(mode, Mode::Bootstrap) {
-            identity.cluster_id = Some(cluster_id.clone());
-        }
+        // The cluster id is recorded only once membership is certain (below), so a node never
+        // resumes into a cluster that does not know it.
         db.save_identity(&identity)
             .map_err(|e| storage_err(e.to_string()))?;
 
@@ -284,22 +283,21 @@ impl RaftNode {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         match mode {
-            Mode::Bootstrap | Mode::Resume if !initialized && config.join.is_none() => {
-                node.bootstrap(member).await?;
-            }
-            Mode::Join(seed) => {
-                node.join(&seed, &member, config.join_timeout).await?;
-                identity.cluster_id = Some(cluster_id);
-                db.save_identity(&identity)
-                    .map_err(|e| storage_err(e.to_string()))?;
-            }
-            Mode::Resume if !initialized => {
-                // A join that was interrupted before the leader replicated to us: ask again.
-                if let Some(seed) = &config.join {
-                    node.join(seed, &member, config.join_timeout).await?;
+            Mode::Bootstrap => {
+                // A crash after `initialize` but before the identity was saved restarts here
+                // with Raft already initialised: it is the same single-voter cluster.
+                if !initialized {
+                    node.bootstrap(member).await?;
                 }
             }
-            _ => {}
+            Mode::Join(seed) => node.join(&seed, &member, config.join_timeout).await?,
+            // The leader knows this member and replicates to it; never bootstrap here.
+            Mode::Resume => {}
+        }
+        if identity.cluster_id.is_none() {
+            identity.cluster_id = Some(cluster_id);
+            db.save_identity(&identity)
+                .map_err(|e| storage_err(e.to_string()))?;
         }
 
         node.spawn(crate::membership::run_promoter(raft, node.shutdown.clone()));
@@ -471,14 +469,20 @@ impl RaftNode {
                     Err(StoreError::NotLeader { reason }) => last = reason,
                     Err(e) => return Err(e),
                 },
-                Some((_, member)) => match remote(self.store_client(&member.addr)).await {
-                    Ok(Ok(v)) => return Ok(v),
-                    Ok(Err(StoreError::NotLeader { reason })) => last = reason,
-                    Ok(Err(e)) => return Err(e),
-                    Err(status) => {
-                        last = format!("leader {member} unreachable: {}", status.message())
+                Some((_, member)) => {
+                    // A hung leader (paused, partitioned) must not hold the caller past its deadline.
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    let call = remote(self.store_client(&member.addr));
+                    match tokio::time::timeout(remaining, call).await {
+                        Ok(Ok(Ok(v))) => return Ok(v),
+                        Ok(Ok(Err(StoreError::NotLeader { reason }))) => last = reason,
+                        Ok(Ok(Err(e))) => return Err(e),
+                        Ok(Err(status)) => {
+                            last = format!("leader {member} unreachable: {}", status.message())
+                        }
+                        Err(_) => last = format!("leader {member} did not answer in time"),
                     }
-                },
+                }
                 None => {}
             }
             let now = Instant::now();
