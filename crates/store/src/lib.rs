@@ -14,6 +14,9 @@ mod record;
 mod traits;
 mod watch;
 
+#[cfg(test)]
+mod proptests;
+
 pub use apply::{plan, Plan};
 pub use command::{Command, Op, Outcome, RejectReason, Rejection, Revision};
 pub use error::{ErrorCode, StoreError};
