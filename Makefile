@@ -12,7 +12,7 @@ UP_DIR ?= $(CURDIR)/.flotilla
 # fingerprints: every build (dev, test, clippy, release) links that one archive, so a change of
 # features or profile never recompiles it. The version follows Cargo.lock.
 ROCKSDB_VERSION := $(shell sed -n '/^name = "librocksdb-sys"/{n;s/^version = "\(.*\)"/\1/p}' Cargo.lock)
-ROCKSDB_PREFIX ?= /var/cache/flotilla/rocksdb-$(ROCKSDB_VERSION)
+ROCKSDB_PREFIX ?= /var/cache/flotilla/rocksdb-$(ROCKSDB_VERSION)-release
 export ROCKSDB_LIB_DIR := $(ROCKSDB_PREFIX)
 export ROCKSDB_STATIC := 1
 
@@ -31,13 +31,15 @@ deps:
 rocksdb: deps $(ROCKSDB_PREFIX)/librocksdb.a
 
 $(ROCKSDB_PREFIX)/librocksdb.a:
-	@echo "building RocksDB $(ROCKSDB_VERSION) once for this machine (optimised; 15-30 min on 2 cores) ..."
+	@echo "building RocksDB $(ROCKSDB_VERSION) once for this machine (optimised; about 25 min on 2 cores) ..."
 	mkdir -p "$(ROCKSDB_PREFIX)"
 	env -u ROCKSDB_LIB_DIR -u ROCKSDB_STATIC CARGO_TARGET_DIR="$(ROCKSDB_PREFIX)/build" \
 	  $(CARGO) build --release -p librocksdb-sys
 	cp "$$(find "$(ROCKSDB_PREFIX)/build/release/build" -path '*librocksdb-sys-*/out/librocksdb.a' | head -1)" "$@.tmp"
 	mv "$@.tmp" "$@"
 	rm -rf "$(ROCKSDB_PREFIX)/build"
+	# rustc bundles the archive into librocksdb-sys's rlib: drop any built against an older one.
+	$(CARGO) clean -p librocksdb-sys
 
 build: rocksdb
 	$(CARGO) build --workspace --all-targets
