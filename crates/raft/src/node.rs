@@ -124,14 +124,10 @@ enum Mode {
     Resume,
 }
 
-fn seed_channel(seed: &str) -> Channel {
-    lazy_channel(seed)
-}
-
 /// Asks `seed` for its status, retrying until `timeout`.
 async fn seed_status(seed: &str, timeout: Duration) -> Result<pb::StatusResponse, StartError> {
     let deadline = Instant::now() + timeout;
-    let mut client = ClusterClient::new(seed_channel(seed));
+    let mut client = ClusterClient::new(lazy_channel(seed));
     loop {
         let err =
             match tokio::time::timeout(Duration::from_secs(2), client.status(pb::StatusRequest {}))
@@ -336,7 +332,7 @@ impl RaftNode {
 
     async fn join(&self, seed: &str, member: &Member, timeout: Duration) -> Result<(), StartError> {
         let deadline = Instant::now() + timeout;
-        let mut client = ClusterClient::new(seed_channel(seed));
+        let mut client = ClusterClient::new(lazy_channel(seed));
         loop {
             let req = pb::JoinRequest {
                 node_id: self.id,
@@ -457,8 +453,7 @@ impl RaftNode {
         R: Fn(PbStoreClient<Channel>) -> RF,
         RF: std::future::Future<Output = Result<Result<T, StoreError>, tonic::Status>>,
     {
-        let started = Instant::now();
-        let deadline = started + self.request_timeout;
+        let deadline = Instant::now() + self.request_timeout;
         let mut last = String::from("no leader elected");
         loop {
             let leader = self.leader();
