@@ -30,7 +30,11 @@ fn lower_layers_never_depend_on_higher_ones() {
             "--no-deps",
             "--offline",
         ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        // At run time: a test binary from the shared target cache may have been built in
+        // another checkout.
+        .current_dir(
+            std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+        )
         .output()
         .expect("run cargo metadata");
     assert!(

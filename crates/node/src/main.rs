@@ -46,10 +46,10 @@ struct NodeArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     join_timeout: Duration,
     /// Build a snapshot after this many log entries.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_threshold: u64,
     /// Log entries kept after a snapshot for followers that lag a little.
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 5_000)]
     snapshot_keep_logs: u64,
     /// Changes kept in memory for watchers; an older watch start gets "compacted".
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]

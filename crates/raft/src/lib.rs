@@ -3,6 +3,7 @@
 //! `flotilla-store` for everything above it.
 
 mod db;
+mod forward;
 mod log_store;
 mod membership;
 mod network;

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::db::{Db, Identity, OpenError};
+use crate::forward::Forwarder;
 use crate::log_store::LogStore;
 use crate::network::{lazy_channel, Network};
 use crate::snapshot::SnapshotDir;
@@ -57,8 +58,8 @@ impl NodeConfig {
             peer_port: 7443,
             join: None,
             join_timeout: Duration::from_secs(30),
-            snapshot_threshold: 10_000,
-            snapshot_keep_logs: 1_000,
+            snapshot_threshold: 100_000,
+            snapshot_keep_logs: 5_000,
             watch_window: 100_000,
             request_timeout: Duration::from_secs(10),
         }
@@ -113,6 +114,7 @@ pub struct RaftNode {
     pub replica: Replica,
     pub(crate) snapshots: SnapshotDir,
     network: Network,
+    forwarder: Forwarder,
     request_timeout: Duration,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -253,6 +255,8 @@ impl RaftNode {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
+        let shutdown = CancellationToken::new();
+        let forwarder = Forwarder::new(network.clone(), config.request_timeout, shutdown.clone());
         let node = Arc::new(RaftNode {
             id: identity.node_id,
             name: identity.name.clone(),
@@ -262,8 +266,9 @@ impl RaftNode {
             replica,
             snapshots,
             network,
+            forwarder,
             request_timeout: config.request_timeout,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: Mutex::new(Vec::new()),
         });
 
@@ -450,7 +455,7 @@ impl RaftNode {
     where
         L: Fn() -> LF,
         LF: std::future::Future<Output = Result<Option<T>, StoreError>>,
-        R: Fn(PbStoreClient<Channel>) -> RF,
+        R: Fn(&Member) -> RF,
         RF: std::future::Future<Output = Result<Result<T, StoreError>, tonic::Status>>,
     {
         let deadline = Instant::now() + self.request_timeout;
@@ -467,7 +472,7 @@ impl RaftNode {
                 Some((_, member)) => {
                     // A hung leader (paused, partitioned) must not hold the caller past its deadline.
                     let remaining = deadline.saturating_duration_since(Instant::now());
-                    let call = remote(self.store_client(&member.addr));
+                    let call = remote(&member);
                     match tokio::time::timeout(remaining, call).await {
                         Ok(Ok(Ok(v))) => return Ok(v),
                         Ok(Ok(Err(StoreError::NotLeader { reason }))) => last = reason,
@@ -631,16 +636,10 @@ impl Proposer for RaftNode {
         self.on_leader(
             "proposal",
             || self.propose_local(command.clone()),
-            |mut client| {
-                let ops = ops.clone();
+            |leader| {
+                let answer = self.forwarder.propose(&leader.addr, ops.clone());
                 async move {
-                    let resp = client
-                        .propose(pb::ProposeRequest {
-                            ops,
-                            forwarded: true,
-                        })
-                        .await?
-                        .into_inner();
+                    let resp = answer.await?;
                     Ok(match resp.error {
                         Some(e) => Err(error_from_pb(e)),
                         None => Ok(resp.revision),
@@ -656,15 +655,18 @@ impl Proposer for RaftNode {
             .on_leader(
                 "read index",
                 || self.read_index_local(),
-                |mut client| async move {
-                    let resp = client
-                        .read_index(pb::ReadIndexRequest {})
-                        .await?
-                        .into_inner();
-                    Ok(match resp.error {
-                        Some(e) => Err(error_from_pb(e)),
-                        None => Ok(resp.index),
-                    })
+                |leader| {
+                    let mut client = self.store_client(&leader.addr);
+                    async move {
+                        let resp = client
+                            .read_index(pb::ReadIndexRequest {})
+                            .await?
+                            .into_inner();
+                        Ok(match resp.error {
+                            Some(e) => Err(error_from_pb(e)),
+                            None => Ok(resp.index),
+                        })
+                    }
                 },
             )
             .await?;

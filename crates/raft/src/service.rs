@@ -11,8 +11,8 @@ use flotilla_rpc::{command_from_pb, error_to_pb, event_to_pb, record_to_pb};
 use flotilla_store::{Engine, Proposer, StoreError};
 use futures::Stream;
 use tokio::io::AsyncWriteExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::RaftNode;
@@ -33,7 +33,6 @@ pub async fn serve(
     };
     let max = flotilla_rpc::MAX_MESSAGE_BYTES;
     let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(
             RaftServer::new(RaftService {
                 node: Arc::clone(&node),
@@ -48,7 +47,12 @@ pub async fn serve(
             .max_decoding_message_size(max),
         )
         .add_service(ClusterServer::new(ClusterService { node }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        // `tcp_nodelay` above only applies to listeners tonic binds itself; set it on ours too, or
+        // small replies wait out Nagle's delay against the peer's delayed ACK (~40 ms).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled_owned(),
+        )
         .await;
     if let Err(err) = result {
         tracing::error!(?err, "peer server stopped");
@@ -201,17 +205,7 @@ impl Store for StoreService {
                 "a proposal needs at least one operation",
             ));
         }
-        let result = if req.forwarded {
-            match self.node.propose_local(command).await {
-                Ok(Some(rev)) => Ok(rev),
-                Ok(None) => Err(StoreError::NotLeader {
-                    reason: "the forwarded-to node is no longer the leader".into(),
-                }),
-                Err(e) => Err(e),
-            }
-        } else {
-            self.node.propose(command).await
-        };
+        let result = self.node.propose(command).await;
         Ok(Response::new(match result {
             Ok(revision) => pb::ProposeResponse {
                 revision,
@@ -222,6 +216,44 @@ impl Store for StoreService {
                 error: Some(error_to_pb(&e)),
             },
         }))
+    }
+
+    async fn propose_forwarded(
+        &self,
+        req: Request<pb::ProposeForwardedRequest>,
+    ) -> Result<Response<pb::ProposeForwardedResponse>, Status> {
+        let mut commands = Vec::new();
+        for proposal in req.into_inner().proposals {
+            match command_from_pb(proposal.ops) {
+                Some(c) if !c.ops.is_empty() => commands.push(c),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "a forwarded proposal is empty or has an empty operation",
+                    ))
+                }
+            }
+        }
+        // Each proposal reaches the Raft core when first polled, so the batch keeps its order.
+        let results = futures::future::join_all(commands.into_iter().map(|command| async {
+            match self.node.propose_local(command).await {
+                Ok(Some(revision)) => pb::ProposeResponse {
+                    revision,
+                    error: None,
+                },
+                Ok(None) => pb::ProposeResponse {
+                    revision: 0,
+                    error: Some(error_to_pb(&StoreError::NotLeader {
+                        reason: "the forwarded-to node is no longer the leader".into(),
+                    })),
+                },
+                Err(e) => pb::ProposeResponse {
+                    revision: 0,
+                    error: Some(error_to_pb(&e)),
+                },
+            }
+        }))
+        .await;
+        Ok(Response::new(pb::ProposeForwardedResponse { results }))
     }
 
     async fn read_index(

@@ -86,7 +86,6 @@ impl StoreClient {
             .clone()
             .propose(pb::ProposeRequest {
                 ops: command_to_pb(command),
-                forwarded: false,
             })
             .await
             .map_err(|s| self.rpc(s))?
