@@ -7,7 +7,7 @@ use std::process::Command;
 fn layer(package: &str) -> Option<u8> {
     let name = package.strip_prefix("flotilla-")?;
     Some(match name {
-        "api" | "util" => 0,
+        "api" | "util" | "pki" => 0,
         "rpc" | "store" | "scheduler" | "sys" | "gossip" => 1,
         "raft" | "runtime" => 2,
         "controllers" | "dns" | "proxy" | "tunnel" | "apiserver" | "agent" | "lab" => 3,

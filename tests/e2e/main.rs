@@ -1,5 +1,6 @@
 //! End-to-end tests with real `flotilla node` processes. One binary, one module per behaviour.
 
+mod admission;
 mod cas;
 mod crash;
 mod failover;

@@ -57,10 +57,20 @@ fn missing_seed_is_a_clear_error() {
     let seed = format!("127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("d");
+    let token = format!("abcdef.0123456789abcdef.{}", "0".repeat(64));
     let args = node_args(
         "a",
         data.to_str().unwrap(),
-        &["--peer-port", "0", "--join", &seed, "--join-timeout", "1s"],
+        &[
+            "--peer-port",
+            "0",
+            "--join",
+            &seed,
+            "--token",
+            &token,
+            "--join-timeout",
+            "1s",
+        ],
     );
     let (code, stderr) = run_to_exit(&args, Duration::from_secs(30)).unwrap();
     assert_clean_failure(code, &stderr, "cannot reach seed");

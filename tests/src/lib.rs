@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use flotilla_rpc::StoreClient;
+use flotilla_pki::{Credential, Kubeconfig};
+use flotilla_rpc::{StoreClient, Tls};
 pub use flotilla_util::wait_until;
 
 /// The `flotilla` binary under test: `$FLOTILLA_BIN`, or the one built beside this test binary.
@@ -73,6 +74,9 @@ impl NodeProc {
 struct Ready {
     addr: String,
     node_id: u64,
+    /// Printed by the bootstrap node only.
+    join_token: Option<String>,
+    kubeconfig: Option<PathBuf>,
 }
 
 /// Starts `flotilla` with `args`; returns the child once it printed its ready line.
@@ -122,6 +126,8 @@ fn spawn(args: &[String], log: &Path) -> Result<(Child, Ready)> {
             node_id: v["node_id"]
                 .as_u64()
                 .ok_or_else(|| anyhow!("no node_id in {line}"))?,
+            join_token: v["join_token"].as_str().map(str::to_string),
+            kubeconfig: v["kubeconfig"].as_str().map(PathBuf::from),
         },
     ))
 }
@@ -131,6 +137,12 @@ pub struct Cluster {
     pub nodes: Vec<NodeProc>,
     pub options: Options,
     dir: tempfile::TempDir,
+    /// The bootstrap token, for joining nodes.
+    pub join_token: String,
+    /// The admin kubeconfig bootstrap wrote.
+    pub kubeconfig: PathBuf,
+    /// The admin's credentials, for clients.
+    pub tls: Option<Tls>,
 }
 
 impl Cluster {
@@ -141,6 +153,9 @@ impl Cluster {
             nodes: Vec::new(),
             options,
             dir: tempfile::Builder::new().prefix("flotilla-e2e-").tempdir()?,
+            join_token: String::new(),
+            kubeconfig: PathBuf::new(),
+            tls: None,
         };
         for _ in 0..n {
             cluster.add_node().await?;
@@ -180,6 +195,8 @@ impl Cluster {
         if i > 0 {
             args.push("--join".into());
             args.push(self.nodes[0].addr.clone());
+            args.push("--token".into());
+            args.push(self.join_token.clone());
         }
         args.extend(self.options.extra_args.iter().cloned());
         let log = data_dir.with_extension("log");
@@ -188,6 +205,15 @@ impl Cluster {
             move || spawn(&args, &log)
         })
         .await??;
+        if i == 0 {
+            self.join_token = ready
+                .join_token
+                .ok_or_else(|| anyhow!("the bootstrap node printed no join token"))?;
+            self.kubeconfig = ready
+                .kubeconfig
+                .ok_or_else(|| anyhow!("the bootstrap node printed no kubeconfig"))?;
+            self.tls = Some(admin_tls(&self.kubeconfig)?);
+        }
         self.nodes.push(NodeProc {
             name,
             data_dir,
@@ -200,7 +226,9 @@ impl Cluster {
     }
 
     pub fn client(&self, i: usize) -> StoreClient {
-        StoreClient::new(&self.nodes[i].addr, Duration::from_secs(15)).expect("valid node address")
+        let tls = self.tls.as_ref().expect("the cluster has a bootstrap node");
+        StoreClient::new(&self.nodes[i].addr, Duration::from_secs(15), tls)
+            .expect("valid node address")
     }
 
     /// Clients of the running nodes.
@@ -336,12 +364,19 @@ impl Drop for Cluster {
     }
 }
 
-/// Runs `flotilla` with `args` to completion; returns (exit code, stderr).
-pub fn run_to_exit(args: &[&str], timeout: Duration) -> Result<(Option<i32>, String)> {
+/// What a finished `flotilla` command printed.
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `flotilla ARGS` to completion (SIGKILL after `timeout`).
+pub fn run_cli(args: &[&str], timeout: Duration) -> Result<Finished> {
     let child = Command::new(flotilla_bin())
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -352,14 +387,32 @@ pub fn run_to_exit(args: &[&str], timeout: Duration) -> Result<(Option<i32>, Str
     match rx.recv_timeout(timeout) {
         Ok(output) => {
             let output = output?;
-            Ok((
-                output.status.code(),
-                String::from_utf8_lossy(&output.stderr).into_owned(),
-            ))
+            Ok(Finished {
+                code: output.status.code(),
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            })
         }
         Err(_) => {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             bail!("flotilla {args:?} did not exit within {timeout:?}");
         }
     }
+}
+
+/// Runs `flotilla ARGS` to completion: its exit code and stderr.
+pub fn run_to_exit(args: &[&str], timeout: Duration) -> Result<(Option<i32>, String)> {
+    run_cli(args, timeout).map(|f| (f.code, f.stderr))
+}
+
+/// The admin's TLS credentials from a kubeconfig bootstrap wrote.
+pub fn admin_tls(kubeconfig: &Path) -> Result<Tls> {
+    let k = Kubeconfig::load(kubeconfig)?;
+    Ok(Tls::new(
+        &k.ca_pem,
+        Credential {
+            cert_pem: k.client.cert_pem,
+            key_pem: k.client.key_pem,
+        },
+    ))
 }

@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use flotilla_pki::JoinToken;
 use flotilla_raft::{NodeConfig, RaftNode};
+
+mod admin;
+mod client;
+mod token;
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run a node: bootstrap a new cluster, join one through a seed, or resume from the data dir.
     Node(NodeArgs),
+    /// Create, list and revoke join tokens.
+    Token(token::TokenArgs),
 }
 
 #[derive(clap::Args)]
@@ -42,6 +49,15 @@ struct NodeArgs {
     /// HOST:PORT of a node of the cluster to join. Ignored when the data dir has state.
     #[arg(long, value_name = "HOST:PORT")]
     join: Option<String>,
+    /// Join token (ID.SECRET.CAHASH) from `flotilla token create` or the bootstrap node's
+    /// `join-token` file. Needed with --join by a node without state.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "FLOTILLA_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<JoinToken>,
     /// How long to keep trying to reach the seed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     join_timeout: Duration,
@@ -71,6 +87,7 @@ impl NodeArgs {
         let mut c = NodeConfig::new(&self.name, &self.data_dir, self.advertise);
         c.peer_port = self.peer_port;
         c.join = self.join.clone();
+        c.token = self.token.clone();
         c.join_timeout = self.join_timeout;
         c.snapshot_threshold = self.snapshot_threshold;
         c.snapshot_keep_logs = self.snapshot_keep_logs;
@@ -94,6 +111,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Node(args) => runtime.block_on(run_node(args)),
+        Command::Token(args) => runtime.block_on(token::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,20 +124,31 @@ fn main() -> ExitCode {
 
 async fn run_node(args: NodeArgs) -> Result<(), String> {
     let config = args.config()?;
+    let data_dir = config.data_dir.clone();
+    let advertise = config.advertise;
     let node = RaftNode::start(config).await.map_err(|e| e.to_string())?;
+    let join_token = admin::ensure_admin_credentials(&node, &data_dir, advertise)
+        .await
+        .map_err(|e| format!("cannot write the admin credentials: {e}"))?;
     let status = node.status();
     tracing::info!(name = %node.name, id = %node.id, addr = %node.addr, cluster = %node.cluster_id, role = %status.role, "node ready");
     // One machine-readable line on stdout for tools and tests.
-    println!(
-        "{}",
-        serde_json::json!({
-            "event": "ready",
-            "name": node.name,
-            "node_id": node.id,
-            "peer_addr": node.addr,
-            "cluster_id": node.cluster_id,
-        })
-    );
+    let mut ready = serde_json::json!({
+        "event": "ready",
+        "name": node.name,
+        "node_id": node.id,
+        "peer_addr": node.addr,
+        "cluster_id": node.cluster_id,
+    });
+    if let Some(token) = join_token {
+        // Printed once, when bootstrap creates it, as `kubeadm init` prints its join command.
+        ready["join_token"] = token.to_string().into();
+        ready["kubeconfig"] = admin::kubeconfig_path(&data_dir)
+            .display()
+            .to_string()
+            .into();
+    }
+    println!("{ready}");
 
     wait_for_signal()
         .await

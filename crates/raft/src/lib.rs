@@ -2,12 +2,14 @@
 //! streamed in chunks, and a gRPC transport. [`RaftNode`] implements the store contract of
 //! `flotilla-store` for everything above it.
 
+mod admission;
 mod db;
 mod forward;
 mod log_store;
 mod membership;
 mod network;
 mod node;
+mod seed;
 mod service;
 mod snapshot;
 mod state_machine;

@@ -1,13 +1,13 @@
-//! The Raft transport: openraft's network traits over gRPC, one lazily connected channel per
-//! peer address. Every message carries the cluster id; a peer of another cluster refuses it.
+//! The Raft transport: openraft's network traits over gRPC, one lazily connected mutual-TLS
+//! channel per peer address. Every message carries the cluster id; a peer of another cluster refuses it.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use flotilla_rpc::pb;
 use flotilla_rpc::pb::raft_client::RaftClient;
+use flotilla_rpc::Tls;
 use futures::StreamExt;
 use openraft::errors::{
     NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
@@ -21,25 +21,27 @@ use openraft::RPCTypes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::types::{decode, encode, Member, NodeId, Snapshot, TypeConfig, Vote};
 
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 
-/// Opens and caches channels to peers.
+/// Opens and caches mutual-TLS channels to peers.
 #[derive(Clone)]
 pub struct Network {
     id: NodeId,
     cluster_id: String,
+    tls: Tls,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Network {
-    pub fn new(id: NodeId, cluster_id: String) -> Self {
+    pub fn new(id: NodeId, cluster_id: String, tls: Tls) -> Self {
         Self {
             id,
             cluster_id,
+            tls,
             channels: Arc::default(),
         }
     }
@@ -49,22 +51,15 @@ impl Network {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         channels
             .entry(addr.to_string())
-            .or_insert_with(|| lazy_channel(addr))
+            .or_insert_with(|| {
+                // Addresses come from membership, which only ever holds `host:port` strings we
+                // formatted; an unparsable one would be a bug.
+                self.tls
+                    .channel(addr, None)
+                    .expect("peer address is a valid URI authority")
+            })
             .clone()
     }
-}
-
-/// A lazily connecting channel to a peer's gRPC endpoint.
-pub fn lazy_channel(addr: &str) -> Channel {
-    // Addresses come from membership, which only ever holds `host:port` strings we formatted;
-    // an unparsable one would be a bug.
-    Endpoint::from_shared(format!("http://{addr}"))
-        .expect("peer address is a valid URI authority")
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy()
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {

@@ -4,15 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use flotilla_pki::files::{load_ca, save_ca};
+use flotilla_pki::{Ca, CaHash, Credential, JoinToken, NodePki};
 use flotilla_rpc::pb;
 use flotilla_rpc::pb::cluster_client::ClusterClient;
 use flotilla_rpc::pb::store_client::StoreClient as PbStoreClient;
-use flotilla_rpc::{command_to_pb, error_from_pb};
+use flotilla_rpc::{command_to_pb, error_from_pb, Tls};
 use flotilla_store::{Command, Engine, Proposer, Revision, StoreError};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
@@ -23,7 +25,8 @@ use tonic::transport::Channel;
 use crate::db::{Db, Identity, OpenError};
 use crate::forward::Forwarder;
 use crate::log_store::LogStore;
-use crate::network::{lazy_channel, Network};
+use crate::network::Network;
+use crate::seed::{self, SeedError};
 use crate::snapshot::SnapshotDir;
 use crate::state_machine::{Replica, StateMachine};
 use crate::types::{Member, NodeId, Raft};
@@ -37,6 +40,8 @@ pub struct NodeConfig {
     /// 0 picks a free port on first start; a restart reuses the recorded one.
     pub peer_port: u16,
     pub join: Option<String>,
+    /// The join token, needed with `join` when this node has no state yet.
+    pub token: Option<JoinToken>,
     /// How long to keep trying to reach the seed when joining.
     pub join_timeout: Duration,
     /// Build a snapshot after this many log entries.
@@ -57,6 +62,7 @@ impl NodeConfig {
             advertise,
             peer_port: 7443,
             join: None,
+            token: None,
             join_timeout: Duration::from_secs(30),
             snapshot_threshold: 100_000,
             snapshot_keep_logs: 5_000,
@@ -71,15 +77,21 @@ impl NodeConfig {
 pub enum StartError {
     #[error(transparent)]
     Open(#[from] OpenError),
-    #[error(
-        "data dir {dir} belongs to cluster {ours}, but seed {seed} belongs to cluster {theirs}"
-    )]
+    #[error("data dir {dir} belongs to cluster {ours}, but seed {seed} {theirs}")]
     OtherCluster {
         dir: PathBuf,
         ours: String,
         seed: String,
         theirs: String,
     },
+    #[error(
+        "--join needs --token for a node without state (create one with `flotilla token create`)"
+    )]
+    TokenRequired,
+    #[error("seed {seed} is not a member of the cluster the join token names: its certificate is not from the CA with sha256 {hash}")]
+    SeedNotTrusted { seed: String, hash: String },
+    #[error("credentials in {dir}: {detail}")]
+    Credentials { dir: PathBuf, detail: String },
     #[error("cannot reach seed {seed} within {secs} s: {detail}")]
     SeedUnreachable {
         seed: String,
@@ -122,38 +134,8 @@ pub struct RaftNode {
 
 enum Mode {
     Bootstrap,
-    Join(String),
+    Join(String, JoinToken),
     Resume,
-}
-
-/// Asks `seed` for its status, retrying until `timeout`.
-async fn seed_status(seed: &str, timeout: Duration) -> Result<pb::StatusResponse, StartError> {
-    let deadline = Instant::now() + timeout;
-    let mut client = ClusterClient::new(lazy_channel(seed));
-    loop {
-        let err =
-            match tokio::time::timeout(Duration::from_secs(2), client.status(pb::StatusRequest {}))
-                .await
-            {
-                Ok(Ok(resp)) => {
-                    let status = resp.into_inner();
-                    if !status.cluster_id.is_empty() {
-                        return Ok(status);
-                    }
-                    "seed has not joined a cluster yet".to_string()
-                }
-                Ok(Err(status)) => status.message().to_string(),
-                Err(_) => "no answer within 2 s".to_string(),
-            };
-        if Instant::now() >= deadline {
-            return Err(StartError::SeedUnreachable {
-                seed: seed.to_string(),
-                secs: timeout.as_secs(),
-                detail: err,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn raft_config(config: &NodeConfig) -> Arc<Config> {
@@ -185,12 +167,7 @@ impl RaftNode {
         let existing = db.identity()?;
 
         let (mode, identity) = match existing {
-            Some(identity) if identity.cluster_id.is_some() => {
-                if let Some(seed) = &config.join {
-                    check_same_cluster(seed, &identity, &config).await?;
-                }
-                (Mode::Resume, identity)
-            }
+            Some(identity) if identity.cluster_id.is_some() => (Mode::Resume, identity),
             partial => {
                 let node_id = partial.as_ref().map_or_else(new_node_id, |i| i.node_id);
                 let port = partial
@@ -203,9 +180,12 @@ impl RaftNode {
                     addr: SocketAddr::new(config.advertise, port).to_string(),
                     cluster_id: None,
                 };
-                match &config.join {
-                    Some(seed) => (Mode::Join(seed.clone()), identity),
-                    None => (Mode::Bootstrap, identity),
+                match (&config.join, &config.token) {
+                    (Some(seed), Some(token)) => {
+                        (Mode::Join(seed.clone(), token.clone()), identity)
+                    }
+                    (Some(_), None) => return Err(StartError::TokenRequired),
+                    (None, _) => (Mode::Bootstrap, identity),
                 }
             }
         };
@@ -230,21 +210,86 @@ impl RaftNode {
         let mut identity = identity;
         identity.addr = local.to_string();
 
-        let cluster_id = match (&mode, &identity.cluster_id) {
-            (Mode::Resume, Some(id)) => id.clone(),
-            (Mode::Join(seed), _) => seed_status(seed, config.join_timeout).await?.cluster_id,
-            _ => format!("{:016x}", rand::random::<u64>()),
-        };
-        // The cluster id is recorded only once membership is certain (below), so a node never
-        // resumes into a cluster that does not know it.
+        // Record the node id and address before asking anyone to admit them.
         db.save_identity(&identity)
             .map_err(|e| storage_err(e.to_string()))?;
+        let creds_err = |detail: String| StartError::Credentials {
+            dir: NodePki::dir(&config.data_dir),
+            detail,
+        };
+        let (cluster_id, pki) = match &mode {
+            Mode::Resume => {
+                let pki = NodePki::load(&config.data_dir)
+                    .map_err(|e| creds_err(e.to_string()))?
+                    .ok_or_else(|| {
+                        creds_err("missing: this data dir has state but no certificates".into())
+                    })?;
+                if let Some(seed) = &config.join {
+                    check_same_cluster(seed, &identity, &pki, &config).await?;
+                }
+                (identity.cluster_id.clone().unwrap_or_default(), pki)
+            }
+            Mode::Bootstrap => {
+                let advertise = config.advertise;
+                let pki = bootstrap_pki(&config.data_dir, &identity.name, advertise)
+                    .map_err(creds_err)?;
+                // The cluster id is derived from the CA, so a bootstrap resumed after a crash
+                // keeps both.
+                let cluster_id = CaHash::of_pem(&pki.ca_pem)
+                    .map_err(|e| creds_err(e.to_string()))?
+                    .to_string()[..16]
+                    .to_string();
+                (cluster_id, pki)
+            }
+            Mode::Join(seed, token) => {
+                let (key_pem, csr_pem) = flotilla_pki::ca::node_csr(&identity.name)
+                    .map_err(|e| creds_err(e.to_string()))?;
+                let req = pb::JoinRequest {
+                    token_id: token.id.clone(),
+                    token_secret: token.secret.clone(),
+                    csr_pem,
+                    node_id: identity.node_id,
+                    name: identity.name.clone(),
+                    addr: identity.addr.clone(),
+                };
+                let resp = seed::call(seed, token.ca_hash, config.join_timeout, |mut c| {
+                    let req = req.clone();
+                    async move { Ok(c.join(req).await?.into_inner()) }
+                })
+                .await
+                .map_err(|e| seed_error(e, seed, token.ca_hash, config.join_timeout))?;
+                if CaHash::of_pem(&resp.ca_pem).ok() != Some(token.ca_hash) {
+                    return Err(StartError::SeedNotTrusted {
+                        seed: seed.clone(),
+                        hash: token.ca_hash.to_string(),
+                    });
+                }
+                let pki = NodePki {
+                    ca_pem: resp.ca_pem,
+                    node: Credential {
+                        cert_pem: resp.cert_pem,
+                        key_pem,
+                    },
+                };
+                pki.save(&config.data_dir)
+                    .map_err(|e| creds_err(e.to_string()))?;
+                tracing::info!(%seed, cluster = %resp.cluster_id, "admitted as a learner");
+                (resp.cluster_id, pki)
+            }
+        };
+        let tls = Tls::new(
+            &pki.ca_pem,
+            Credential {
+                cert_pem: pki.chain_pem(),
+                key_pem: pki.node.key_pem.clone(),
+            },
+        );
 
         let snapshots = SnapshotDir::open(config.data_dir.join("snapshots"))
             .map_err(|e| storage_err(e.to_string()))?;
         let replica = Replica::new(Arc::clone(&db), config.watch_window)
             .map_err(|e| storage_err(e.to_string()))?;
-        let network = Network::new(identity.node_id, cluster_id.clone());
+        let network = Network::new(identity.node_id, cluster_id.clone(), tls.clone());
         let raft = Raft::new(
             identity.node_id,
             raft_config(&config),
@@ -272,8 +317,13 @@ impl RaftNode {
             tasks: Mutex::new(Vec::new()),
         });
 
-        let server = crate::service::serve(Arc::clone(&node), listener, node.shutdown.clone());
-        node.spawn(server);
+        let router = crate::service::router(&node, &tls)
+            .map_err(|e| creds_err(format!("unusable for TLS: {e}")))?;
+        node.spawn(crate::service::serve(
+            router,
+            listener,
+            node.shutdown.clone(),
+        ));
 
         let member = Member {
             name: identity.name.clone(),
@@ -283,17 +333,23 @@ impl RaftNode {
             .is_initialized()
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        match mode {
-            Mode::Bootstrap => {
-                // A crash after `initialize` but before the identity was saved restarts here
-                // with Raft already initialised: it is the same single-voter cluster.
-                if !initialized {
-                    node.bootstrap(member).await?;
-                }
+        if let Mode::Bootstrap = mode {
+            // A crash after `initialize` but before the identity was saved restarts here
+            // with Raft already initialised: it is the same single-voter cluster.
+            if !initialized {
+                node.bootstrap(member).await?;
             }
-            Mode::Join(seed) => node.join(&seed, &member, config.join_timeout).await?,
-            // The leader knows this member and replicates to it; never bootstrap here.
-            Mode::Resume => {}
+        }
+        if let Mode::Bootstrap = mode {
+            // The CA goes into the store, where every node can admit joiners with it. Until the
+            // cluster id is saved below, a crash restarts this as a bootstrap, which gets here
+            // again (the write is idempotent).
+            let ca = load_ca(&config.data_dir)
+                .map_err(|e| creds_err(e.to_string()))?
+                .ok_or_else(|| creds_err("the CA key vanished during bootstrap".into()))?;
+            node.publish_ca(&ca)
+                .await
+                .map_err(|e| StartError::Raft(format!("cannot store the cluster CA: {e}")))?;
         }
         if identity.cluster_id.is_none() {
             identity.cluster_id = Some(cluster_id);
@@ -335,45 +391,6 @@ impl RaftNode {
         Ok(())
     }
 
-    async fn join(&self, seed: &str, member: &Member, timeout: Duration) -> Result<(), StartError> {
-        let deadline = Instant::now() + timeout;
-        let mut client = ClusterClient::new(lazy_channel(seed));
-        loop {
-            let req = pb::JoinRequest {
-                node_id: self.id,
-                name: member.name.clone(),
-                addr: member.addr.clone(),
-                cluster_id: self.cluster_id.clone(),
-                forwarded: false,
-            };
-            let detail = match client.join(req).await {
-                Ok(_) => {
-                    tracing::info!(%seed, cluster = %self.cluster_id, "joined as a learner");
-                    return Ok(());
-                }
-                Err(status)
-                    if status.code() == tonic::Code::InvalidArgument
-                        || status.code() == tonic::Code::AlreadyExists =>
-                {
-                    return Err(StartError::JoinRefused {
-                        seed: seed.to_string(),
-                        detail: status.message().to_string(),
-                    })
-                }
-                Err(status) => status.message().to_string(),
-            };
-            if Instant::now() >= deadline {
-                return Err(StartError::SeedUnreachable {
-                    seed: seed.to_string(),
-                    secs: timeout.as_secs(),
-                    detail,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Stops Raft and the services.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         if let Err(err) = self.raft.shutdown().await {
@@ -539,13 +556,10 @@ impl RaftNode {
     }
 
     /// Adds a learner, here if this node leads, else through the leader.
-    pub(crate) async fn add_learner(&self, req: pb::JoinRequest) -> Result<(), tonic::Status> {
-        if req.cluster_id != self.cluster_id {
-            return Err(tonic::Status::invalid_argument(format!(
-                "node belongs to cluster {}, this is cluster {}",
-                req.cluster_id, self.cluster_id
-            )));
-        }
+    pub(crate) async fn add_learner(
+        &self,
+        req: pb::AddLearnerRequest,
+    ) -> Result<(), tonic::Status> {
         if req.name.is_empty() || req.addr.parse::<SocketAddr>().is_err() {
             return Err(tonic::Status::invalid_argument(
                 "join needs a name and a host:port address",
@@ -586,7 +600,7 @@ impl RaftNode {
                     let mut client = ClusterClient::new(self.network.channel(&leader.addr));
                     let mut fwd = req.clone();
                     fwd.forwarded = true;
-                    match client.join(fwd).await {
+                    match client.add_learner(fwd).await {
                         Ok(_) => return Ok(()),
                         Err(s) if s.code() == tonic::Code::Unavailable => {}
                         Err(s) => return Err(s),
@@ -603,25 +617,75 @@ impl RaftNode {
     }
 }
 
+/// A resumed node given `--join` checks that the seed is of its own cluster. Resuming needs no
+/// seed, so only a seed that answers and disagrees is an error.
 async fn check_same_cluster(
     seed: &str,
     identity: &Identity,
+    pki: &NodePki,
     config: &NodeConfig,
 ) -> Result<(), StartError> {
-    // Resuming needs no seed; only a seed that answers and disagrees is an error.
-    let Ok(status) = seed_status(seed, Duration::from_secs(2)).await else {
-        return Ok(());
-    };
     let ours = identity.cluster_id.clone().unwrap_or_default();
-    if status.cluster_id != ours {
-        return Err(StartError::OtherCluster {
-            dir: config.data_dir.clone(),
-            ours,
-            seed: seed.to_string(),
-            theirs: status.cluster_id,
-        });
+    let other = |theirs: String| StartError::OtherCluster {
+        dir: config.data_dir.clone(),
+        ours: ours.clone(),
+        seed: seed.to_string(),
+        theirs,
+    };
+    let ca = CaHash::of_pem(&pki.ca_pem).map_err(|e| StartError::Credentials {
+        dir: NodePki::dir(&config.data_dir),
+        detail: e.to_string(),
+    })?;
+    let info = seed::call(seed, ca, Duration::from_secs(2), |mut c| async move {
+        Ok(c.info(pb::InfoRequest {}).await?.into_inner())
+    })
+    .await;
+    match info {
+        Ok(info) if info.cluster_id != ours => {
+            Err(other(format!("belongs to cluster {}", info.cluster_id)))
+        }
+        Ok(_) | Err(SeedError::Unreachable(_)) | Err(SeedError::Refused(_)) => Ok(()),
+        Err(SeedError::OtherCa) => Err(other(
+            "does not: its certificate is not from this cluster's CA".into(),
+        )),
     }
-    Ok(())
+}
+
+fn seed_error(e: SeedError, seed: &str, ca: CaHash, timeout: Duration) -> StartError {
+    match e {
+        SeedError::OtherCa => StartError::SeedNotTrusted {
+            seed: seed.to_string(),
+            hash: ca.to_string(),
+        },
+        SeedError::Refused(status) => StartError::JoinRefused {
+            seed: seed.to_string(),
+            detail: status.message().to_string(),
+        },
+        SeedError::Unreachable(detail) => StartError::SeedUnreachable {
+            seed: seed.to_string(),
+            secs: timeout.as_secs(),
+            detail,
+        },
+    }
+}
+
+/// The bootstrap node's credentials: a new CA and a node certificate, or the ones a crashed
+/// bootstrap left behind.
+fn bootstrap_pki(data_dir: &Path, name: &str, advertise: IpAddr) -> Result<NodePki, String> {
+    if let (Some(_), Some(pki)) = (
+        load_ca(data_dir).map_err(|e| e.to_string())?,
+        NodePki::load(data_dir).map_err(|e| e.to_string())?,
+    ) {
+        return Ok(pki);
+    }
+    let ca = Ca::generate(name).map_err(|e| e.to_string())?;
+    let pki = NodePki {
+        ca_pem: ca.cert_pem().to_string(),
+        node: ca.issue_node(name, advertise).map_err(|e| e.to_string())?,
+    };
+    pki.save(data_dir).map_err(|e| e.to_string())?;
+    save_ca(data_dir, &ca).map_err(|e| e.to_string())?;
+    Ok(pki)
 }
 
 fn new_node_id() -> NodeId {

@@ -3,27 +3,55 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use flotilla_pki::ca::subject_of;
+use flotilla_pki::NODES_GROUP;
 use flotilla_rpc::pb;
+use flotilla_rpc::pb::admission_server::{Admission, AdmissionServer};
 use flotilla_rpc::pb::cluster_server::{Cluster, ClusterServer};
 use flotilla_rpc::pb::raft_server::{Raft as RaftRpc, RaftServer};
 use flotilla_rpc::pb::store_server::{Store, StoreServer};
-use flotilla_rpc::{command_from_pb, error_to_pb, event_to_pb, record_to_pb};
+use flotilla_rpc::{command_from_pb, error_to_pb, event_to_pb, record_to_pb, Tls};
 use flotilla_store::{Engine, Proposer, StoreError};
 use futures::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::RaftNode;
 use crate::types::{decode, encode, Snapshot, SnapshotMeta, Vote};
 
-/// Serves the three services on `listener` until `shutdown`.
-pub async fn serve(
-    node: Arc<RaftNode>,
-    listener: std::net::TcpListener,
-    shutdown: CancellationToken,
-) {
+/// The peer endpoint: every service over TLS. `Admission` is open to callers without a
+/// certificate (joining nodes); `Store` and `Cluster` need one from the cluster CA; `Raft` needs
+/// a node's.
+pub fn router(node: &Arc<RaftNode>, tls: &Tls) -> Result<Router, tonic::transport::Error> {
+    let max = flotilla_rpc::MAX_MESSAGE_BYTES;
+    let raft = RaftServer::new(RaftService {
+        node: Arc::clone(node),
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let store = StoreServer::new(StoreService {
+        node: Arc::clone(node),
+    })
+    .max_decoding_message_size(max);
+    let cluster = ClusterServer::new(ClusterService {
+        node: Arc::clone(node),
+    });
+    let admission = AdmissionServer::new(AdmissionService {
+        node: Arc::clone(node),
+    });
+    Ok(tonic::transport::Server::builder()
+        .tls_config(tls.server_config())?
+        .add_service(InterceptedService::new(raft, require_node))
+        .add_service(InterceptedService::new(store, require_certificate))
+        .add_service(InterceptedService::new(cluster, require_certificate))
+        .add_service(admission))
+}
+
+/// Serves `router` on `listener` until `shutdown`.
+pub async fn serve(router: Router, listener: std::net::TcpListener, shutdown: CancellationToken) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(err) => {
@@ -31,31 +59,38 @@ pub async fn serve(
             return;
         }
     };
-    let max = flotilla_rpc::MAX_MESSAGE_BYTES;
-    let result = tonic::transport::Server::builder()
-        .add_service(
-            RaftServer::new(RaftService {
-                node: Arc::clone(&node),
-            })
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
-        )
-        .add_service(
-            StoreServer::new(StoreService {
-                node: Arc::clone(&node),
-            })
-            .max_decoding_message_size(max),
-        )
-        .add_service(ClusterServer::new(ClusterService { node }))
-        // `tcp_nodelay` above only applies to listeners tonic binds itself; set it on ours too, or
-        // small replies wait out Nagle's delay against the peer's delayed ACK (~40 ms).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled_owned(),
-        )
-        .await;
-    if let Err(err) = result {
+    // `tcp_nodelay` on the builder only applies to listeners tonic binds itself; set it on ours
+    // too, or small replies wait out Nagle's delay against the peer's delayed ACK (~40 ms).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    if let Err(err) = router
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+    {
         tracing::error!(?err, "peer server stopped");
+    }
+}
+
+fn require_certificate(req: Request<()>) -> Result<Request<()>, Status> {
+    match req.peer_certs() {
+        Some(certs) if !certs.is_empty() => Ok(req),
+        _ => Err(Status::unauthenticated(
+            "this endpoint needs a client certificate from the cluster CA",
+        )),
+    }
+}
+
+fn require_node(req: Request<()>) -> Result<Request<()>, Status> {
+    let req = require_certificate(req)?;
+    let is_node = req
+        .peer_certs()
+        .and_then(|certs| subject_of(certs[0].as_ref()).ok())
+        .is_some_and(|(_, groups)| groups.iter().any(|g| g == NODES_GROUP));
+    if is_node {
+        Ok(req)
+    } else {
+        Err(Status::permission_denied(
+            "only cluster nodes may speak Raft",
+        ))
     }
 }
 
@@ -395,15 +430,12 @@ struct ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn join(
+    async fn add_learner(
         &self,
-        req: Request<pb::JoinRequest>,
-    ) -> Result<Response<pb::JoinResponse>, Status> {
+        req: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::AddLearnerResponse>, Status> {
         self.node.add_learner(req.into_inner()).await?;
-        Ok(Response::new(pb::JoinResponse {
-            cluster_id: self.node.cluster_id.clone(),
-            leader_id: self.node.leader().map_or(0, |(id, _)| id),
-        }))
+        Ok(Response::new(pb::AddLearnerResponse {}))
     }
 
     async fn status(
@@ -427,5 +459,28 @@ impl Cluster for ClusterService {
             digest,
             keys,
         }))
+    }
+}
+
+struct AdmissionService {
+    node: Arc<RaftNode>,
+}
+
+#[tonic::async_trait]
+impl Admission for AdmissionService {
+    async fn info(
+        &self,
+        _req: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::InfoResponse>, Status> {
+        Ok(Response::new(pb::InfoResponse {
+            cluster_id: self.node.cluster_id.clone(),
+        }))
+    }
+
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        Ok(Response::new(self.node.admit(req.into_inner()).await?))
     }
 }

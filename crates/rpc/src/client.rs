@@ -3,12 +3,13 @@
 use std::time::Duration;
 
 use flotilla_store::{Command, Event, Listing, Record, Revision, StoreError};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::convert::{command_to_pb, error_from_pb, event_from_pb, record_from_pb};
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient;
 use crate::pb::store_client::StoreClient as PbStoreClient;
+use crate::tls::Tls;
 
 /// Why a call failed: the store refused it, or the node could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -51,16 +52,14 @@ fn check(error: Option<pb::StoreError>) -> Result<(), ClientError> {
 }
 
 impl StoreClient {
-    pub fn new(addr: &str, timeout: Duration) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    /// A client of the node at `addr` authenticating with `tls` (an admin's or a node's).
+    pub fn new(addr: &str, timeout: Duration, tls: &Tls) -> Result<Self, ClientError> {
+        let channel = tls
+            .channel(addr, Some(timeout))
             .map_err(|source| ClientError::Address {
                 addr: addr.to_string(),
                 source,
-            })?
-            .connect_timeout(timeout.min(Duration::from_secs(2)))
-            .timeout(timeout)
-            .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
+            })?;
         Ok(Self {
             addr: addr.to_string(),
             store: PbStoreClient::new(channel.clone())

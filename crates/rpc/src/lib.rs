@@ -8,12 +8,14 @@ pub mod pb {
 
 mod client;
 mod convert;
+pub mod tls;
 
 pub use client::{ClientError, StoreClient, WatchStream};
 pub use convert::{
     command_from_pb, command_to_pb, error_from_pb, error_to_pb, event_from_pb, event_to_pb,
     record_from_pb, record_to_pb,
 };
+pub use tls::Tls;
 
 /// Raft payloads larger than this are refused by gRPC; snapshots travel in smaller chunks.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
