@@ -37,11 +37,15 @@ case "${1:-up}" in
     mkdir -p "$dir"
     stop
     start_node 1
-    start_node 2 --join 127.0.0.1:7443
-    start_node 3 --join 127.0.0.1:7443
+    # The bootstrap node writes its first join token (valid 24 h) and the admin kubeconfig.
+    token=$(cat "$dir/n1/join-token")
+    start_node 2 --join 127.0.0.1:7443 --token "$token"
+    start_node 3 --join 127.0.0.1:7443 --token "$token"
     cat <<MSG
 Flotilla is running: three nodes on 127.0.0.1, peer ports 7443, 7444, 7445.
   data and logs:  $dir  (n1.log, n2.log, n3.log)
+  admin:          export KUBECONFIG=$dir/n1/admin.kubeconfig
+  join tokens:    $bin token create | list | revoke ID
   stop it:        make down
 MSG
     ;;
