@@ -11,6 +11,7 @@ use flotilla_raft::{NodeConfig, RaftNode};
 
 mod admin;
 mod client;
+mod status;
 mod token;
 
 #[derive(Parser)]
@@ -30,6 +31,10 @@ enum Command {
     Node(NodeArgs),
     /// Create, list and revoke join tokens.
     Token(token::TokenArgs),
+    /// The cluster: its leader, voters and members.
+    Status(status::StatusArgs),
+    /// The members: address, Raft role, last contact, applied index.
+    Members(status::StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -112,6 +117,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Node(args) => runtime.block_on(run_node(args)),
         Command::Token(args) => runtime.block_on(token::run(args)),
+        Command::Status(args) => runtime.block_on(status::status(args)),
+        Command::Members(args) => runtime.block_on(status::members(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,7 +18,7 @@ use flotilla_rpc::{command_to_pb, error_from_pb, Tls};
 use flotilla_store::{Command, Engine, Proposer, Revision, StoreError};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::{Config, Instant as _, ReadPolicy, ServerState, SnapshotPolicy};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -544,11 +544,29 @@ impl RaftNode {
             purged_index: m.purged.as_ref().map_or(0, |l| l.index),
             members: membership
                 .nodes()
-                .map(|(id, n)| pb::Member {
-                    id: *id,
-                    name: n.name.clone(),
-                    addr: n.addr.clone(),
-                    voter: voters.contains(id),
+                .map(|(id, n)| {
+                    let own = *id == self.id && m.state == ServerState::Leader;
+                    let matched = match &m.replication {
+                        _ if own => m.last_log_index,
+                        Some(r) => r.get(id).map(|l| l.as_ref().map_or(0, |l| l.index)),
+                        None => None,
+                    };
+                    let last_contact_ms = match &m.heartbeat {
+                        _ if own => Some(0),
+                        Some(h) => h
+                            .get(id)
+                            .and_then(|t| t.as_ref())
+                            .map(|t| t.elapsed().as_millis() as u64),
+                        None => None,
+                    };
+                    pb::Member {
+                        id: *id,
+                        name: n.name.clone(),
+                        addr: n.addr.clone(),
+                        voter: voters.contains(id),
+                        matched,
+                        last_contact_ms,
+                    }
                 })
                 .collect(),
             watch_window_start: self.replica.window().start(),

@@ -1,0 +1,143 @@
+//! `flotilla status` and `flotilla members`: the cluster as its leader sees it.
+
+use std::time::Duration;
+
+use flotilla_rpc::{pb, StoreClient, Tls};
+use serde::Serialize;
+
+use crate::client::KubeconfigArg;
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    kubeconfig: KubeconfigArg,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    cluster_id: String,
+    leader: Option<String>,
+    term: u64,
+    voters: usize,
+    members: Vec<Row>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    name: String,
+    id: u64,
+    address: String,
+    /// leader, voter or learner.
+    role: &'static str,
+    /// Milliseconds since the member last answered the leader.
+    last_contact_ms: Option<u64>,
+    /// The last log index the leader knows the member has.
+    applied: Option<u64>,
+}
+
+/// Asks any node, then the leader it names (which alone knows replication progress).
+async fn leader_view(args: &KubeconfigArg) -> Result<pb::StatusResponse, String> {
+    let (kubeconfig, client) = args.connect().await?;
+    let first = client.status().await.map_err(|e| e.to_string())?;
+    let Some(leader) = first.leader_id.filter(|id| *id != first.node_id) else {
+        return Ok(first);
+    };
+    let Some(member) = first.members.iter().find(|m| m.id == leader) else {
+        return Ok(first);
+    };
+    let tls = Tls::new(&kubeconfig.ca_pem, kubeconfig.client.clone());
+    let leader_client =
+        StoreClient::new(&member.addr, Duration::from_secs(10), &tls).map_err(|e| e.to_string())?;
+    // An unreachable leader still leaves the first node's view, without progress figures.
+    Ok(leader_client.status().await.unwrap_or(first))
+}
+
+fn summary(status: pb::StatusResponse) -> Summary {
+    let leader_id = status.leader_id;
+    let mut members: Vec<Row> = status
+        .members
+        .into_iter()
+        .map(|m| Row {
+            role: if Some(m.id) == leader_id {
+                "leader"
+            } else if m.voter {
+                "voter"
+            } else {
+                "learner"
+            },
+            name: m.name,
+            id: m.id,
+            address: m.addr,
+            last_contact_ms: m.last_contact_ms,
+            applied: m.matched,
+        })
+        .collect();
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    Summary {
+        cluster_id: status.cluster_id,
+        leader: members
+            .iter()
+            .find(|m| m.role == "leader")
+            .map(|m| m.name.clone()),
+        term: status.term,
+        voters: members.iter().filter(|m| m.role != "learner").count(),
+        members,
+    }
+}
+
+fn print_members(rows: &[Row]) {
+    println!(
+        "{:<16} {:<22} {:<8} {:>13} {:>10}",
+        "NAME", "ADDRESS", "ROLE", "LAST-CONTACT", "APPLIED"
+    );
+    for r in rows {
+        let contact = r
+            .last_contact_ms
+            .map_or("-".to_string(), |ms| format!("{ms}ms"));
+        let applied = r.applied.map_or("-".to_string(), |a| a.to_string());
+        println!(
+            "{:<16} {:<22} {:<8} {:>13} {:>10}",
+            r.name, r.address, r.role, contact, applied
+        );
+    }
+}
+
+pub async fn status(args: StatusArgs) -> Result<(), String> {
+    let s = summary(leader_view(&args.kubeconfig).await?);
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&s).expect("serialises")),
+        Output::Table => {
+            println!("cluster  {}", s.cluster_id);
+            println!(
+                "leader   {} (term {})",
+                s.leader.as_deref().unwrap_or("<none>"),
+                s.term
+            );
+            println!("voters   {} of {} members", s.voters, s.members.len());
+            println!();
+            print_members(&s.members);
+        }
+    }
+    Ok(())
+}
+
+pub async fn members(args: StatusArgs) -> Result<(), String> {
+    let s = summary(leader_view(&args.kubeconfig).await?);
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&s.members).expect("serialises")
+        ),
+        Output::Table => print_members(&s.members),
+    }
+    Ok(())
+}
