@@ -188,6 +188,8 @@ impl Cluster {
             "127.0.0.1",
             "--peer-port",
             "0",
+            "--gossip-port",
+            "0",
         ]
         .iter()
         .map(|s| s.to_string())

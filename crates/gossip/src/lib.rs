@@ -40,8 +40,8 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            probe_interval: Duration::from_millis(250),
-            probe_timeout: Duration::from_millis(125),
+            probe_interval: Duration::from_millis(200),
+            probe_timeout: Duration::from_millis(100),
             suspicion_mult: 2,
             suspicion_max_timeout_mult: 4,
             gossip_interval: Duration::from_millis(100),

@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use flotilla_gossip::{Membership, Timing};
 use flotilla_pki::JoinToken;
 use flotilla_raft::{NodeConfig, RaftNode};
 
 mod admin;
 mod client;
+mod gossip;
 mod status;
 mod token;
 
@@ -63,6 +65,15 @@ struct NodeArgs {
         hide_env_values = true
     )]
     token: Option<JoinToken>,
+    /// UDP port for gossip (QUIC); 0 uses the peer port's number.
+    #[arg(long, default_value_t = 7946)]
+    gossip_port: u16,
+    /// How long gossip must report a voter dead before the leader replaces it.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    stabilization: Duration,
+    /// How long gossip must report a learner dead before the leader removes it.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    dead_learner_timeout: Duration,
     /// How long to keep trying to reach the seed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     join_timeout: Duration,
@@ -93,6 +104,11 @@ impl NodeArgs {
         c.peer_port = self.peer_port;
         c.join = self.join.clone();
         c.token = self.token.clone();
+        c.gossip_port = self.gossip_port;
+        c.autopilot = flotilla_raft::AutopilotConfig {
+            stabilization: self.stabilization,
+            dead_learner_timeout: self.dead_learner_timeout,
+        };
         c.join_timeout = self.join_timeout;
         c.snapshot_threshold = self.snapshot_threshold;
         c.snapshot_keep_logs = self.snapshot_keep_logs;
@@ -137,6 +153,10 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let join_token = admin::ensure_admin_credentials(&node, &data_dir, advertise)
         .await
         .map_err(|e| format!("cannot write the admin credentials: {e}"))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let gossip = gossip::start(&node, &data_dir, Timing::default(), stop.clone())
+        .await
+        .map_err(|e| format!("cannot start gossip: {e}"))?;
     let status = node.status();
     tracing::info!(name = %node.name, id = %node.id, addr = %node.addr, cluster = %node.cluster_id, role = %status.role, "node ready");
     // One machine-readable line on stdout for tools and tests.
@@ -161,6 +181,13 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen for signals: {e}"))?;
     tracing::info!("shutting down");
+    // Leadership first, so that writes pause only for a handover, not an election; then a
+    // goodbye in gossip, so that the others see this node gone at once.
+    if node.step_down(Duration::from_secs(2)).await {
+        tracing::info!("handed leadership over");
+    }
+    stop.cancel();
+    gossip.leave(Duration::from_secs(1)).await;
     node.shutdown().await;
     Ok(())
 }

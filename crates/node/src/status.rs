@@ -42,6 +42,10 @@ struct Row {
     last_contact_ms: Option<u64>,
     /// The last log index the leader knows the member has.
     applied: Option<u64>,
+    /// alive, or dead as the leader's gossip sees it.
+    gossip: &'static str,
+    /// How long the leader's gossip has seen it dead.
+    down_ms: Option<u64>,
 }
 
 /// Asks any node, then the leader it names (which alone knows replication progress).
@@ -79,6 +83,8 @@ fn summary(status: pb::StatusResponse) -> Summary {
             address: m.addr,
             last_contact_ms: m.last_contact_ms,
             applied: m.matched,
+            gossip: if m.down_ms.is_some() { "dead" } else { "alive" },
+            down_ms: m.down_ms,
         })
         .collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
@@ -96,17 +102,21 @@ fn summary(status: pb::StatusResponse) -> Summary {
 
 fn print_members(rows: &[Row]) {
     println!(
-        "{:<16} {:<22} {:<8} {:>13} {:>10}",
-        "NAME", "ADDRESS", "ROLE", "LAST-CONTACT", "APPLIED"
+        "{:<16} {:<22} {:<8} {:<12} {:>13} {:>10}",
+        "NAME", "ADDRESS", "ROLE", "GOSSIP", "LAST-CONTACT", "APPLIED"
     );
     for r in rows {
         let contact = r
             .last_contact_ms
             .map_or("-".to_string(), |ms| format!("{ms}ms"));
         let applied = r.applied.map_or("-".to_string(), |a| a.to_string());
+        let gossip = match r.down_ms {
+            Some(ms) => format!("dead {:.1}s", ms as f64 / 1000.0),
+            None => r.gossip.to_string(),
+        };
         println!(
-            "{:<16} {:<22} {:<8} {:>13} {:>10}",
-            r.name, r.address, r.role, contact, applied
+            "{:<16} {:<22} {:<8} {:<12} {:>13} {:>10}",
+            r.name, r.address, r.role, gossip, contact, applied
         );
     }
 }

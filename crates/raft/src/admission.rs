@@ -113,6 +113,7 @@ impl RaftNode {
             name: req.name.clone(),
             addr: req.addr.clone(),
             forwarded: false,
+            gossip_addr: req.gossip_addr.clone(),
         })
         .await?;
         tracing::info!(node = %req.name, addr = %req.addr, token = %req.token_id, "admitted a node");

@@ -37,6 +37,9 @@ pub struct Identity {
     pub addr: String,
     /// Set once the node has bootstrapped or joined a cluster.
     pub cluster_id: Option<String>,
+    /// `host:port` (UDP) of the gossip endpoint.
+    #[serde(default)]
+    pub gossip_addr: String,
 }
 
 /// Why the database could not be opened.

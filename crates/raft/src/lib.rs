@@ -16,7 +16,7 @@ mod state_machine;
 mod types;
 
 pub use db::{Identity, OpenError};
-pub use membership::{promotions, target_voters};
+pub use membership::{plan, target_voters, AutopilotConfig, LivenessSource, Observed, Step};
 pub use node::{NodeConfig, RaftNode, StartError};
 pub use state_machine::Replica;
 pub use types::{Member, NodeId, TypeConfig};

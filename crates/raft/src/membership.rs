@@ -1,6 +1,12 @@
-//! Voter promotion: the leader keeps 1, 3 or 5 voters by promoting caught-up learners.
+//! Autopilot: the leader keeps 1, 3 or 5 healthy voters. It promotes caught-up learners,
+//! demotes voters that gossip has reported down for longer than a stabilisation time (when that
+//! is safe for quorum), removes learners that stay down much longer, and hands leadership over
+//! if it finds itself leading while not a voter.
+//!
+//! [`plan`] is pure: membership, replication progress and liveness in, one step out.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
@@ -12,8 +18,8 @@ use crate::types::{NodeId, Raft};
 /// A learner is caught up when its replicated log is at most this many entries behind.
 pub const CAUGHT_UP_LAG: u64 = 100;
 
-/// The number of voters a cluster of `members` nodes should have: the largest odd number not
-/// above the member count, at most 5.
+/// The number of voters a cluster of `members` healthy nodes should have: the largest odd
+/// number not above it, at most 5.
 pub fn target_voters(members: usize) -> usize {
     match members {
         0..=2 => 1,
@@ -22,31 +28,123 @@ pub fn target_voters(members: usize) -> usize {
     }
 }
 
-/// Which learners to promote: enough caught-up ones (lowest ids first) to reach the target
-/// voter count, or, if there are too few, the largest odd count within reach. Never an even
-/// voter count.
-pub fn promotions(
-    voters: &BTreeSet<NodeId>,
-    caught_up_learners: &BTreeSet<NodeId>,
-    members: usize,
-) -> BTreeSet<NodeId> {
-    let target = target_voters(members);
-    if voters.len() >= target {
-        return BTreeSet::new();
+/// Where liveness comes from (gossip, wired by the binary): the members that are down (dead, or
+/// left without being removed), and for how long. Members it does not mention count as healthy.
+/// A member that said goodbye is treated like a dead one: a restart after SIGTERM must not
+/// churn the voters.
+pub type LivenessSource = Arc<dyn Fn() -> BTreeMap<NodeId, Duration> + Send + Sync>;
+
+#[derive(Clone, Copy, Debug)]
+pub struct AutopilotConfig {
+    /// How long a voter must be down before it is demoted.
+    pub stabilization: Duration,
+    /// How long a learner must be down before it is removed.
+    pub dead_learner_timeout: Duration,
+}
+
+impl Default for AutopilotConfig {
+    fn default() -> Self {
+        AutopilotConfig {
+            stabilization: Duration::from_secs(10),
+            dead_learner_timeout: Duration::from_secs(300),
+        }
     }
-    let mut reachable = (voters.len() + caught_up_learners.len()).min(target);
-    if reachable.is_multiple_of(2) {
-        reachable -= 1;
+}
+
+/// What the leader sees.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub leader: NodeId,
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+    /// Learners whose log is close to the leader's.
+    pub caught_up: BTreeSet<NodeId>,
+    /// Members down, and for how long.
+    pub down: BTreeMap<NodeId, Duration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// This leader is not a voter: hand over to this voter.
+    TransferLeader(NodeId),
+    /// Make exactly these the voters (others stay as learners).
+    SetVoters(BTreeSet<NodeId>),
+    /// Remove these learners from the cluster.
+    RemoveLearners(BTreeSet<NodeId>),
+}
+
+/// The next membership step, if any.
+pub fn plan(o: &Observed, config: &AutopilotConfig) -> Option<Step> {
+    let down_past = |id: &NodeId, limit: Duration| o.down.get(id).is_some_and(|d| *d >= limit);
+    let is_down = |id: &NodeId| o.down.contains_key(id);
+
+    if !o.voters.contains(&o.leader) {
+        if let Some(to) = o.voters.iter().find(|v| !is_down(v)) {
+            return Some(Step::TransferLeader(*to));
+        }
     }
-    caught_up_learners
+
+    // Without a majority of voters up, nothing can commit: leave the membership alone.
+    let voters_up = o.voters.iter().filter(|v| !is_down(v)).count();
+    if voters_up * 2 <= o.voters.len() {
+        return None;
+    }
+
+    let healthy = o
+        .voters
         .iter()
-        .take(reachable.saturating_sub(voters.len()))
+        .chain(&o.learners)
+        .filter(|m| !is_down(m))
+        .count();
+    let target = target_voters(healthy);
+    let demote: BTreeSet<NodeId> = o
+        .voters
+        .iter()
+        .filter(|v| down_past(v, config.stabilization))
         .copied()
-        .collect()
+        .collect();
+    let keep: BTreeSet<NodeId> = o.voters.difference(&demote).copied().collect();
+    let candidates: Vec<NodeId> = o
+        .caught_up
+        .iter()
+        .filter(|l| o.learners.contains(l) && !is_down(l))
+        .copied()
+        .collect();
+    // As many caught-up learners as needed (and available) to reach the target, then down to
+    // an odd count; never fewer voters than are kept.
+    let wanted = target.max(keep.len());
+    let mut count = wanted.min(keep.len() + candidates.len());
+    if count.is_multiple_of(2) && count > keep.len() {
+        count -= 1;
+    }
+    let mut voters = keep.clone();
+    if count.is_multiple_of(2) {
+        // Only possible with no learner to promote: demoting all of them would leave an even
+        // count, so one of the demoted (the lowest id) stays a voter for now.
+        voters.extend(demote.iter().next());
+    } else {
+        voters.extend(candidates.iter().take(count - keep.len()));
+    }
+    if voters != o.voters && voters.len() % 2 == 1 {
+        return Some(Step::SetVoters(voters));
+    }
+
+    let gone: BTreeSet<NodeId> = o
+        .learners
+        .iter()
+        .filter(|l| down_past(l, config.dead_learner_timeout))
+        .copied()
+        .collect();
+    (!gone.is_empty()).then_some(Step::RemoveLearners(gone))
 }
 
 /// Runs on every node; acts only while this node is the leader.
-pub async fn run_promoter(raft: Raft, shutdown: CancellationToken) {
+pub async fn run_autopilot(
+    raft: Raft,
+    liveness: LivenessSource,
+    config: AutopilotConfig,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(300));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -54,48 +152,77 @@ pub async fn run_promoter(raft: Raft, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let (voters, caught_up, members) = {
-            let m = raft.metrics();
-            let m = m.borrow_watched();
-            if m.current_leader != Some(m.id) {
-                continue;
-            }
-            let membership = m.membership_config.membership();
-            // A joint configuration is being changed already.
-            if membership.get_joint_config().len() > 1 {
-                continue;
-            }
-            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-            let last = m.last_log_index.unwrap_or(0);
-            let replication: BTreeMap<NodeId, Option<crate::types::LogId>> =
-                m.replication.clone().unwrap_or_default();
-            let caught_up: BTreeSet<NodeId> = membership
-                .learner_ids()
-                .filter(|id| {
-                    replication
-                        .get(id)
-                        .and_then(|l| l.as_ref())
-                        .is_some_and(|l| l.index + CAUGHT_UP_LAG >= last)
-                })
-                .collect();
-            (voters, caught_up, membership.nodes().count())
-        };
-        let promote = promotions(&voters, &caught_up, members);
-        if promote.is_empty() {
+        let Some(observed) = observe(&raft, &liveness) else {
             continue;
-        }
-        tracing::info!(
-            ?promote,
-            voters = voters.len(),
-            "promoting learners to voters"
-        );
-        if let Err(err) = raft
-            .change_membership(ChangeMembers::AddVoterIds(promote), true)
-            .await
-        {
-            tracing::warn!(%err, "promotion failed");
+        };
+        let Some(step) = plan(&observed, &config) else {
+            continue;
+        };
+        tracing::info!(?step, voters = ?observed.voters, down = ?observed.down, "autopilot");
+        let result = match &step {
+            Step::TransferLeader(to) => raft
+                .trigger()
+                .transfer_leader(*to)
+                .await
+                .map_err(|e| e.to_string()),
+            Step::SetVoters(voters) => raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Step::RemoveLearners(ids) => raft
+                .change_membership(ChangeMembers::RemoveNodes(ids.clone()), false)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(err) = result {
+            tracing::warn!(%err, ?step, "autopilot step failed");
         }
     }
+}
+
+/// The leader's view, or `None` when this node does not lead or a change is under way.
+fn observe(raft: &Raft, liveness: &LivenessSource) -> Option<Observed> {
+    let (mut observed, members) = {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        if m.current_leader != Some(m.id) {
+            return None;
+        }
+        let membership = m.membership_config.membership();
+        // A joint configuration is being changed already.
+        if membership.get_joint_config().len() > 1 {
+            return None;
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let replication = m.replication.clone().unwrap_or_default();
+        let caught_up = membership
+            .learner_ids()
+            .filter(|id| {
+                replication
+                    .get(id)
+                    .and_then(|l| l.as_ref())
+                    .is_some_and(|l| l.index + CAUGHT_UP_LAG >= last)
+            })
+            .collect();
+        let members: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+        (
+            Observed {
+                leader: m.id,
+                voters: membership.voter_ids().collect(),
+                learners: membership.learner_ids().collect(),
+                caught_up,
+                down: BTreeMap::new(),
+            },
+            members,
+        )
+    };
+    observed.down = liveness()
+        .into_iter()
+        .filter(|(id, _)| members.contains(id) && *id != observed.leader)
+        .collect();
+    Some(observed)
 }
 
 #[cfg(test)]
@@ -106,6 +233,24 @@ mod tests {
         ids.iter().copied().collect()
     }
 
+    fn dead(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    fn observed(voters: &[u64], learners: &[u64], caught_up: &[u64]) -> Observed {
+        Observed {
+            leader: voters[0],
+            voters: set(voters),
+            learners: set(learners),
+            caught_up: set(caught_up),
+            down: BTreeMap::new(),
+        }
+    }
+
+    fn step(o: &Observed) -> Option<Step> {
+        plan(o, &AutopilotConfig::default())
+    }
+
     #[test]
     fn targets_are_odd_and_capped() {
         let got: Vec<usize> = (1..=8).map(target_voters).collect();
@@ -113,25 +258,67 @@ mod tests {
     }
 
     #[test]
-    fn promotes_to_three_when_two_learners_caught_up() {
-        assert_eq!(promotions(&set(&[1]), &set(&[2, 3]), 3), set(&[2, 3]));
-    }
-
-    #[test]
-    fn never_makes_an_even_voter_count() {
-        // Three members but only one learner caught up: stay at one voter.
-        assert!(promotions(&set(&[1]), &set(&[2]), 3).is_empty());
-        // Six members, three voters, one caught up: stay at three.
-        assert!(promotions(&set(&[1, 2, 3]), &set(&[4]), 6).is_empty());
-        // Six members, three voters, three caught up: go to five.
+    fn promotes_caught_up_learners_to_an_odd_count() {
         assert_eq!(
-            promotions(&set(&[1, 2, 3]), &set(&[4, 5, 6]), 6),
-            set(&[4, 5])
+            step(&observed(&[1], &[2, 3], &[2, 3])),
+            Some(Step::SetVoters(set(&[1, 2, 3])))
+        );
+        // Only one caught up: stay at one voter rather than two.
+        assert_eq!(step(&observed(&[1], &[2, 3], &[2])), None);
+        // Two members: one voter.
+        assert_eq!(step(&observed(&[1], &[2], &[2])), None);
+        // Six members, three caught up: five voters.
+        assert_eq!(
+            step(&observed(&[1, 2, 3], &[4, 5, 6], &[4, 5, 6])),
+            Some(Step::SetVoters(set(&[1, 2, 3, 4, 5])))
         );
     }
 
     #[test]
-    fn two_members_keep_one_voter() {
-        assert!(promotions(&set(&[1]), &set(&[2]), 2).is_empty());
+    fn a_voter_down_past_stabilization_is_replaced_by_a_learner() {
+        let mut o = observed(&[1, 2, 3], &[4], &[4]);
+        o.down.insert(3, dead(5));
+        assert_eq!(step(&o), None, "not before the stabilisation time");
+        o.down.insert(3, dead(11));
+        assert_eq!(step(&o), Some(Step::SetVoters(set(&[1, 2, 4]))));
+    }
+
+    #[test]
+    fn never_an_even_voter_count_and_never_without_quorum() {
+        // Three voters, one dead, no learner: keep it (two voters would be even).
+        let mut o = observed(&[1, 2, 3], &[], &[]);
+        o.down.insert(3, dead(60));
+        assert_eq!(step(&o), None);
+        // Five voters, two dead, no learners: go to three.
+        let mut o = observed(&[1, 2, 3, 4, 5], &[], &[]);
+        o.down.insert(4, dead(60));
+        o.down.insert(5, dead(60));
+        assert_eq!(step(&o), Some(Step::SetVoters(set(&[1, 2, 3]))));
+        // Five voters, one dead, no learners: keep five (four would be even).
+        let mut o = observed(&[1, 2, 3, 4, 5], &[], &[]);
+        o.down.insert(5, dead(60));
+        assert_eq!(step(&o), None);
+        // Three voters, two dead: no quorum, no change.
+        let mut o = observed(&[1, 2, 3], &[4, 5], &[4, 5]);
+        o.down.insert(2, dead(60));
+        o.down.insert(3, dead(60));
+        assert_eq!(step(&o), None);
+    }
+
+    #[test]
+    fn dead_learners_go_after_the_long_timeout() {
+        let mut o = observed(&[1, 2, 3], &[4, 5], &[4, 5]);
+        o.down.insert(4, dead(60));
+        assert_eq!(step(&o), None);
+        o.down.insert(4, dead(301));
+        assert_eq!(step(&o), Some(Step::RemoveLearners(set(&[4]))));
+    }
+
+    #[test]
+    fn a_leader_that_is_not_a_voter_hands_over() {
+        let mut o = observed(&[1, 2, 3], &[4], &[4]);
+        o.leader = 4;
+        o.down.insert(1, dead(1));
+        assert_eq!(step(&o), Some(Step::TransferLeader(2)));
     }
 }

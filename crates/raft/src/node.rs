@@ -25,6 +25,7 @@ use tonic::transport::Channel;
 use crate::db::{Db, Identity, OpenError};
 use crate::forward::Forwarder;
 use crate::log_store::LogStore;
+use crate::membership::{AutopilotConfig, LivenessSource};
 use crate::network::Network;
 use crate::seed::{self, SeedError};
 use crate::snapshot::SnapshotDir;
@@ -42,6 +43,10 @@ pub struct NodeConfig {
     pub join: Option<String>,
     /// The join token, needed with `join` when this node has no state yet.
     pub token: Option<JoinToken>,
+    /// UDP port for gossip; 0 uses the peer port's number.
+    pub gossip_port: u16,
+    /// When the leader changes voters and removes members.
+    pub autopilot: AutopilotConfig,
     /// How long to keep trying to reach the seed when joining.
     pub join_timeout: Duration,
     /// Build a snapshot after this many log entries.
@@ -63,6 +68,8 @@ impl NodeConfig {
             peer_port: 7443,
             join: None,
             token: None,
+            gossip_port: 7946,
+            autopilot: AutopilotConfig::default(),
             join_timeout: Duration::from_secs(30),
             snapshot_threshold: 100_000,
             snapshot_keep_logs: 5_000,
@@ -130,6 +137,10 @@ pub struct RaftNode {
     request_timeout: Duration,
     shutdown: CancellationToken,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// `host:port` (UDP) of this node's gossip endpoint.
+    pub gossip_addr: String,
+    /// Which members are down, for the autopilot; set once gossip runs.
+    liveness: Arc<std::sync::RwLock<LivenessSource>>,
 }
 
 enum Mode {
@@ -179,6 +190,10 @@ impl RaftNode {
                     name: config.name.clone(),
                     addr: SocketAddr::new(config.advertise, port).to_string(),
                     cluster_id: None,
+                    gossip_addr: partial
+                        .as_ref()
+                        .map(|i| i.gossip_addr.clone())
+                        .unwrap_or_default(),
                 };
                 match (&config.join, &config.token) {
                     (Some(seed), Some(token)) => {
@@ -209,6 +224,13 @@ impl RaftNode {
             .map_err(|source| StartError::Listen { addr: bind, source })?;
         let mut identity = identity;
         identity.addr = local.to_string();
+        if identity.gossip_addr.is_empty() {
+            let port = match config.gossip_port {
+                0 => local.port(),
+                p => p,
+            };
+            identity.gossip_addr = SocketAddr::new(config.advertise, port).to_string();
+        }
 
         // Record the node id and address before asking anyone to admit them.
         db.save_identity(&identity)
@@ -251,6 +273,7 @@ impl RaftNode {
                     node_id: identity.node_id,
                     name: identity.name.clone(),
                     addr: identity.addr.clone(),
+                    gossip_addr: identity.gossip_addr.clone(),
                 };
                 let resp = seed::call(seed, token.ca_hash, config.join_timeout, |mut c| {
                     let req = req.clone();
@@ -315,6 +338,8 @@ impl RaftNode {
             request_timeout: config.request_timeout,
             shutdown,
             tasks: Mutex::new(Vec::new()),
+            gossip_addr: identity.gossip_addr.clone(),
+            liveness: Arc::new(std::sync::RwLock::new(Arc::new(BTreeMap::new))),
         });
 
         let router = crate::service::router(&node, &tls)
@@ -328,6 +353,7 @@ impl RaftNode {
         let member = Member {
             name: identity.name.clone(),
             addr: identity.addr.clone(),
+            gossip_addr: identity.gossip_addr.clone(),
         };
         let initialized = raft
             .is_initialized()
@@ -357,7 +383,13 @@ impl RaftNode {
                 .map_err(|e| storage_err(e.to_string()))?;
         }
 
-        node.spawn(crate::membership::run_promoter(raft, node.shutdown.clone()));
+        let liveness = Arc::clone(&node.liveness);
+        node.spawn(crate::membership::run_autopilot(
+            raft,
+            Arc::new(move || (liveness.read().unwrap_or_else(|p| p.into_inner()))()),
+            config.autopilot,
+            node.shutdown.clone(),
+        ));
         Ok(node)
     }
 
@@ -518,12 +550,67 @@ impl RaftNode {
         }
     }
 
+    /// If this node leads, hands leadership to the most caught-up other voter and waits (up to
+    /// `timeout`) until another node leads. Returns whether leadership moved.
+    pub async fn step_down(&self, timeout: Duration) -> bool {
+        let target = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            if m.current_leader != Some(self.id) {
+                return false;
+            }
+            let replication = m.replication.clone().unwrap_or_default();
+            m.membership_config
+                .membership()
+                .voter_ids()
+                .filter(|id| *id != self.id)
+                .max_by_key(|id| {
+                    replication
+                        .get(id)
+                        .and_then(|l| l.as_ref())
+                        .map_or(0, |l| l.index)
+                })
+        };
+        let Some(to) = target else {
+            return false;
+        };
+        if self.raft.trigger().transfer_leader(to).await.is_err() {
+            return false;
+        }
+        let me = self.id;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != me),
+                "leadership handed over",
+            )
+            .await
+            .is_ok()
+    }
+
+    /// Tells the autopilot where liveness comes from.
+    pub fn set_liveness(&self, source: LivenessSource) {
+        *self.liveness.write().unwrap_or_else(|p| p.into_inner()) = source;
+    }
+
+    /// The members as Raft's membership records them.
+    pub fn members(&self) -> Vec<(NodeId, Member)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect()
+    }
+
     /// This node's view of the cluster.
     pub fn status(&self) -> pb::StatusResponse {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
         let membership = m.membership_config.membership();
         let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let down = (self.liveness.read().unwrap_or_else(|p| p.into_inner()))();
         let role = match m.state {
             ServerState::Leader => "leader",
             ServerState::Follower if voters.contains(&self.id) => "follower",
@@ -566,6 +653,8 @@ impl RaftNode {
                         voter: voters.contains(id),
                         matched,
                         last_contact_ms,
+                        gossip_addr: n.gossip_addr.clone(),
+                        down_ms: down.get(id).map(|d| d.as_millis() as u64),
                     }
                 })
                 .collect(),
@@ -607,6 +696,7 @@ impl RaftNode {
                     let member = Member {
                         name: req.name.clone(),
                         addr: req.addr.clone(),
+                        gossip_addr: req.gossip_addr.clone(),
                     };
                     match self.raft.add_learner(req.node_id, member, false).await {
                         Ok(_) => return Ok(()),

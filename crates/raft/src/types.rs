@@ -13,6 +13,8 @@ pub struct Member {
     pub name: String,
     /// `host:port` of its peer (gRPC) endpoint.
     pub addr: String,
+    /// `host:port` (UDP) of its gossip endpoint.
+    pub gossip_addr: String,
 }
 
 impl fmt::Display for Member {

@@ -1,0 +1,88 @@
+//! Wiring gossip to the Raft node: liveness for the autopilot, and reconnecting to members that
+//! gossip does not see alive (at start, and after a partition heals, which memberlist alone
+//! does not do).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_gossip::{Gossip, GossipConfig, Liveness, Membership, NodeMeta, Timing};
+use flotilla_pki::{Credential, NodePki};
+use flotilla_raft::RaftNode;
+use tokio_util::sync::CancellationToken;
+
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
+pub async fn start(
+    node: &Arc<RaftNode>,
+    data_dir: &Path,
+    timing: Timing,
+    shutdown: CancellationToken,
+) -> Result<Gossip, String> {
+    let pki = NodePki::load(data_dir)
+        .map_err(|e| e.to_string())?
+        .ok_or("no credentials under the data dir")?;
+    let bind = node
+        .gossip_addr
+        .parse()
+        .map_err(|_| format!("bad gossip address {}", node.gossip_addr))?;
+    let gossip = Gossip::start(GossipConfig {
+        id: format!("{:x}", node.id),
+        bind,
+        meta: NodeMeta {
+            name: node.name.clone(),
+            raft_id: node.id,
+            peer_addr: node.addr.clone(),
+            leaving: false,
+        },
+        ca_pem: pki.ca_pem.clone(),
+        identity: Credential {
+            cert_pem: pki.chain_pem(),
+            key_pem: pki.node.key_pem.clone(),
+        },
+        timing,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+
+    let view = gossip.clone();
+    node.set_liveness(Arc::new(move || {
+        view.view()
+            .into_iter()
+            .filter(|p| p.liveness != Liveness::Alive)
+            .map(|p| (p.meta.raft_id, p.since.elapsed()))
+            .collect()
+    }));
+    tokio::spawn(reconnect(Arc::clone(node), gossip.clone(), shutdown));
+    Ok(gossip)
+}
+
+async fn reconnect(node: Arc<RaftNode>, gossip: Gossip, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(RECONNECT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let alive: BTreeSet<u64> = gossip
+            .view()
+            .into_iter()
+            .filter(|p| p.liveness == Liveness::Alive)
+            .map(|p| p.meta.raft_id)
+            .collect();
+        let seeds: Vec<_> = node
+            .members()
+            .into_iter()
+            .filter(|(id, _)| *id != node.id && !alive.contains(id))
+            .filter_map(|(_, m)| m.gossip_addr.parse().ok())
+            .collect();
+        if seeds.is_empty() {
+            continue;
+        }
+        if let Err(e) = gossip.join(&seeds).await {
+            tracing::debug!(error = %e, "gossip reconnect");
+        }
+    }
+}
