@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
+
+use flotilla_controllers::nodes::NodeInfo;
 use flotilla_gossip::{Membership, Timing};
 use flotilla_pki::JoinToken;
 use flotilla_raft::{NodeConfig, RaftNode};
@@ -74,6 +78,9 @@ struct NodeArgs {
     /// How long gossip must report a learner dead before the leader removes it.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     dead_learner_timeout: Duration,
+    /// A label for this node's Node object (repeatable): `--label zone=a`.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     /// How long to keep trying to reach the seed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     join_timeout: Duration,
@@ -86,6 +93,25 @@ struct NodeArgs {
     /// Changes kept in memory for watchers; an older watch start gets "compacted".
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     watch_window: u64,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))?;
+    let valid_key = !k.is_empty()
+        && k.len() <= 253
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    let valid_value = v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !valid_key || !valid_value {
+        return Err(format!(
+            "{s:?} is not a valid label (KEY=VALUE of letters, digits, '-', '_', '.')"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 impl NodeArgs {
@@ -149,6 +175,11 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let config = args.config()?;
     let data_dir = config.data_dir.clone();
     let advertise = config.advertise;
+    let info = NodeInfo::of_host(
+        &config.name,
+        &advertise.to_string(),
+        args.labels.iter().cloned().collect(),
+    );
     let node = RaftNode::start(config).await.map_err(|e| e.to_string())?;
     let join_token = admin::ensure_admin_credentials(&node, &data_dir, advertise)
         .await
@@ -157,6 +188,11 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let gossip = gossip::start(&node, &data_dir, Timing::default(), stop.clone())
         .await
         .map_err(|e| format!("cannot start gossip: {e}"))?;
+    tokio::spawn(register(Arc::clone(&node), info, stop.clone()));
+    tokio::spawn(flotilla_controllers::run_node_lifecycle(
+        Arc::clone(&node),
+        stop.clone(),
+    ));
     let status = node.status();
     tracing::info!(name = %node.name, id = %node.id, addr = %node.addr, cluster = %node.cluster_id, role = %status.role, "node ready");
     // One machine-readable line on stdout for tools and tests.
@@ -190,6 +226,23 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     gossip.leave(Duration::from_secs(1)).await;
     node.shutdown().await;
     Ok(())
+}
+
+/// Registers this node's Node object, retrying while the cluster has no quorum.
+async fn register(node: Arc<RaftNode>, info: NodeInfo, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        match flotilla_controllers::register_node(&node, &info).await {
+            Ok(cidr) => {
+                tracing::info!(%cidr, "node registered");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot register the node yet"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use flotilla_controllers::nodes::{ready_status, NODES_PREFIX};
 use flotilla_rpc::{pb, StoreClient, Tls};
 use serde::Serialize;
 
@@ -46,11 +49,34 @@ struct Row {
     gossip: &'static str,
     /// How long the leader's gossip has seen it dead.
     down_ms: Option<u64>,
+    /// The Node object's Ready condition (True, Unknown), if it has registered.
+    ready: Option<String>,
 }
 
-/// Asks any node, then the leader it names (which alone knows replication progress).
-async fn leader_view(args: &KubeconfigArg) -> Result<pb::StatusResponse, String> {
+/// Asks any node, then the leader it names (which alone knows replication progress), and
+/// reads the Node objects' Ready conditions.
+async fn leader_view(
+    args: &KubeconfigArg,
+) -> Result<(pb::StatusResponse, BTreeMap<String, String>), String> {
     let (kubeconfig, client) = args.connect().await?;
+    let ready: BTreeMap<String, String> = client
+        .list_all(NODES_PREFIX, false)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter_map(|(_, r)| {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).ok()?;
+            let name = v["metadata"]["name"].as_str()?.to_string();
+            Some((name, ready_status(&v)?.to_string()))
+        })
+        .collect();
+    Ok((leader_status(&kubeconfig, &client).await?, ready))
+}
+
+async fn leader_status(
+    kubeconfig: &flotilla_pki::Kubeconfig,
+    client: &StoreClient,
+) -> Result<pb::StatusResponse, String> {
     let first = client.status().await.map_err(|e| e.to_string())?;
     let Some(leader) = first.leader_id.filter(|id| *id != first.node_id) else {
         return Ok(first);
@@ -65,7 +91,7 @@ async fn leader_view(args: &KubeconfigArg) -> Result<pb::StatusResponse, String>
     Ok(leader_client.status().await.unwrap_or(first))
 }
 
-fn summary(status: pb::StatusResponse) -> Summary {
+fn summary((status, ready): (pb::StatusResponse, BTreeMap<String, String>)) -> Summary {
     let leader_id = status.leader_id;
     let mut members: Vec<Row> = status
         .members
@@ -78,6 +104,7 @@ fn summary(status: pb::StatusResponse) -> Summary {
             } else {
                 "learner"
             },
+            ready: ready.get(&m.name).cloned(),
             name: m.name,
             id: m.id,
             address: m.addr,
@@ -102,8 +129,8 @@ fn summary(status: pb::StatusResponse) -> Summary {
 
 fn print_members(rows: &[Row]) {
     println!(
-        "{:<16} {:<22} {:<8} {:<12} {:>13} {:>10}",
-        "NAME", "ADDRESS", "ROLE", "GOSSIP", "LAST-CONTACT", "APPLIED"
+        "{:<16} {:<22} {:<8} {:<12} {:<8} {:>13} {:>10}",
+        "NAME", "ADDRESS", "ROLE", "GOSSIP", "READY", "LAST-CONTACT", "APPLIED"
     );
     for r in rows {
         let contact = r
@@ -115,8 +142,14 @@ fn print_members(rows: &[Row]) {
             None => r.gossip.to_string(),
         };
         println!(
-            "{:<16} {:<22} {:<8} {:<12} {:>13} {:>10}",
-            r.name, r.address, r.role, gossip, contact, applied
+            "{:<16} {:<22} {:<8} {:<12} {:<8} {:>13} {:>10}",
+            r.name,
+            r.address,
+            r.role,
+            gossip,
+            r.ready.as_deref().unwrap_or("-"),
+            contact,
+            applied
         );
     }
 }

@@ -588,6 +588,11 @@ impl RaftNode {
             .is_ok()
     }
 
+    /// The members gossip reports down, and for how long.
+    pub fn down_members(&self) -> BTreeMap<NodeId, Duration> {
+        (self.liveness.read().unwrap_or_else(|p| p.into_inner()))()
+    }
+
     /// Tells the autopilot where liveness comes from.
     pub fn set_liveness(&self, source: LivenessSource) {
         *self.liveness.write().unwrap_or_else(|p| p.into_inner()) = source;
