@@ -6,6 +6,7 @@ mod crash;
 mod failover;
 mod layers;
 mod learner_read;
+mod membership;
 mod snapshot;
 mod startup_errors;
 mod support;

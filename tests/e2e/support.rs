@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flotilla_rpc::StoreClient;
 use flotilla_store::{Command, Op};
@@ -15,6 +15,8 @@ pub type Acked = Arc<Mutex<BTreeMap<String, u64>>>;
 /// written as a batch of `width` keys (`prefix/<n>/<j>`) applied atomically.
 pub struct Writer {
     pub acked: Acked,
+    /// When each acknowledgement arrived, in order.
+    pub acked_at: Arc<Mutex<Vec<Instant>>>,
     pub stop: Arc<AtomicBool>,
     handle: tokio::task::JoinHandle<()>,
 }
@@ -22,10 +24,12 @@ pub struct Writer {
 impl Writer {
     pub fn start(clients: Vec<StoreClient>, prefix: &str, width: usize) -> Writer {
         let acked: Acked = Arc::default();
+        let acked_at: Arc<Mutex<Vec<Instant>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let prefix = prefix.to_string();
         let handle = tokio::spawn({
             let acked = Arc::clone(&acked);
+            let acked_at = Arc::clone(&acked_at);
             let stop = Arc::clone(&stop);
             async move {
                 let mut n = 0usize;
@@ -46,6 +50,7 @@ impl Writer {
                     )
                     .await;
                     if let Ok(Ok(rev)) = result {
+                        acked_at.lock().unwrap().push(Instant::now());
                         let mut a = acked.lock().unwrap();
                         for k in keys {
                             a.insert(k, rev);
@@ -59,9 +64,22 @@ impl Writer {
         });
         Writer {
             acked,
+            acked_at,
             stop,
             handle,
         }
+    }
+
+    /// The longest time between two acknowledgements since `from`.
+    pub fn longest_pause_since(&self, from: Instant) -> Duration {
+        let at = self.acked_at.lock().unwrap();
+        let mut previous = from;
+        let mut longest = Duration::ZERO;
+        for t in at.iter().filter(|t| **t >= from) {
+            longest = longest.max(t.duration_since(previous));
+            previous = *t;
+        }
+        longest.max(Instant::now().duration_since(previous))
     }
 
     pub fn acked_count(&self) -> usize {

@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: bootstrap a new cluster, join one through a seed, or resume from the data dir.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Create, list and revoke join tokens.
     Token(token::TokenArgs),
     /// The cluster: its leader, voters and members.
@@ -157,7 +157,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Node(args) => runtime.block_on(run_node(args)),
+        Command::Node(args) => runtime.block_on(run_node(*args)),
         Command::Token(args) => runtime.block_on(token::run(args)),
         Command::Status(args) => runtime.block_on(status::status(args)),
         Command::Members(args) => runtime.block_on(status::members(args)),
