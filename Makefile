@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= /var/cache/flotilla/target
 CARGO ?= cargo
 # Debian packages: clang/libclang for RocksDB's bindings; protoc and etcd for the etcd side of the benchmark.
-DEB_PACKAGES := build-essential clang libclang-dev protobuf-compiler etcd-server etcd-client
+DEB_PACKAGES := build-essential clang libclang-dev protobuf-compiler etcd-server etcd-client stress-ng iproute2 nftables
 UP_DIR ?= $(CURDIR)/.flotilla
 
 # RocksDB's C++ is compiled once per machine, optimised, into a static archive outside cargo's
@@ -54,14 +54,16 @@ test: lint
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace --no-fail-fast
 
-# A local 3-node cluster on loopback, data under .flotilla/ (`make down` stops it).
+# A local 3-node cluster, each node in its own network namespace, data under .flotilla/
+# (`make down` stops it and removes it).
 up: rocksdb
-	$(CARGO) build --workspace --all-targets
-	UP_DIR="$(UP_DIR)" FLOTILLA_BIN="$(CARGO_TARGET_DIR)/debug/flotilla" deploy/local-cluster.sh up
+	$(CARGO) build --workspace --bins
+	"$(CARGO_TARGET_DIR)/debug/flotilla" up --nodes 3 --dir "$(UP_DIR)"
 
 down:
-	UP_DIR="$(UP_DIR)" deploy/local-cluster.sh down
+	"$(CARGO_TARGET_DIR)/debug/flotilla" up --down --dir "$(UP_DIR)"
 
 bench: rocksdb
 	$(CARGO) build --release --workspace --bins
 	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" store --json bench-store.json
+	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" membership --json bench-membership.json

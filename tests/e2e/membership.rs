@@ -38,6 +38,10 @@ async fn a_killed_voter_is_seen_dead_and_replaced_while_writes_go_on() {
         .await;
         assert!(ready.is_some(), "{name} never registered as Ready");
     }
+    cluster
+        .wait_gossip_alive(Duration::from_secs(20))
+        .await
+        .unwrap();
     let leader = cluster.leader().await.unwrap();
     let status = cluster.client(leader).status().await.unwrap();
     let victim_id = status
@@ -138,4 +142,74 @@ async fn a_leader_stopped_with_sigterm_hands_over_first() {
         "writes stopped for {pause:?}"
     );
     writer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flotilla_leave_removes_a_voter_for_good_and_a_learner_takes_its_place() {
+    let mut cluster = Cluster::start(4, Options::default()).await.unwrap();
+    let status = cluster.client(0).status().await.unwrap();
+    // A voter that is not the bootstrap node (whose address the kubeconfig names).
+    let leaving = (1..4)
+        .find(|i| {
+            status
+                .members
+                .iter()
+                .any(|m| m.id == cluster.nodes[*i].node_id && m.voter)
+        })
+        .expect("a voter besides n1");
+    let name = cluster.nodes[leaving].name.clone();
+    let kubeconfig = cluster.kubeconfig.to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking({
+        let name = name.clone();
+        move || {
+            flotilla_tests::run_cli(
+                &["leave", &name, "--kubeconfig", &kubeconfig],
+                Duration::from_secs(60),
+            )
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let exit = cluster
+        .wait_exit(leaving, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(exit.success(), "the leaving node exited with {exit}");
+
+    // The others: three members, all voters again, the Node object and its pod CIDR gone.
+    let client = cluster.client(0);
+    let settled = wait_until(Duration::from_secs(30), || {
+        let client = client.clone();
+        let name = name.clone();
+        async move {
+            let s = client.status().await.ok()?;
+            let voters = s.members.iter().filter(|m| m.voter).count();
+            let gone = !s.members.iter().any(|m| m.name == name);
+            let (_, node) = client
+                .get(&format!("/core/nodes/{name}"), true)
+                .await
+                .ok()?;
+            (gone && voters == 3 && s.members.len() == 3 && node.is_none()).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "membership after leave: {:?}",
+        client.status().await
+    );
+    let cidrs = client.list_all("/flotilla/podcidrs/", true).await.unwrap();
+    assert!(
+        cidrs.iter().all(|(_, r)| r.value != name.as_bytes()),
+        "{name}'s pod CIDR is still taken: {cidrs:?}"
+    );
+    // Writes go on, and the node's data dir refuses to resume a membership it gave up.
+    client.create("/after-leave", "ok").await.unwrap();
+    let err = cluster.restart(leaving).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("left its cluster"),
+        "restart after leave: {err:#}"
+    );
 }

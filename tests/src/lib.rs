@@ -1,5 +1,7 @@
-//! The cluster builder for end-to-end tests: real `flotilla node` processes on loopback, each
-//! with its own RocksDB in a temp dir, started, killed with SIGKILL and restarted.
+//! The cluster builder for end-to-end tests: real `flotilla node` processes, each with its own
+//! RocksDB in a temp dir, started, killed with SIGKILL and restarted. By default they share
+//! loopback with ports picked by the kernel; in a lab ([`Options::in_lab`]) each has its own
+//! network namespace and address on a bridge, so the network between them can be cut.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -7,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use flotilla_lab::LabNet;
 use flotilla_pki::{Credential, Kubeconfig};
 use flotilla_rpc::{StoreClient, Tls};
 pub use flotilla_util::wait_until;
@@ -35,9 +38,16 @@ pub fn flotilla_bin() -> PathBuf {
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     pub extra_args: Vec<String>,
+    /// Each node in its own network namespace of a lab (needs root, `ip` and `nft`).
+    pub lab: bool,
 }
 
 impl Options {
+    pub fn in_lab(mut self) -> Self {
+        self.lab = true;
+        self
+    }
+
     pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
         self.extra_args.push(flag.to_string());
         self.extra_args.push(value.to_string());
@@ -79,13 +89,18 @@ struct Ready {
     kubeconfig: Option<PathBuf>,
 }
 
-/// Starts `flotilla` with `args`; returns the child once it printed its ready line.
-fn spawn(args: &[String], log: &Path) -> Result<(Child, Ready)> {
+/// Starts `flotilla` with `args` (inside node `netns`'s namespace of `lab`, if given);
+/// returns the child once it printed its ready line.
+fn spawn(lab: Option<(&LabNet, usize)>, args: &[String], log: &Path) -> Result<(Child, Ready)> {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
-    let mut child = Command::new(flotilla_bin())
+    let mut command = match lab {
+        Some((lab, i)) => lab.command(i, &flotilla_bin()),
+        None => Command::new(flotilla_bin()),
+    };
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -143,12 +158,19 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     /// The admin's credentials, for clients.
     pub tls: Option<Tls>,
+    /// The lab network, when the nodes run in namespaces.
+    pub lab: Option<LabNet>,
 }
 
 impl Cluster {
     /// Starts `n` nodes: the first bootstraps, the others join through it. Waits until the
     /// cluster has its full voter count (1 or 3 or 5).
     pub async fn start(n: usize, options: Options) -> Result<Cluster> {
+        let lab = if options.lab {
+            Some(tokio::task::spawn_blocking(LabNet::create).await??)
+        } else {
+            None
+        };
         let mut cluster = Cluster {
             nodes: Vec::new(),
             options,
@@ -156,6 +178,7 @@ impl Cluster {
             join_token: String::new(),
             kubeconfig: PathBuf::new(),
             tls: None,
+            lab,
         };
         for _ in 0..n {
             cluster.add_node().await?;
@@ -184,16 +207,31 @@ impl Cluster {
             &name,
             "--data-dir",
             data_dir.to_str().expect("utf-8 temp path"),
-            "--advertise",
-            "127.0.0.1",
-            "--peer-port",
-            "0",
-            "--gossip-port",
-            "0",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(lab) = &mut self.lab {
+            // Its own address: the default ports.
+            let mut grown = lab.clone();
+            let j =
+                tokio::task::spawn_blocking(move || grown.add_node().map(|j| (j, grown))).await??;
+            *lab = j.1;
+            anyhow::ensure!(j.0 == i, "lab node {} for cluster node {i}", j.0);
+            args.extend(["--advertise".into(), lab.addr(i).to_string()]);
+        } else {
+            args.extend(
+                [
+                    "--advertise",
+                    "127.0.0.1",
+                    "--peer-port",
+                    "0",
+                    "--gossip-port",
+                    "0",
+                ]
+                .map(String::from),
+            );
+        }
         if i > 0 {
             args.push("--join".into());
             args.push(self.nodes[0].addr.clone());
@@ -202,9 +240,10 @@ impl Cluster {
         }
         args.extend(self.options.extra_args.iter().cloned());
         let log = data_dir.with_extension("log");
+        let lab = self.lab.clone();
         let (child, ready) = tokio::task::spawn_blocking({
             let args = args.clone();
-            move || spawn(&args, &log)
+            move || spawn(lab.as_ref().map(|l| (l, i)), &args, &log)
         })
         .await??;
         if i == 0 {
@@ -249,6 +288,30 @@ impl Cluster {
         }
     }
 
+    /// Waits for node `i` to exit by itself (up to `timeout`); returns its exit status.
+    pub async fn wait_exit(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let child = self.nodes[i]
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("node {i} not running"))?;
+        let status = wait_until(timeout, || {
+            let exited = child.try_wait().ok().flatten();
+            async move { exited }
+        })
+        .await;
+        match status {
+            Some(status) => {
+                self.nodes[i].child = None;
+                Ok(status)
+            }
+            None => bail!("node {i} still runs after {timeout:?}"),
+        }
+    }
+
     /// SIGTERM node `i` and wait for it to exit; returns its exit status.
     pub fn terminate(&mut self, i: usize) -> Result<std::process::ExitStatus> {
         let mut child = self.nodes[i]
@@ -267,7 +330,10 @@ impl Cluster {
         anyhow::ensure!(!self.nodes[i].is_running(), "node {i} is still running");
         let args = self.nodes[i].args.clone();
         let log = self.nodes[i].log_path();
-        let (child, ready) = tokio::task::spawn_blocking(move || spawn(&args, &log)).await??;
+        let lab = self.lab.clone();
+        let (child, ready) =
+            tokio::task::spawn_blocking(move || spawn(lab.as_ref().map(|l| (l, i)), &args, &log))
+                .await??;
         anyhow::ensure!(
             ready.node_id == self.nodes[i].node_id,
             "restart changed the node id"
@@ -326,6 +392,28 @@ impl Cluster {
         .ok_or_else(|| anyhow!("the cluster did not reach {n} voters within 30 s"))
     }
 
+    /// Waits until every running node's gossip sees every member alive.
+    pub async fn wait_gossip_alive(&self, timeout: Duration) -> Result<()> {
+        let clients = self.live_clients();
+        let members = self.nodes.len();
+        wait_until(timeout, || {
+            let clients = clients.clone();
+            async move {
+                for c in &clients {
+                    let s = c.status().await.ok()?;
+                    let all =
+                        s.members.len() == members && s.members.iter().all(|m| m.gossip == "alive");
+                    if !all {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        })
+        .await
+        .ok_or_else(|| anyhow!("gossip did not see every member alive within {timeout:?}"))
+    }
+
     /// Waits until every running node has applied the same index and holds the same data;
     /// returns the digest.
     pub async fn converged(&self) -> Result<flotilla_rpc::pb::DigestResponse> {
@@ -358,10 +446,36 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Cuts the lab's network into `groups` of node indexes (see [`LabNet::partition`]).
+    pub async fn partition(&self, groups: &[Vec<usize>]) -> Result<()> {
+        let lab = self
+            .lab
+            .clone()
+            .ok_or_else(|| anyhow!("partitions need a lab cluster"))?;
+        let groups = groups.to_vec();
+        Ok(tokio::task::spawn_blocking(move || lab.partition(&groups)).await??)
+    }
+
+    /// Removes every partition.
+    pub async fn heal(&self) -> Result<()> {
+        let lab = self
+            .lab
+            .clone()
+            .ok_or_else(|| anyhow!("partitions need a lab cluster"))?;
+        Ok(tokio::task::spawn_blocking(move || lab.heal()).await??)
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.kill(i);
+        }
+        if let Some(lab) = &self.lab {
+            if let Err(e) = lab.destroy() {
+                eprintln!("cannot remove lab {}: {e}", lab.bridge());
+            }
         }
     }
 }

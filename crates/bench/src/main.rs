@@ -2,6 +2,7 @@
 
 mod etcd;
 mod load;
+mod membership;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Replicated writes: a 3-node Flotilla cluster against a 3-member etcd.
     Store(store::StoreArgs),
+    /// Failure detection: kill -9 a node, time until every live node agrees it is dead.
+    Membership(membership::MembershipArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +32,6 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Store(args) => runtime.block_on(store::run(args)),
+        Command::Membership(args) => runtime.block_on(membership::run(args)),
     }
 }

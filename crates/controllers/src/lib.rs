@@ -71,6 +71,8 @@ pub async fn register_node(node: &RaftNode, info: &NodeInfo) -> Result<String, S
     if let Some(e) = last.filter(|_| node.replica.get(&key).ok().and_then(|(_, r)| r).is_none()) {
         return Err(e);
     }
+    // The write may have been committed by the leader before this replica applied it.
+    node.read_barrier().await?;
     let (_, record) = node.replica.get(&key)?;
     let cidr = record
         .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.value).ok())

@@ -42,8 +42,8 @@ impl Default for Timing {
         Timing {
             probe_interval: Duration::from_millis(200),
             probe_timeout: Duration::from_millis(100),
-            suspicion_mult: 2,
-            suspicion_max_timeout_mult: 4,
+            suspicion_mult: 4,
+            suspicion_max_timeout_mult: 3,
             gossip_interval: Duration::from_millis(100),
             gossip_nodes: 4,
         }

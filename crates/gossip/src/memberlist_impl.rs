@@ -108,6 +108,9 @@ impl Gossip {
                 stream,
             );
         transport.add_bind_address(config.bind);
+        // Keep live connections instead of recycling them every 30 s: a new QUIC handshake on
+        // a loaded machine can outlast a probe timeout.
+        let transport = transport.with_connection_ttl(None);
         let (tx, mut rx) = mpsc::unbounded_channel::<RawEvent>();
         let delegate = CompositeDelegate::<Id, SocketAddr>::new()
             .with_event_delegate(Arc::new(Events(tx)))

@@ -63,5 +63,9 @@ pub(crate) fn options(ca_pem: &str, identity: &Credential) -> Result<QuinnOption
         client,
         quinn::EndpointConfig::default(),
     )
-    .with_connect_timeout(Duration::from_secs(1)))
+    .with_connect_timeout(Duration::from_secs(1))
+    // A connection to a dead peer is dropped after 3 s without traffic; live ones are kept
+    // alive by a ping every second.
+    .with_max_idle_timeout(3_000)
+    .with_keep_alive_interval(Duration::from_secs(1)))
 }

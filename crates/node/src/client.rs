@@ -26,13 +26,7 @@ impl KubeconfigArg {
     /// A client of the first node that answers.
     pub async fn connect(&self) -> Result<(Kubeconfig, StoreClient), String> {
         let kubeconfig = self.load()?;
-        let tls = Tls::new(
-            &kubeconfig.ca_pem,
-            Credential {
-                cert_pem: kubeconfig.client.cert_pem.clone(),
-                key_pem: kubeconfig.client.key_pem.clone(),
-            },
-        );
+        let tls = tls_of(&kubeconfig);
         let mut errors = Vec::new();
         for peer in &kubeconfig.peers {
             let client =
@@ -47,4 +41,15 @@ impl KubeconfigArg {
         }
         Err(format!("no node answered: {}", errors.join("; ")))
     }
+}
+
+/// The admin's TLS credentials from a kubeconfig.
+pub fn tls_of(kubeconfig: &Kubeconfig) -> Tls {
+    Tls::new(
+        &kubeconfig.ca_pem,
+        Credential {
+            cert_pem: kubeconfig.client.cert_pem.clone(),
+            key_pem: kubeconfig.client.key_pem.clone(),
+        },
+    )
 }

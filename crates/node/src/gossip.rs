@@ -50,8 +50,10 @@ pub async fn start(
     node.set_liveness(Arc::new(move || {
         view.view()
             .into_iter()
-            .filter(|p| p.liveness != Liveness::Alive)
-            .map(|p| (p.meta.raft_id, p.since.elapsed()))
+            .map(|p| {
+                let down = (p.liveness != Liveness::Alive).then(|| p.since.elapsed());
+                (p.meta.raft_id, down)
+            })
             .collect()
     }));
     tokio::spawn(reconnect(Arc::clone(node), gossip.clone(), shutdown));

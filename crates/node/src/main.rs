@@ -17,8 +17,10 @@ use flotilla_raft::{NodeConfig, RaftNode};
 mod admin;
 mod client;
 mod gossip;
+mod leave;
 mod status;
 mod token;
+mod up;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +43,11 @@ enum Command {
     Status(status::StatusArgs),
     /// The members: address, Raft role, last contact, applied index.
     Members(status::StatusArgs),
+    /// Make a node leave the cluster for good: it hands leadership over, is removed from the
+    /// membership, says goodbye in gossip and exits.
+    Leave(leave::LeaveArgs),
+    /// Start a local cluster on this machine, each node in its own network namespace.
+    Up(up::UpArgs),
 }
 
 #[derive(clap::Args)]
@@ -145,7 +152,7 @@ impl NodeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    flotilla_util::init_tracing("info,openraft=warn,h2=warn,tower=warn");
+    flotilla_util::init_tracing("info,openraft=error,h2=warn,tower=warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -161,6 +168,8 @@ fn main() -> ExitCode {
         Command::Token(args) => runtime.block_on(token::run(args)),
         Command::Status(args) => runtime.block_on(status::status(args)),
         Command::Members(args) => runtime.block_on(status::members(args)),
+        Command::Up(args) => runtime.block_on(up::run(args)),
+        Command::Leave(args) => runtime.block_on(leave::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -213,14 +222,18 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     }
     println!("{ready}");
 
-    wait_for_signal()
-        .await
-        .map_err(|e| format!("cannot listen for signals: {e}"))?;
-    tracing::info!("shutting down");
-    // Leadership first, so that writes pause only for a handover, not an election; then a
-    // goodbye in gossip, so that the others see this node gone at once.
-    if node.step_down(Duration::from_secs(2)).await {
-        tracing::info!("handed leadership over");
+    tokio::select! {
+        signal = wait_for_signal() => {
+            signal.map_err(|e| format!("cannot listen for signals: {e}"))?;
+            tracing::info!("shutting down");
+            // Leadership first, so that writes pause only for a handover, not an election;
+            // then a goodbye in gossip, so that the others see this node gone at once.
+            if node.step_down(Duration::from_secs(2)).await {
+                tracing::info!("handed leadership over");
+            }
+        }
+        // `flotilla leave`: leadership is handed over and the membership changed already.
+        _ = node.left.cancelled() => tracing::info!("left the cluster; shutting down"),
     }
     stop.cancel();
     gossip.leave(Duration::from_secs(1)).await;

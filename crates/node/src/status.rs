@@ -45,8 +45,8 @@ struct Row {
     last_contact_ms: Option<u64>,
     /// The last log index the leader knows the member has.
     applied: Option<u64>,
-    /// alive, or dead as the leader's gossip sees it.
-    gossip: &'static str,
+    /// alive, dead or unknown, as the leader's gossip sees it.
+    gossip: String,
     /// How long the leader's gossip has seen it dead.
     down_ms: Option<u64>,
     /// The Node object's Ready condition (True, Unknown), if it has registered.
@@ -110,7 +110,7 @@ fn summary((status, ready): (pb::StatusResponse, BTreeMap<String, String>)) -> S
             address: m.addr,
             last_contact_ms: m.last_contact_ms,
             applied: m.matched,
-            gossip: if m.down_ms.is_some() { "dead" } else { "alive" },
+            gossip: m.gossip.clone(),
             down_ms: m.down_ms,
         })
         .collect();
@@ -139,7 +139,7 @@ fn print_members(rows: &[Row]) {
         let applied = r.applied.map_or("-".to_string(), |a| a.to_string());
         let gossip = match r.down_ms {
             Some(ms) => format!("dead {:.1}s", ms as f64 / 1000.0),
-            None => r.gossip.to_string(),
+            None => r.gossip.clone(),
         };
         println!(
             "{:<16} {:<22} {:<8} {:<12} {:<8} {:>13} {:>10}",

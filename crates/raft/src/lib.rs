@@ -5,6 +5,7 @@
 mod admission;
 mod db;
 mod forward;
+mod leave;
 mod log_store;
 mod membership;
 mod network;

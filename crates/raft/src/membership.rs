@@ -28,11 +28,11 @@ pub fn target_voters(members: usize) -> usize {
     }
 }
 
-/// Where liveness comes from (gossip, wired by the binary): the members that are down (dead, or
-/// left without being removed), and for how long. Members it does not mention count as healthy.
-/// A member that said goodbye is treated like a dead one: a restart after SIGTERM must not
-/// churn the voters.
-pub type LivenessSource = Arc<dyn Fn() -> BTreeMap<NodeId, Duration> + Send + Sync>;
+/// Where liveness comes from (gossip, wired by the binary): every member gossip knows, with
+/// `None` while it is alive and `Some(how long)` while it is down (dead, or left without being
+/// removed). Members it does not mention count as healthy. A member that said goodbye is
+/// treated like a dead one: a restart after SIGTERM must not churn the voters.
+pub type LivenessSource = Arc<dyn Fn() -> BTreeMap<NodeId, Option<Duration>> + Send + Sync>;
 
 #[derive(Clone, Copy, Debug)]
 pub struct AutopilotConfig {
@@ -220,6 +220,7 @@ fn observe(raft: &Raft, liveness: &LivenessSource) -> Option<Observed> {
     };
     observed.down = liveness()
         .into_iter()
+        .filter_map(|(id, down)| Some((id, down?)))
         .filter(|(id, _)| members.contains(id) && *id != observed.leader)
         .collect();
     Some(observed)

@@ -121,6 +121,8 @@ pub enum StartError {
     Raft(String),
     #[error("bootstrap did not elect this node leader within {secs} s")]
     BootstrapTimeout { secs: u64 },
+    #[error("the node of data dir {dir} left its cluster (flotilla leave); remove the directory to join again")]
+    Left { dir: PathBuf },
 }
 
 /// A running member of the cluster.
@@ -132,15 +134,44 @@ pub struct RaftNode {
     pub raft: Raft,
     pub replica: Replica,
     pub(crate) snapshots: SnapshotDir,
-    network: Network,
+    pub(crate) network: Network,
     forwarder: Forwarder,
-    request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     shutdown: CancellationToken,
+    /// Cancelled once this node has left the cluster for good (`flotilla leave`).
+    pub left: CancellationToken,
+    pub(crate) data_dir: PathBuf,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// `host:port` (UDP) of this node's gossip endpoint.
     pub gossip_addr: String,
     /// Which members are down, for the autopilot; set once gossip runs.
     liveness: Arc<std::sync::RwLock<LivenessSource>>,
+    /// Every term in which this process saw itself leader, for the "one leader per term" check.
+    led_terms: Arc<Mutex<std::collections::BTreeSet<u64>>>,
+}
+
+/// Follows this node's metrics and records each term in which it is leader.
+async fn record_led_terms(
+    raft: Raft,
+    id: NodeId,
+    terms: Arc<Mutex<std::collections::BTreeSet<u64>>>,
+    shutdown: CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    loop {
+        let led = {
+            let m = metrics.borrow_watched();
+            (m.current_leader == Some(id) && m.state == ServerState::Leader)
+                .then_some(m.current_term)
+        };
+        if let Some(term) = led {
+            terms.lock().unwrap_or_else(|p| p.into_inner()).insert(term);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 enum Mode {
@@ -170,6 +201,11 @@ impl RaftNode {
     /// Opens the data dir and starts the node. Returns once it is a member of a cluster (for a
     /// join: once the leader has added it as a learner).
     pub async fn start(config: NodeConfig) -> Result<Arc<RaftNode>, StartError> {
+        if crate::leave::left_marker(&config.data_dir).exists() {
+            return Err(StartError::Left {
+                dir: config.data_dir.clone(),
+            });
+        }
         let db = Db::open(&config.data_dir)?;
         let storage_err = |detail: String| StartError::Storage {
             dir: config.data_dir.clone(),
@@ -340,7 +376,16 @@ impl RaftNode {
             tasks: Mutex::new(Vec::new()),
             gossip_addr: identity.gossip_addr.clone(),
             liveness: Arc::new(std::sync::RwLock::new(Arc::new(BTreeMap::new))),
+            led_terms: Arc::default(),
+            left: CancellationToken::new(),
+            data_dir: config.data_dir.clone(),
         });
+        node.spawn(record_led_terms(
+            node.raft.clone(),
+            node.id,
+            Arc::clone(&node.led_terms),
+            node.shutdown.clone(),
+        ));
 
         let router = crate::service::router(&node, &tls)
             .map_err(|e| creds_err(format!("unusable for TLS: {e}")))?;
@@ -588,9 +633,17 @@ impl RaftNode {
             .is_ok()
     }
 
+    /// Every member this node's gossip knows: `None` while alive, `Some(how long)` while down.
+    pub fn gossip_view(&self) -> BTreeMap<NodeId, Option<Duration>> {
+        (self.liveness.read().unwrap_or_else(|p| p.into_inner()))()
+    }
+
     /// The members gossip reports down, and for how long.
     pub fn down_members(&self) -> BTreeMap<NodeId, Duration> {
-        (self.liveness.read().unwrap_or_else(|p| p.into_inner()))()
+        self.gossip_view()
+            .into_iter()
+            .filter_map(|(id, down)| Some((id, down?)))
+            .collect()
     }
 
     /// Tells the autopilot where liveness comes from.
@@ -615,7 +668,7 @@ impl RaftNode {
         let m = m.borrow_watched();
         let membership = m.membership_config.membership();
         let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
-        let down = (self.liveness.read().unwrap_or_else(|p| p.into_inner()))();
+        let gossip = self.gossip_view();
         let role = match m.state {
             ServerState::Leader => "leader",
             ServerState::Follower if voters.contains(&self.id) => "follower",
@@ -659,11 +712,28 @@ impl RaftNode {
                         matched,
                         last_contact_ms,
                         gossip_addr: n.gossip_addr.clone(),
-                        down_ms: down.get(id).map(|d| d.as_millis() as u64),
+                        down_ms: gossip
+                            .get(id)
+                            .copied()
+                            .flatten()
+                            .map(|d| d.as_millis() as u64),
+                        gossip: match gossip.get(id) {
+                            Some(None) => "alive",
+                            Some(Some(_)) => "dead",
+                            None => "unknown",
+                        }
+                        .into(),
                     }
                 })
                 .collect(),
             watch_window_start: self.replica.window().start(),
+            led_terms: self
+                .led_terms
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied()
+                .collect(),
         }
     }
 

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use flotilla_pki::ca::subject_of;
-use flotilla_pki::NODES_GROUP;
+use flotilla_pki::{ADMINS_GROUP, NODES_GROUP};
 use flotilla_rpc::pb;
 use flotilla_rpc::pb::admission_server::{Admission, AdmissionServer};
 use flotilla_rpc::pb::cluster_server::{Cluster, ClusterServer};
@@ -460,6 +460,40 @@ impl Cluster for ClusterService {
             keys,
         }))
     }
+
+    async fn leave(
+        &self,
+        req: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveResponse>, Status> {
+        if !caller_groups(&req).iter().any(|g| g == ADMINS_GROUP) {
+            return Err(Status::permission_denied(
+                "only an admin may make a node leave",
+            ));
+        }
+        self.node.leave().await?;
+        Ok(Response::new(pb::LeaveResponse {}))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        if !caller_groups(&req).iter().any(|g| g == NODES_GROUP) {
+            return Err(Status::permission_denied(
+                "only cluster nodes may remove members",
+            ));
+        }
+        self.node.remove_member(req.into_inner()).await?;
+        Ok(Response::new(pb::RemoveMemberResponse {}))
+    }
+}
+
+/// The groups in the caller's client certificate.
+fn caller_groups<T>(req: &Request<T>) -> Vec<String> {
+    req.peer_certs()
+        .and_then(|certs| subject_of(certs.first()?.as_ref()).ok())
+        .map(|(_, groups)| groups)
+        .unwrap_or_default()
 }
 
 struct AdmissionService {

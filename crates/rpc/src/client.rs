@@ -215,6 +215,16 @@ impl StoreClient {
             .into_inner())
     }
 
+    /// Asks the node this client talks to to leave the cluster for good.
+    pub async fn leave(&self) -> Result<(), ClientError> {
+        self.cluster
+            .clone()
+            .leave(pb::LeaveRequest {})
+            .await
+            .map_err(|s| self.rpc(s))?;
+        Ok(())
+    }
+
     pub async fn digest(&self) -> Result<pb::DigestResponse, ClientError> {
         Ok(self
             .cluster

@@ -1,0 +1,127 @@
+//! Leaving the cluster for good (`flotilla leave`): the node hands leadership over, asks the
+//! leader to remove it from the Raft membership, and marks its data dir so that it never
+//! resumes as a member it no longer is. (SIGTERM, by contrast, only stops the node: it stays a
+//! member and resumes on restart.)
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flotilla_rpc::pb;
+use flotilla_rpc::pb::cluster_client::ClusterClient;
+use openraft::async_runtime::WatchReceiver;
+use openraft::ChangeMembers;
+use tonic::Status;
+
+use crate::node::RaftNode;
+use crate::types::NodeId;
+
+/// Present in a data dir whose node has left its cluster.
+pub fn left_marker(data_dir: &Path) -> PathBuf {
+    data_dir.join("left")
+}
+
+impl RaftNode {
+    /// Leaves the cluster: steps down if leading, is removed from the membership through the
+    /// leader, marks the data dir, and cancels [`RaftNode::left`]. The caller then leaves gossip
+    /// and shuts down.
+    pub async fn leave(&self) -> Result<(), Status> {
+        let voters = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            m.membership_config.membership().voter_ids().count()
+        };
+        if voters <= 1 && self.is_leader() {
+            return Err(Status::failed_precondition(
+                "the only voter cannot leave: the cluster would be gone (stop it instead)",
+            ));
+        }
+        if self.step_down(Duration::from_secs(3)).await {
+            tracing::info!("handed leadership over before leaving");
+        }
+        self.remove_member(pb::RemoveMemberRequest {
+            node_id: self.id,
+            forwarded: false,
+        })
+        .await?;
+        std::fs::write(left_marker(&self.data_dir), b"left the cluster\n")
+            .map_err(|e| Status::internal(format!("cannot mark the data dir: {e}")))?;
+        tracing::info!("left the cluster");
+        self.left.cancel();
+        Ok(())
+    }
+
+    /// Removes a member from the Raft membership, here if this node leads, else through the
+    /// leader. Removing a member that is not there succeeds.
+    pub(crate) async fn remove_member(&self, req: pb::RemoveMemberRequest) -> Result<(), Status> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            match self.leader() {
+                Some((id, _)) if id == self.id => {
+                    if req.node_id == self.id {
+                        return Err(Status::failed_precondition(
+                            "the leader cannot remove itself; it hands leadership over first",
+                        ));
+                    }
+                    if self.remove_here(req.node_id).await.is_ok() {
+                        return Ok(());
+                    }
+                }
+                Some((_, leader)) if !req.forwarded => {
+                    let mut client = ClusterClient::new(self.network.channel(&leader.addr));
+                    let fwd = pb::RemoveMemberRequest {
+                        forwarded: true,
+                        ..req
+                    };
+                    match client.remove_member(fwd).await {
+                        Ok(_) => return Ok(()),
+                        Err(s) if s.code() == tonic::Code::Unavailable => {}
+                        Err(s) => return Err(s),
+                    }
+                }
+                Some(_) => return Err(Status::unavailable("not the leader")),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::unavailable(
+                    "no leader could remove the member in time",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// On the leader: drops `id` as a voter or learner. The autopilot then restores an odd
+    /// voter count from the learners.
+    async fn remove_here(&self, id: NodeId) -> Result<(), Retry> {
+        let (is_voter, is_member) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            let membership = m.membership_config.membership();
+            let is_voter = membership.voter_ids().any(|v| v == id);
+            let is_member = membership.nodes().any(|(n, _)| *n == id);
+            (is_voter, is_member)
+        };
+        if !is_member {
+            return Ok(());
+        }
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters([id].into())
+        } else {
+            ChangeMembers::RemoveNodes([id].into())
+        };
+        // retain = false: a removed voter does not stay on as a learner.
+        match self.raft.change_membership(change, false).await {
+            Ok(_) => {
+                tracing::info!(member = id, "removed a member that left");
+                Ok(())
+            }
+            Err(err) => {
+                tracing::warn!(%err, member = id, "cannot remove the member yet");
+                Err(Retry)
+            }
+        }
+    }
+}
+
+/// A removal that may succeed on a later try (leadership moved, a change under way).
+struct Retry;
