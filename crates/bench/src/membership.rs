@@ -23,6 +23,9 @@ pub struct MembershipArgs {
     /// How long to load the CPUs with stress-ng while counting false positives.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     stress: Duration,
+    /// An extra flag for every node (repeatable): `--node-arg=--gossip-probe-timeout=150ms`.
+    #[arg(long = "node-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    node_args: Vec<String>,
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -125,7 +128,11 @@ async fn false_positives(cluster: &Cluster, how_long: Duration) -> Result<usize>
 
 async fn measure(n: usize, args: &MembershipArgs) -> Result<Figures> {
     eprintln!("starting {n} nodes ...");
-    let mut cluster = Cluster::start(n, Options::default()).await?;
+    let options = Options {
+        extra_args: args.node_args.clone(),
+        ..Options::default()
+    };
+    let mut cluster = Cluster::start(n, options).await?;
     cluster.wait_gossip_alive(Duration::from_secs(60)).await?;
     let mut all_agree = Vec::new();
     let mut first = Vec::new();

@@ -88,6 +88,16 @@ struct NodeArgs {
     /// A label for this node's Node object (repeatable): `--label zone=a`.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Gossip: how often each node probes one other (failure detection).
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    gossip_probe_interval: Duration,
+    /// Gossip: how long a direct probe waits for its ack before others are asked to probe.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    gossip_probe_timeout: Duration,
+    /// Gossip: a suspected node is declared dead after at least this many probe intervals
+    /// (scaled by log10 of the cluster size) unless it refutes.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..=20))]
+    gossip_suspicion_mult: u64,
     /// How long to keep trying to reach the seed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     join_timeout: Duration,
@@ -181,6 +191,18 @@ fn main() -> ExitCode {
 }
 
 async fn run_node(args: NodeArgs) -> Result<(), String> {
+    let timing = Timing {
+        probe_interval: args.gossip_probe_interval,
+        probe_timeout: args.gossip_probe_timeout,
+        suspicion_mult: args.gossip_suspicion_mult as usize,
+        ..Timing::default()
+    };
+    if timing.probe_timeout >= timing.probe_interval {
+        return Err(
+            "--gossip-probe-timeout must be shorter than --gossip-probe-interval (indirect probes need the rest of the interval)"
+                .into(),
+        );
+    }
     let config = args.config()?;
     let data_dir = config.data_dir.clone();
     let advertise = config.advertise;
@@ -194,7 +216,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot write the admin credentials: {e}"))?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let gossip = gossip::start(&node, &data_dir, Timing::default(), stop.clone())
+    let gossip = gossip::start(&node, &data_dir, timing, stop.clone())
         .await
         .map_err(|e| format!("cannot start gossip: {e}"))?;
     tokio::spawn(register(Arc::clone(&node), info, stop.clone()));
