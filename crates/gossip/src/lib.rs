@@ -40,7 +40,7 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing {
-            probe_interval: Duration::from_millis(200),
+            probe_interval: Duration::from_millis(160),
             probe_timeout: Duration::from_millis(100),
             suspicion_mult: 4,
             suspicion_max_timeout_mult: 3,

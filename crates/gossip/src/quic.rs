@@ -61,11 +61,34 @@ pub(crate) fn options(ca_pem: &str, identity: &Credential) -> Result<QuinnOption
         NODE_SERVER_NAME,
         server,
         client,
-        quinn::EndpointConfig::default(),
+        endpoint_config(&identity.key_pem),
     )
     .with_connect_timeout(Duration::from_secs(1))
     // A connection to a dead peer is dropped after 3 s without traffic; live ones are kept
     // alive by a ping every second.
     .with_max_idle_timeout(3_000)
     .with_keep_alive_interval(Duration::from_secs(1)))
+}
+
+/// Connection ids and stateless-reset tokens derived from the node's private key, so that they
+/// stay the same when the process restarts. A peer still holding a connection to the previous
+/// process then gets a valid stateless reset for its next packet and reconnects at once; with
+/// random keys the new process would drop those packets silently and the peer would keep
+/// sending into a dead connection until its idle timeout, missing probes meanwhile and
+/// suspecting a node that is alive.
+fn endpoint_config(key_pem: &str) -> quinn::EndpointConfig {
+    let secret = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("flotilla gossip quic endpoint\n{key_pem}").as_bytes(),
+    );
+    let secret = secret.as_ref();
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&secret[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    config
 }

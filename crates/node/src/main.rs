@@ -88,16 +88,17 @@ struct NodeArgs {
     /// A label for this node's Node object (repeatable): `--label zone=a`.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// Gossip: how often each node probes one other (failure detection).
-    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
-    gossip_probe_interval: Duration,
-    /// Gossip: how long a direct probe waits for its ack before others are asked to probe.
-    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
-    gossip_probe_timeout: Duration,
+    /// Gossip: how often each node probes one other (failure detection) [default: 160ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    gossip_probe_interval: Option<Duration>,
+    /// Gossip: how long a direct probe waits for its ack before others are asked to probe
+    /// [default: 100ms].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    gossip_probe_timeout: Option<Duration>,
     /// Gossip: a suspected node is declared dead after at least this many probe intervals
-    /// (scaled by log10 of the cluster size) unless it refutes.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..=20))]
-    gossip_suspicion_mult: u64,
+    /// (scaled by log10 of the cluster size) unless it refutes [default: 4].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(3..=20))]
+    gossip_suspicion_mult: Option<u64>,
     /// How long to keep trying to reach the seed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     join_timeout: Duration,
@@ -191,11 +192,16 @@ fn main() -> ExitCode {
 }
 
 async fn run_node(args: NodeArgs) -> Result<(), String> {
+    let defaults = Timing::default();
     let timing = Timing {
-        probe_interval: args.gossip_probe_interval,
-        probe_timeout: args.gossip_probe_timeout,
-        suspicion_mult: args.gossip_suspicion_mult as usize,
-        ..Timing::default()
+        probe_interval: args
+            .gossip_probe_interval
+            .unwrap_or(defaults.probe_interval),
+        probe_timeout: args.gossip_probe_timeout.unwrap_or(defaults.probe_timeout),
+        suspicion_mult: args
+            .gossip_suspicion_mult
+            .map_or(defaults.suspicion_mult, |m| m as usize),
+        ..defaults
     };
     if timing.probe_timeout >= timing.probe_interval {
         return Err(
