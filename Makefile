@@ -52,7 +52,8 @@ lint: rocksdb
 # end-to-end tests run the `flotilla` binary built beside them.
 test: lint
 	$(CARGO) build --workspace --all-targets
-	$(CARGO) test --workspace --no-fail-fast
+	set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee "$(CARGO_TARGET_DIR)/test-output.log"
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$(CARGO_TARGET_DIR)/test-output.log"
 
 # A local 3-node cluster, each node in its own network namespace, data under .flotilla/
 # (`make down` stops it and removes it).

@@ -74,6 +74,8 @@ pub trait Membership: Send + Sync {
     fn subscribe(&self) -> broadcast::Receiver<Event>;
     /// Joins through any of `seeds`; Ok once one answered.
     async fn join(&self, seeds: &[SocketAddr]) -> Result<(), GossipError>;
+    /// Changes this node's role in its metadata and spreads it (no-op if unchanged).
+    async fn set_role(&self, role: &str) -> Result<(), GossipError>;
     /// Tells the others this node is leaving (they see it gone at once, not after a timeout),
     /// then stops.
     async fn leave(&self, timeout: Duration);

@@ -210,6 +210,15 @@ impl Membership for Gossip {
         })
     }
 
+    async fn set_role(&self, role: &str) -> Result<(), GossipError> {
+        let mut meta = self.own.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if meta.role == role {
+            return Ok(());
+        }
+        meta.role = role.to_string();
+        self.set_meta(meta, Duration::from_secs(1)).await
+    }
+
     async fn leave(&self, timeout: Duration) {
         // Announce the leave in the metadata first: memberlist reports a leave and a failure
         // alike, and this is how the others tell them apart.

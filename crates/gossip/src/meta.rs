@@ -12,6 +12,9 @@ pub struct NodeMeta {
     pub raft_id: u64,
     /// `host:port` of its peer (gRPC) endpoint.
     pub peer_addr: String,
+    /// Its Raft role, `voter` or `learner` (empty until known); updated as it changes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
     /// Set just before a graceful leave, so that others can tell it from a failure.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leaving: bool,

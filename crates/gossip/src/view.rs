@@ -132,6 +132,7 @@ mod tests {
             name: name.into(),
             raft_id: 1,
             peer_addr: "127.0.0.1:7443".into(),
+            role: String::new(),
             leaving,
         }
     }

@@ -26,6 +26,7 @@ async fn member(ca: &Ca, i: u64) -> Gossip {
             name: format!("g{i}"),
             raft_id: i,
             peer_addr: format!("127.0.0.1:{}", 7000 + i),
+            role: String::new(),
             leaving: false,
         },
         ca_pem: ca.cert_pem().to_string(),
@@ -71,6 +72,19 @@ async fn members_find_each_other_and_tell_failure_from_leave() {
     let seen = a.view().into_iter().find(|p| p.meta.name == "g2").unwrap();
     assert_eq!(seen.meta.raft_id, 2);
     assert_eq!(seen.addr, b.addr());
+
+    // A role change spreads in the metadata.
+    b.set_role("voter").await.unwrap();
+    let role_seen = wait_until(Duration::from_secs(15), || {
+        let view = c.view();
+        async move {
+            view.iter()
+                .any(|p| p.meta.name == "g2" && p.meta.role == "voter")
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(role_seen.is_some(), "g3 never saw g2's new role");
 
     // Silence: the others declare it dead.
     let mut events = a.subscribe();

@@ -1,5 +1,5 @@
-//! Wiring gossip to the Raft node: liveness for the autopilot, and reconnecting to members that
-//! gossip does not see alive (at start, and after a partition heals, which memberlist alone
+//! Wiring gossip to the Raft node: liveness for the autopilot, this node's Raft role in its
+//! gossip metadata, and reconnecting to members that gossip does not see alive (at start, and after a partition heals, which memberlist alone
 //! does not do).
 
 use std::collections::BTreeSet;
@@ -34,6 +34,7 @@ pub async fn start(
             name: node.name.clone(),
             raft_id: node.id,
             peer_addr: node.addr.clone(),
+            role: String::new(),
             leaving: false,
         },
         ca_pem: pki.ca_pem.clone(),
@@ -67,6 +68,10 @@ async fn reconnect(node: Arc<RaftNode>, gossip: Gossip, shutdown: CancellationTo
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        let role = if node.is_voter() { "voter" } else { "learner" };
+        if let Err(e) = gossip.set_role(role).await {
+            tracing::warn!(error = %e, "cannot update the role in gossip");
         }
         let alive: BTreeSet<u64> = gossip
             .view()

@@ -493,6 +493,18 @@ impl RaftNode {
         m.current_leader == Some(self.id) && m.state == ServerState::Leader
     }
 
+    /// Whether this node is a voter in the current membership.
+    pub fn is_voter(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id);
+        voter
+    }
+
     /// Waits up to `max` for a leader to be known (it may be gone by the time we use it).
     async fn await_leader(&self, max: Duration) {
         let _ = self
