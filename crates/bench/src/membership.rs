@@ -1,5 +1,6 @@
-//! `flotilla-bench membership`: how fast every live node agrees that a killed node is dead, and
-//! how many live nodes are wrongly declared dead while `stress-ng` loads the CPUs.
+//! `flotilla-bench membership`: how fast every live node agrees that a killed node is dead, how
+//! fast they see a node stopped with SIGTERM gone, and how many live nodes are wrongly declared
+//! dead while `stress-ng` loads the CPUs.
 //!
 //! Each node reports in its status how long ago its own gossip saw a member down, so the moment
 //! of detection is known to the millisecond on every observer, whatever the polling interval.
@@ -20,6 +21,9 @@ pub struct MembershipArgs {
     /// Nodes killed (and restarted) per cluster size.
     #[arg(long, default_value_t = 20)]
     kills: usize,
+    /// Nodes stopped with SIGTERM (graceful leave) per cluster size, after the kills.
+    #[arg(long, default_value_t = 5)]
+    leaves: usize,
     /// How long to load the CPUs with stress-ng while counting false positives.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     stress: Duration,
@@ -41,6 +45,10 @@ struct Figures {
     max_ms: u64,
     /// Kill to the first detection, median over kills.
     first_median_ms: u64,
+    /// SIGTERM to the last live node seeing the member gone, per graceful leave.
+    leave_all_agree_ms: Vec<u64>,
+    leave_median_ms: u64,
+    leave_max_ms: u64,
     stress_secs: u64,
     false_positives: usize,
 }
@@ -153,6 +161,24 @@ async fn measure(n: usize, args: &MembershipArgs) -> Result<Figures> {
         cluster.restart(victim).await?;
         cluster.wait_gossip_alive(Duration::from_secs(60)).await?;
     }
+    let mut left = Vec::new();
+    for k in 0..args.leaves {
+        let victim = (k * 3 + 2) % n;
+        let stopped_at = Instant::now();
+        // Returns once the process exited; the detection times are measured from `stopped_at`
+        // whatever the wait.
+        let status = cluster.terminate(victim)?;
+        anyhow::ensure!(status.success(), "SIGTERM exit status {status}");
+        let (_, latest) = detection(&cluster, victim, stopped_at).await?;
+        eprintln!(
+            "  {n} nodes, SIGTERM {}: all {} ms",
+            k + 1,
+            latest.as_millis()
+        );
+        left.push(latest.as_millis() as u64);
+        cluster.restart(victim).await?;
+        cluster.wait_gossip_alive(Duration::from_secs(60)).await?;
+    }
     eprintln!(
         "  {n} nodes: stress-ng on every CPU for {:?} ...",
         args.stress
@@ -165,6 +191,9 @@ async fn measure(n: usize, args: &MembershipArgs) -> Result<Figures> {
         max_ms: all_agree.iter().max().copied().unwrap_or(0),
         first_median_ms: median(&first),
         all_agree_ms: all_agree,
+        leave_median_ms: median(&left),
+        leave_max_ms: left.iter().max().copied().unwrap_or(0),
+        leave_all_agree_ms: left,
         stress_secs: args.stress.as_secs(),
         false_positives: fp,
     })
@@ -177,13 +206,25 @@ pub async fn run(args: MembershipArgs) -> Result<()> {
     }
     println!();
     println!(
-        "{:>6} {:>6} {:>16} {:>14} {:>18} {:>16}",
-        "nodes", "kills", "median all (ms)", "max all (ms)", "median first (ms)", "false positives"
+        "{:>6} {:>6} {:>16} {:>14} {:>18} {:>18} {:>16}",
+        "nodes",
+        "kills",
+        "median all (ms)",
+        "max all (ms)",
+        "median first (ms)",
+        "leave median (ms)",
+        "false positives"
     );
     for f in &all {
         println!(
-            "{:>6} {:>6} {:>16} {:>14} {:>18} {:>16}",
-            f.nodes, f.kills, f.median_ms, f.max_ms, f.first_median_ms, f.false_positives
+            "{:>6} {:>6} {:>16} {:>14} {:>18} {:>18} {:>16}",
+            f.nodes,
+            f.kills,
+            f.median_ms,
+            f.max_ms,
+            f.first_median_ms,
+            f.leave_median_ms,
+            f.false_positives
         );
     }
     println!(
