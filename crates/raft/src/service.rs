@@ -465,11 +465,7 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::LeaveRequest>,
     ) -> Result<Response<pb::LeaveResponse>, Status> {
-        if !caller_groups(&req).iter().any(|g| g == ADMINS_GROUP) {
-            return Err(Status::permission_denied(
-                "only an admin may make a node leave",
-            ));
-        }
+        require_group(&req, ADMINS_GROUP, "only an admin may make a node leave")?;
         self.node.leave().await?;
         Ok(Response::new(pb::LeaveResponse {}))
     }
@@ -478,22 +474,24 @@ impl Cluster for ClusterService {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        if !caller_groups(&req).iter().any(|g| g == NODES_GROUP) {
-            return Err(Status::permission_denied(
-                "only cluster nodes may remove members",
-            ));
-        }
+        require_group(&req, NODES_GROUP, "only cluster nodes may remove members")?;
         self.node.remove_member(req.into_inner()).await?;
         Ok(Response::new(pb::RemoveMemberResponse {}))
     }
 }
 
-/// The groups in the caller's client certificate.
-fn caller_groups<T>(req: &Request<T>) -> Vec<String> {
-    req.peer_certs()
+/// Refuses the call unless the caller's client certificate puts it in `group`.
+fn require_group<T>(req: &Request<T>, group: &str, refusal: &str) -> Result<(), Status> {
+    let groups = req
+        .peer_certs()
         .and_then(|certs| subject_of(certs.first()?.as_ref()).ok())
         .map(|(_, groups)| groups)
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if groups.iter().any(|g| g == group) {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(refusal.to_string()))
+    }
 }
 
 struct AdmissionService {
