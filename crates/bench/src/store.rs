@@ -27,14 +27,33 @@ pub struct StoreArgs {
     /// Also write the figures and ratios as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Runs per system and load level, alternating the systems; the table shows the median run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
 }
 
 #[derive(Serialize)]
 struct Row {
     system: &'static str,
+    /// The median run by writes/s.
     #[serde(flatten)]
     load: LoadResult,
     rss_mib_per_node: f64,
+    /// Every run, in the order they ran.
+    runs: Vec<LoadResult>,
+}
+
+/// The row for a system's runs at one level: the run with the median writes/s.
+fn median_row(system: &'static str, runs: Vec<(LoadResult, f64)>) -> Row {
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    order.sort_by(|a, b| runs[*a].0.ops_per_sec.total_cmp(&runs[*b].0.ops_per_sec));
+    let (load, rss) = runs[order[order.len() / 2]].clone();
+    Row {
+        system,
+        load,
+        rss_mib_per_node: rss,
+        runs: runs.into_iter().map(|(r, _)| r).collect(),
+    }
 }
 
 #[derive(Serialize)]
@@ -69,54 +88,62 @@ pub async fn run(args: StoreArgs) -> Result<()> {
     let clients: Arc<Vec<StoreClient>> = Arc::new(flotilla.live_clients());
     let etcd_client = etcd_client::Client::connect(&etcd.endpoints, None).await?;
 
-    // Interleave the systems at each load level so that machine noise hits both alike.
-    for (round, &n) in args.clients.iter().enumerate() {
-        eprintln!("flotilla: {n} clients for {:?} ...", args.duration);
-        let (c, v) = (Arc::clone(&clients), Arc::clone(&value));
-        let result = load::run(n, args.duration, move |client, i| {
-            let (c, v) = (Arc::clone(&c), Arc::clone(&v));
-            async move {
-                let node = &c[client % c.len()];
-                node.create(
-                    &format!("/bench/{round}/{client}/{i}"),
-                    v.as_slice().to_vec(),
-                )
-                .await
-                .is_ok()
-            }
-        })
-        .await;
-        rows.push(Row {
-            system: "flotilla",
-            load: result,
-            rss_mib_per_node: mean_rss(&flotilla_pids),
-        });
+    // Alternate the systems at each load level so that machine noise hits both alike.
+    for (level, &n) in args.clients.iter().enumerate() {
+        let mut flotilla_runs = Vec::new();
+        let mut etcd_runs = Vec::new();
+        for rep in 0..args.rounds {
+            eprintln!(
+                "flotilla: {n} clients for {:?} (run {} of {}) ...",
+                args.duration,
+                rep + 1,
+                args.rounds
+            );
+            let (c, v) = (Arc::clone(&clients), Arc::clone(&value));
+            let result = load::run(n, args.duration, move |client, i| {
+                let (c, v) = (Arc::clone(&c), Arc::clone(&v));
+                async move {
+                    let node = &c[client % c.len()];
+                    node.create(
+                        &format!("/bench/{level}/{rep}/{client}/{i}"),
+                        v.as_slice().to_vec(),
+                    )
+                    .await
+                    .is_ok()
+                }
+            })
+            .await;
+            flotilla_runs.push((result, mean_rss(&flotilla_pids)));
 
-        eprintln!("etcd: {n} clients for {:?} ...", args.duration);
-        let (kv, v) = (etcd_client.kv_client(), Arc::clone(&value));
-        let result = load::run(n, args.duration, move |client, i| {
-            let (mut kv, v) = (kv.clone(), Arc::clone(&v));
-            async move {
-                kv.put(
-                    format!("/bench/{round}/{client}/{i}"),
-                    v.as_slice().to_vec(),
-                    None,
-                )
-                .await
-                .is_ok()
-            }
-        })
-        .await;
-        rows.push(Row {
-            system: "etcd 3.4",
-            load: result,
-            rss_mib_per_node: mean_rss(&etcd.pids()),
-        });
+            eprintln!(
+                "etcd: {n} clients for {:?} (run {} of {}) ...",
+                args.duration,
+                rep + 1,
+                args.rounds
+            );
+            let (kv, v) = (etcd_client.kv_client(), Arc::clone(&value));
+            let result = load::run(n, args.duration, move |client, i| {
+                let (mut kv, v) = (kv.clone(), Arc::clone(&v));
+                async move {
+                    kv.put(
+                        format!("/bench/{level}/{rep}/{client}/{i}"),
+                        v.as_slice().to_vec(),
+                        None,
+                    )
+                    .await
+                    .is_ok()
+                }
+            })
+            .await;
+            etcd_runs.push((result, mean_rss(&etcd.pids())));
+        }
+        rows.push(median_row("flotilla", flotilla_runs));
+        rows.push(median_row("etcd 3.4", etcd_runs));
     }
 
     println!(
-        "\n{:<10} {:>7} {:>10} {:>9} {:>9} {:>8} {:>10}",
-        "system", "clients", "writes/s", "p50 ms", "p99 ms", "errors", "RSS MiB"
+        "\nmedian of {} runs per system and level\n{:<10} {:>7} {:>10} {:>9} {:>9} {:>8} {:>10}",
+        args.rounds, "system", "clients", "writes/s", "p50 ms", "p99 ms", "errors", "RSS MiB"
     );
     for r in &rows {
         println!(
@@ -128,6 +155,19 @@ pub async fn run(args: StoreArgs) -> Result<()> {
             r.load.p99_ms,
             r.load.errors,
             r.rss_mib_per_node
+        );
+    }
+    for r in &rows {
+        let each: Vec<String> = r
+            .runs
+            .iter()
+            .map(|l| format!("{:.0}", l.ops_per_sec))
+            .collect();
+        println!(
+            "  {} at {} clients, every run (writes/s): {}",
+            r.system,
+            r.load.clients,
+            each.join(" / ")
         );
     }
     let mut ratios = Vec::new();
