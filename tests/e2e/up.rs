@@ -99,6 +99,21 @@ fn up_starts_five_ready_nodes_with_one_leader_and_down_removes_them() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("lab.json")).unwrap()).unwrap();
     let slot = state["net"]["slot"].as_u64().unwrap();
 
+    // A crash: kill -9 every node, as a reboot or an OOM would. `--down` still removes all.
+    for i in 1..=5 {
+        let pids = Command::new("ip")
+            .args(["netns", "pids", &format!("flt{slot}n{i}")])
+            .output()
+            .unwrap();
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let pid: i32 = pid.parse().unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        }
+    }
     let down = run_cli(&["up", "--down", "--dir", dir_s], Duration::from_secs(60)).unwrap();
     assert_eq!(down.code, Some(0), "{}", down.stderr);
     assert!(!dir.exists(), "the lab's files are gone");

@@ -249,10 +249,32 @@ impl LabNet {
         }
     }
 
+    /// Indexes of this slot's namespaces that exist, whether or not `nodes` counts them (a
+    /// start that crashed between creating one and recording it leaves it uncounted).
+    fn existing(&self) -> Vec<usize> {
+        let prefix = format!("flt{}n", self.slot);
+        let listed = Command::new("ip")
+            .args(["netns", "list"])
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut found: Vec<usize> = listed
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.strip_prefix(&prefix)?.parse().ok())
+            .filter(|n: &usize| *n >= 1)
+            .map(|n| n - 1)
+            .chain(0..self.nodes)
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
     /// Removes the namespaces, veth pairs and the bridge; what is already gone is skipped.
     /// Processes still inside a namespace are SIGKILLed first.
     pub fn destroy(&self) -> Result<(), LabError> {
-        for i in 0..self.nodes {
+        for i in self.existing() {
             for pid in self.pids(i) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
@@ -294,5 +316,31 @@ mod tests {
         let widest = LabNet::adopt(SLOTS - 1, MAX_NODES);
         assert!(widest.netns(MAX_NODES - 1).len() <= 15);
         assert!(widest.bridge().len() <= 15);
+    }
+
+    /// Real namespaces and links: needs root, `ip` and `nft`, as CI has.
+    #[test]
+    fn destroy_also_removes_what_a_crashed_start_did_not_record() {
+        let mut lab = LabNet::create().expect("create a lab bridge (root and iproute2 needed)");
+        lab.add_node().unwrap();
+        lab.add_node().unwrap();
+        lab.partition(&[vec![0], vec![1]]).unwrap();
+        lab.heal().unwrap();
+        // As if the state file recorded no node at all.
+        LabNet::adopt(lab.slot(), 0).destroy().unwrap();
+        let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        for i in 0..2 {
+            assert!(
+                !listed.lines().any(|l| l.split_whitespace().next() == Some(&lab.netns(i))),
+                "{} is left: {listed}",
+                lab.netns(i)
+            );
+        }
+        let bridge = Command::new("ip")
+            .args(["link", "show", &lab.bridge()])
+            .output()
+            .unwrap();
+        assert!(!bridge.status.success(), "{} is left", lab.bridge());
     }
 }
