@@ -261,7 +261,13 @@ impl LabNet {
             .unwrap_or_default();
         let mut found: Vec<usize> = listed
             .lines()
-            .filter_map(|l| l.split_whitespace().next()?.strip_prefix(&prefix)?.parse().ok())
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .next()?
+                    .strip_prefix(&prefix)?
+                    .parse()
+                    .ok()
+            })
             .filter(|n: &usize| *n >= 1)
             .map(|n| n - 1)
             .chain(0..self.nodes)
@@ -332,7 +338,9 @@ mod tests {
         let listed = String::from_utf8_lossy(&listed.stdout);
         for i in 0..2 {
             assert!(
-                !listed.lines().any(|l| l.split_whitespace().next() == Some(&lab.netns(i))),
+                !listed
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(&lab.netns(i))),
                 "{} is left: {listed}",
                 lab.netns(i)
             );
