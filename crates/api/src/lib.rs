@@ -1,9 +1,12 @@
 //! The Kubernetes object model as Flotilla stores and serves it: which resources exist (for
-//! discovery and routing), where an object lives in the store, and label and field selectors.
+//! discovery and routing), where an object lives in the store, label and field selectors, and
+//! the three PATCH formats.
 //! Pure code, no I/O: the API server (issue 4) builds on it.
 
+pub mod patch;
 pub mod resources;
 pub mod selector;
 
+pub use patch::{json_patch, merge_patch, strategic_merge_patch, PatchError};
 pub use resources::{find, store_key, store_prefix, Resource, RESOURCES};
 pub use selector::{FieldSelector, LabelSelector, Requirement, SelectorError};
