@@ -38,6 +38,8 @@ fn refused_join(cluster: &Cluster, name: &str, token: &str) -> String {
         "127.0.0.1",
         "--peer-port",
         "0",
+        "--api-port",
+        "0",
         "--join",
         &cluster.nodes[0].addr,
         "--token",

@@ -4,6 +4,7 @@ mod admission;
 mod cas;
 mod crash;
 mod failover;
+mod kubectl;
 mod layers;
 mod learner_read;
 mod membership;

@@ -32,6 +32,9 @@ fn node_args<'a>(name: &'a str, dir: &'a str, extra: &[&'a str]) -> Vec<&'a str>
         "127.0.0.1",
     ];
     v.extend_from_slice(extra);
+    if !extra.contains(&"--api-port") {
+        v.extend_from_slice(&["--api-port", "0"]);
+    }
     v
 }
 
@@ -44,6 +47,29 @@ fn port_in_use_is_a_clear_error() {
     let args = node_args("a", data.to_str().unwrap(), &["--peer-port", &port]);
     let (code, stderr) = run_to_exit(&args, Duration::from_secs(30)).unwrap();
     assert_clean_failure(code, &stderr, "already in use");
+}
+
+#[test]
+fn api_port_in_use_is_a_clear_error_and_writes_nothing() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let args = node_args(
+        "a",
+        data.to_str().unwrap(),
+        &["--peer-port", "0", "--api-port", &port],
+    );
+    let (code, stderr) = run_to_exit(&args, Duration::from_secs(30)).unwrap();
+    assert_clean_failure(
+        code,
+        &stderr,
+        &format!("API port 127.0.0.1:{port} is already in use"),
+    );
+    assert!(
+        !data.exists(),
+        "a refused start must not create the data dir"
+    );
 }
 
 #[test]

@@ -228,6 +228,8 @@ impl Cluster {
                     "0",
                     "--gossip-port",
                     "0",
+                    "--api-port",
+                    "0",
                 ]
                 .map(String::from),
             );

@@ -1,7 +1,6 @@
 //! The admin's credentials, written by the node that holds the CA key (the one that
 //! bootstrapped): a kubeconfig with an admin client certificate, and a first join token.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,8 +10,6 @@ use flotilla_raft::RaftNode;
 
 /// How long the bootstrap token stays valid (as `kubeadm init`'s).
 pub const BOOTSTRAP_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
-/// The Kubernetes API port (served from a later release on).
-pub const API_PORT: u16 = 6443;
 
 pub fn kubeconfig_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.kubeconfig")
@@ -28,7 +25,7 @@ pub fn token_path(data_dir: &Path) -> PathBuf {
 pub async fn ensure_admin_credentials(
     node: &RaftNode,
     data_dir: &Path,
-    advertise: IpAddr,
+    api: std::net::SocketAddr,
 ) -> Result<Option<JoinToken>, String> {
     let Some(ca) = load_ca(data_dir).map_err(|e| e.to_string())? else {
         return Ok(None);
@@ -44,7 +41,7 @@ pub async fn ensure_admin_credentials(
     write_private(&token_path(data_dir), format!("{token}\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let kubeconfig = Kubeconfig {
-        server: format!("https://{}", std::net::SocketAddr::new(advertise, API_PORT)),
+        server: format!("https://{api}"),
         peers: vec![node.addr.clone()],
         ca_pem: ca.cert_pem().to_string(),
         user: "admin".into(),

@@ -76,6 +76,9 @@ struct NodeArgs {
         hide_env_values = true
     )]
     token: Option<JoinToken>,
+    /// Port of the Kubernetes API (HTTPS) on the advertised address; 0 picks a free one.
+    #[arg(long, default_value_t = 6443)]
+    api_port: u16,
     /// UDP port for gossip (QUIC); 0 uses the peer port's number.
     #[arg(long, default_value_t = 7946)]
     gossip_port: u16,
@@ -212,19 +215,50 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let config = args.config()?;
     let data_dir = config.data_dir.clone();
     let advertise = config.advertise;
+    // Bound before anything is written, so that a port in use changes nothing.
+    let api_bind = std::net::SocketAddr::new(advertise, args.api_port);
+    let api_listener =
+        tokio::net::TcpListener::bind(api_bind)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!("API port {api_bind} is already in use"),
+                _ => format!("cannot listen on {api_bind} for the API: {e}"),
+            })?;
+    let api_addr = api_listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the API address: {e}"))?;
     let info = NodeInfo::of_host(
         &config.name,
         &advertise.to_string(),
         args.labels.iter().cloned().collect(),
     );
     let node = RaftNode::start(config).await.map_err(|e| e.to_string())?;
-    let join_token = admin::ensure_admin_credentials(&node, &data_dir, advertise)
+    let join_token = admin::ensure_admin_credentials(&node, &data_dir, api_addr)
         .await
         .map_err(|e| format!("cannot write the admin credentials: {e}"))?;
     let stop = tokio_util::sync::CancellationToken::new();
     let gossip = gossip::start(&node, &data_dir, timing, stop.clone())
         .await
         .map_err(|e| format!("cannot start gossip: {e}"))?;
+    let pki = flotilla_pki::NodePki::load(&data_dir)
+        .map_err(|e| format!("cannot read the node's credentials: {e}"))?
+        .ok_or("no credentials under the data dir")?;
+    let api_config = flotilla_apiserver::ApiConfig {
+        ca_pem: pki.ca_pem.clone(),
+        identity: flotilla_pki::Credential {
+            cert_pem: pki.chain_pem(),
+            key_pem: pki.node.key_pem.clone(),
+        },
+        advertise: api_addr,
+    };
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            if let Err(err) = flotilla_apiserver::serve(api_listener, api_config, stop).await {
+                tracing::error!(%err, "the API server stopped");
+            }
+        }
+    });
     tokio::spawn(register(Arc::clone(&node), info, stop.clone()));
     tokio::spawn(flotilla_controllers::run_node_lifecycle(
         Arc::clone(&node),
@@ -238,6 +272,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         "name": node.name,
         "node_id": node.id,
         "peer_addr": node.addr,
+        "api_addr": api_addr.to_string(),
         "cluster_id": node.cluster_id,
     });
     if let Some(token) = join_token {

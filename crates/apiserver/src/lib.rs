@@ -1,0 +1,213 @@
+//! The Kubernetes REST API that every node serves over HTTPS (HTTP/1.1 and HTTP/2), with the
+//! node's certificate from the cluster CA. Callers authenticate with a client certificate from
+//! the same CA; a request without one gets a 401 `Status` (except `/version` and the health
+//! endpoints, which Kubernetes also serves to anyone).
+//!
+//! So far: `/version`, legacy discovery (`/api`, `/apis`, each group-version's resources) and
+//! the health endpoints. Objects (get, list, watch, create, update, patch, delete) come next
+//! (issue 4).
+
+mod discovery;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flotilla_pki::ca::{certs_der, subject_of};
+use flotilla_pki::Credential;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use discovery::{KUBE_MAJOR, KUBE_MINOR};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("API server TLS setup: {0}")]
+    Tls(String),
+}
+
+/// Who is calling: the subject of their client certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+/// What the API server needs.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// The cluster CA, to verify client certificates.
+    pub ca_pem: String,
+    /// The node's certificate chain (its certificate, then the CA's) and key.
+    pub identity: Credential,
+    /// `host:port` clients reach this server at (for `/api`'s `serverAddressByClientCIDRs`).
+    pub advertise: SocketAddr,
+}
+
+fn tls_err(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Tls(e.to_string())
+}
+
+fn server_tls(config: &ApiConfig) -> Result<rustls::ServerConfig, ApiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for der in certs_der(&config.ca_pem).map_err(tls_err)? {
+        roots.add(CertificateDer::from(der)).map_err(tls_err)?;
+    }
+    // Without a certificate the handshake still succeeds, so that the caller gets a 401
+    // `Status` it can read (bearer tokens come later).
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(tls_err)?;
+    let chain: Vec<CertificateDer<'static>> = certs_der(&config.identity.cert_pem)
+        .map_err(tls_err)?
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(config.identity.key_pem.as_bytes()).map_err(tls_err)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(tls_err)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    config: ApiConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ApiError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(&config)?));
+    let advertise = config.advertise.to_string();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(err) => {
+                    tracing::warn!(%err, "api accept");
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let advertise = advertise.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(err) => {
+                    tracing::debug!(%peer, %err, "api TLS handshake failed");
+                    return;
+                }
+            };
+            let caller = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| subject_of(certs.first()?.as_ref()).ok())
+                .map(|(user, groups)| Caller { user, groups });
+            let service = hyper::service::service_fn(move |req| {
+                let caller = caller.clone();
+                let advertise = advertise.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req, caller, &advertise).await) }
+            });
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                result = conn => if let Err(err) = result {
+                    tracing::debug!(%peer, %err, "api connection ended");
+                },
+            }
+        });
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("a valid response")
+}
+
+/// A `Status` failure as the Kubernetes API returns it.
+pub fn status_failure(code: StatusCode, reason: &str, message: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code.as_u16(),
+    })
+}
+
+fn failure(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    json_response(code, &status_failure(code, reason, message))
+}
+
+async fn handle(req: Request<Incoming>, caller: Option<Caller>, advertise: &str) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    // Drain the body: nothing read yet takes one.
+    let _ = req.into_body().collect().await;
+    // Health and version need no credentials, as in Kubernetes (`system:public-info-viewer`).
+    match path.as_str() {
+        "/healthz" | "/livez" | "/readyz" => {
+            return Response::new(Full::new(Bytes::from_static(b"ok")));
+        }
+        "/version" if method == Method::GET => {
+            return json_response(StatusCode::OK, &discovery::version());
+        }
+        _ => {}
+    }
+    if caller.is_none() {
+        return failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    if method != Method::GET {
+        return failure(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            &format!("{method} is not supported on {path} yet"),
+        );
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let body = match segments.as_slice() {
+        ["version"] => Some(discovery::version()),
+        ["api"] => Some(discovery::core_versions(advertise)),
+        ["api", version] => discovery::resource_list("", version),
+        ["apis"] => Some(discovery::group_list()),
+        ["apis", group] => discovery::group(group),
+        ["apis", group, version] => discovery::resource_list(group, version),
+        _ => None,
+    };
+    match body {
+        Some(b) => json_response(StatusCode::OK, &b),
+        None => failure(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("the server could not find the requested resource ({path})"),
+        ),
+    }
+}
