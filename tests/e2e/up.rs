@@ -68,6 +68,7 @@ fn up_starts_five_ready_nodes_with_one_leader_and_down_removes_them() {
     assert_eq!(s["voters"], 5, "{s:#}");
     for m in members {
         assert_eq!(m["ready"], "True", "{s:#}");
+        assert_eq!(m["gossip"], "alive", "{s:#}");
         let addr = m["address"].as_str().unwrap();
         assert!(addr.starts_with("10.213."), "{addr} is not a lab address");
     }

@@ -290,8 +290,8 @@ async fn start_node(
     }
 }
 
-/// Waits until the cluster has its voters and every node's Node object is Ready; returns the
-/// leader's name and the voter count.
+/// Waits until the cluster has its voters, every node's Node object is Ready and the first
+/// node's gossip sees every member alive; returns the leader's name and the voter count.
 async fn settle(
     kubeconfig: &Kubeconfig,
     nodes: usize,
@@ -334,10 +334,15 @@ async fn settle(
                         .count()
                 })
                 .unwrap_or(0);
+            let alive = status
+                .members
+                .iter()
+                .filter(|m| m.gossip == "alive")
+                .count();
             note(format!(
-                "{voters} of {want} voters, {ready} of {nodes} nodes Ready"
+                "{voters} of {want} voters, {ready} of {nodes} nodes Ready, {alive} of {nodes} alive in gossip"
             ));
-            if voters != want || ready != nodes {
+            if voters != want || ready != nodes || alive != nodes {
                 return None;
             }
             let leader = status
