@@ -1,5 +1,5 @@
-//! The real kubectl against every node's API: version and discovery (the first step of issue
-//! 4), and a 401 for a caller without a client certificate.
+//! The real kubectl against every node's API: version, discovery and reading objects (the
+//! first steps of issue 4), and a 401 for a caller without a client certificate.
 
 use std::path::Path;
 use std::process::Command;
@@ -54,6 +54,45 @@ async fn kubectl_reads_version_and_discovery_from_every_node() {
                 );
             }
         }
+
+        // Reading objects: the Node objects every node registers, through each node's API.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let server = |i: usize| format!("https://{}:6443", lab.addr(i));
+        loop {
+            let (ok, out, err) = kubectl(&kubeconfig, cache.path(), &server(0), &["get", "nodes"]);
+            assert!(ok, "kubectl get nodes: {err}");
+            let names: Vec<&str> = out.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+            if names == ["n1", "n2", "n3"] {
+                assert!(out.starts_with("NAME"), "{out}");
+                // AGE is a duration as kubectl prints it (`12s`), not a timestamp.
+                let age = out.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)).unwrap();
+                assert!(
+                    age.ends_with('s') && age[..age.len() - 1].chars().all(|c| c.is_ascii_digit()),
+                    "AGE {age:?}:\n{out}"
+                );
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "nodes never all listed:\n{out}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for i in 0..3 {
+            let (ok, out, err) = kubectl(&kubeconfig, cache.path(), &server(i), &["get", "node", "n2", "-o", "json"]);
+            assert!(ok, "get node n2 via node {i}: {err}");
+            let node: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(node["metadata"]["name"], "n2");
+            assert!(node["metadata"]["resourceVersion"].as_str().is_some_and(|rv| !rv.is_empty()), "{out}");
+            let (ok, out, err) = kubectl(
+                &kubeconfig,
+                cache.path(),
+                &server(i),
+                &["get", "nodes", "-l", "kubernetes.io/hostname=n3", "-o", "name"],
+            );
+            assert!(ok, "{err}");
+            assert_eq!(out.trim(), "node/n3");
+        }
+        let (ok, _, err) = kubectl(&kubeconfig, cache.path(), &server(1), &["get", "node", "nope"]);
+        assert!(!ok);
+        assert!(err.contains("NotFound") && err.contains("nodes \"nope\" not found"), "{err}");
 
         // The cluster CA but no client certificate (a token the API does not know yet): 401,
         // which kubectl reports as such.

@@ -8,6 +8,7 @@
 //! (issue 4).
 
 mod discovery;
+mod objects;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flotilla_pki::ca::{certs_der, subject_of};
 use flotilla_pki::Credential;
+use flotilla_store::{Engine, Proposer};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -42,6 +44,10 @@ pub struct Caller {
 /// What the API server needs.
 #[derive(Clone)]
 pub struct ApiConfig {
+    /// The local replica, read by gets, lists and watches.
+    pub engine: Arc<dyn Engine>,
+    /// The write path, and the read barrier of linearizable reads.
+    pub proposer: Arc<dyn Proposer>,
     /// The cluster CA, to verify client certificates.
     pub ca_pem: String,
     /// The node's certificate chain (its certificate, then the CA's) and key.
@@ -92,7 +98,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ApiError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(&config)?));
-    let advertise = config.advertise.to_string();
+    let config = Arc::new(config);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -106,7 +112,7 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let advertise = advertise.clone();
+        let config = Arc::clone(&config);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
@@ -124,8 +130,8 @@ pub async fn serve(
                 .map(|(user, groups)| Caller { user, groups });
             let service = hyper::service::service_fn(move |req| {
                 let caller = caller.clone();
-                let advertise = advertise.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, caller, &advertise).await) }
+                let config = Arc::clone(&config);
+                async move { Ok::<_, std::convert::Infallible>(handle(req, caller, &config).await) }
             });
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -167,9 +173,20 @@ fn failure(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
     json_response(code, &status_failure(code, reason, message))
 }
 
-async fn handle(req: Request<Incoming>, caller: Option<Caller>, advertise: &str) -> Response<Body> {
+async fn handle(
+    req: Request<Incoming>,
+    caller: Option<Caller>,
+    config: &ApiConfig,
+) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let accept = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     // Drain the body: nothing read yet takes one.
     let _ = req.into_body().collect().await;
     // Health and version need no credentials, as in Kubernetes (`system:public-info-viewer`).
@@ -193,9 +210,21 @@ async fn handle(req: Request<Incoming>, caller: Option<Caller>, advertise: &str)
         );
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let Some(target) = objects::parse_path(&segments) {
+        let query = objects::ReadQuery::parse(query.as_deref(), &accept);
+        return match objects::read(&*config.engine, &*config.proposer, &target, &query).await {
+            Ok(body) => json_response(StatusCode::OK, &body),
+            Err(e) => failure(
+                StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                e.reason,
+                &e.message,
+            ),
+        };
+    }
+    let advertise = config.advertise.to_string();
     let body = match segments.as_slice() {
         ["version"] => Some(discovery::version()),
-        ["api"] => Some(discovery::core_versions(advertise)),
+        ["api"] => Some(discovery::core_versions(&advertise)),
         ["api", version] => discovery::resource_list("", version),
         ["apis"] => Some(discovery::group_list()),
         ["apis", group] => discovery::group(group),

@@ -244,6 +244,8 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot read the node's credentials: {e}"))?
         .ok_or("no credentials under the data dir")?;
     let api_config = flotilla_apiserver::ApiConfig {
+        engine: Arc::new(node.replica.clone()),
+        proposer: Arc::clone(&node) as Arc<dyn flotilla_store::Proposer>,
         ca_pem: pki.ca_pem.clone(),
         identity: flotilla_pki::Credential {
             cert_pem: pki.chain_pem(),
