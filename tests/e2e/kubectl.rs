@@ -90,6 +90,11 @@ async fn kubectl_reads_version_and_discovery_from_every_node() {
             assert!(ok, "{err}");
             assert_eq!(out.trim(), "node/n3");
         }
+        let (ok, out, err) = kubectl(&kubeconfig, cache.path(), &server(2), &["get", "namespaces", "-o", "name"]);
+        assert!(ok, "{err}");
+        for ns in ["default", "kube-system", "kube-public"] {
+            assert!(out.lines().any(|l| l == format!("namespace/{ns}")), "{ns} missing:\n{out}");
+        }
         let (ok, _, err) = kubectl(&kubeconfig, cache.path(), &server(1), &["get", "node", "nope"]);
         assert!(!ok);
         assert!(err.contains("NotFound") && err.contains("nodes \"nope\" not found"), "{err}");

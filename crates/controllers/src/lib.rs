@@ -1,6 +1,7 @@
 //! Control loops. Each has a pure planner (desired, observed, now → writes) and a runner that
 //! feeds it from the local replica and acts only on the leader.
 
+pub mod namespaces;
 pub mod nodes;
 
 use std::collections::BTreeSet;
@@ -28,6 +29,26 @@ fn new_uid() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+/// Creates the system namespaces that do not exist yet (each node calls it at start; a create
+/// that another node already made is fine).
+pub async fn ensure_system_namespaces(node: &RaftNode) -> Result<(), StoreError> {
+    for name in namespaces::SYSTEM_NAMESPACES {
+        let key = namespaces::namespace_key(name);
+        if node.replica.get(&key)?.1.is_some() {
+            continue;
+        }
+        let object = namespaces::new_namespace(name, &new_uid(), &now_rfc3339());
+        match node
+            .propose(flotilla_store::Command::create(key, object.to_string()))
+            .await
+        {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Creates or refreshes this node's Node object (and its pod CIDR). Retries conflicts with

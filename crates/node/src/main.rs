@@ -306,8 +306,19 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Registers this node's Node object, retrying while the cluster has no quorum.
+/// Registers this node's Node object (and makes sure the system namespaces exist), retrying
+/// while the cluster has no quorum.
 async fn register(node: Arc<RaftNode>, info: NodeInfo, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        match flotilla_controllers::ensure_system_namespaces(&node).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "cannot create the system namespaces yet"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
     loop {
         match flotilla_controllers::register_node(&node, &info).await {
             Ok(cidr) => {
