@@ -99,6 +99,43 @@ async fn kubectl_reads_version_and_discovery_from_every_node() {
         assert!(!ok);
         assert!(err.contains("NotFound") && err.contains("nodes \"nope\" not found"), "{err}");
 
+        // Writing: create, label, the three patch types and delete, each through another node,
+        // and each read back through a third.
+        let manifest = cache.path().join("cm.yaml");
+        std::fs::write(
+            &manifest,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\n  labels:\n    app: demo\ndata:\n  k: v1\n",
+        )
+        .unwrap();
+        let run = |i: usize, args: &[&str]| {
+            let (ok, out, err) = kubectl(&kubeconfig, cache.path(), &server(i), args);
+            assert!(ok, "kubectl {args:?} via node {i}: {err}");
+            out
+        };
+        let m = manifest.to_str().unwrap();
+        assert_eq!(run(0, &["create", "-f", m, "--validate=false"]).trim(), "configmap/demo created");
+        assert_eq!(run(1, &["get", "cm", "demo", "-o", "jsonpath={.data.k}"]), "v1");
+        run(2, &["label", "cm", "demo", "tier=web"]);
+        assert_eq!(run(0, &["get", "cm", "-l", "tier=web", "-o", "name"]).trim(), "configmap/demo");
+        run(1, &["patch", "cm", "demo", "--type", "merge", "-p", r#"{"data":{"k":"v2"}}"#]);
+        run(2, &["patch", "cm", "demo", "--type", "json", "-p", r#"[{"op":"add","path":"/data/j","value":"x"}]"#]);
+        run(0, &["patch", "cm", "demo", "-p", r#"{"data":{"s":"y"}}"#]);
+        let data = run(1, &["get", "cm", "demo", "-o", "jsonpath={.data}"]);
+        let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(data, serde_json::json!({"k": "v2", "j": "x", "s": "y"}));
+
+        // An invalid manifest: kubectl prints the field error, and nothing is stored.
+        let bad = cache.path().join("bad.yaml");
+        std::fs::write(&bad, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n").unwrap();
+        let (ok, _, err) = kubectl(&kubeconfig, cache.path(), &server(2), &["create", "-f", bad.to_str().unwrap(), "--validate=false"]);
+        assert!(!ok);
+        assert!(err.contains("metadata.name: Invalid value: \"Bad_Name\""), "{err}");
+        assert_eq!(run(0, &["get", "cm", "-o", "name"]).trim(), "configmap/demo");
+
+        assert_eq!(run(2, &["delete", "cm", "demo"]).trim(), "configmap \"demo\" deleted");
+        let (ok, _, err) = kubectl(&kubeconfig, cache.path(), &server(0), &["get", "cm", "demo"]);
+        assert!(!ok && err.contains("NotFound"), "{err}");
+
         // The cluster CA but no client certificate (a token the API does not know yet): 401,
         // which kubectl reports as such.
         let anonymous = cache.path().join("anonymous.kubeconfig");

@@ -9,6 +9,7 @@
 
 mod discovery;
 mod objects;
+mod writes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -156,6 +157,57 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
         .expect("a valid response")
 }
 
+/// POST, PUT, PATCH and DELETE on objects.
+async fn write(
+    method: &Method,
+    segments: &[&str],
+    body: &[u8],
+    content_type: &str,
+    config: &ApiConfig,
+) -> Response<Body> {
+    let Some(target) = objects::parse_path(segments) else {
+        return failure(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            &format!("{method} is not supported on /{}", segments.join("/")),
+        );
+    };
+    let (engine, proposer) = (&*config.engine, &*config.proposer);
+    let name = target.name.unwrap_or("");
+    let result = match (method, target.name) {
+        (&Method::POST, None) => writes::create(engine, proposer, &target, body, content_type)
+            .await
+            .map(|o| (StatusCode::CREATED, o)),
+        (&Method::PUT, Some(n)) => writes::update(engine, proposer, &target, n, body, content_type)
+            .await
+            .map(|o| (StatusCode::OK, o)),
+        (&Method::PATCH, Some(n)) => {
+            writes::patch(engine, proposer, &target, n, body, content_type)
+                .await
+                .map(|o| (StatusCode::OK, o))
+        }
+        (&Method::DELETE, Some(n)) => writes::delete(engine, proposer, &target, n)
+            .await
+            .map(|o| (StatusCode::OK, o)),
+        _ => {
+            return failure(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                &format!("{method} is not supported on /{}", segments.join("/")),
+            )
+        }
+    };
+    match result {
+        Ok((code, object)) => json_response(code, &object),
+        Err(e) => {
+            let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut status = status_failure(code, e.reason, &e.message);
+            status["details"] = e.details(target.resource, name);
+            json_response(code, &status)
+        }
+    }
+}
+
 /// A `Status` failure as the Kubernetes API returns it.
 pub fn status_failure(code: StatusCode, reason: &str, message: &str) -> Value {
     json!({
@@ -187,8 +239,22 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    // Drain the body: nothing read yet takes one.
-    let _ = req.into_body().collect().await;
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("cannot read the request body: {e}"),
+            )
+        }
+    };
     // Health and version need no credentials, as in Kubernetes (`system:public-info-viewer`).
     match path.as_str() {
         "/healthz" | "/livez" | "/readyz" => {
@@ -202,14 +268,10 @@ async fn handle(
     if caller.is_none() {
         return failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
-    if method != Method::GET {
-        return failure(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            &format!("{method} is not supported on {path} yet"),
-        );
-    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if method != Method::GET {
+        return write(&method, &segments, &body, &content_type, config).await;
+    }
     if let Some(target) = objects::parse_path(&segments) {
         let query = objects::ReadQuery::parse(query.as_deref(), &accept);
         return match objects::read(&*config.engine, &*config.proposer, &target, &query).await {

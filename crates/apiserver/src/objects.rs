@@ -138,7 +138,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// The object as served: its stored JSON with `resourceVersion` set.
-fn object_of(record: &Record) -> Option<Value> {
+pub(crate) fn object_of(record: &Record) -> Option<Value> {
     let mut v: Value = serde_json::from_slice(&record.value).ok()?;
     v.get_mut("metadata")?.as_object_mut()?.insert(
         "resourceVersion".into(),
