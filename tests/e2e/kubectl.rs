@@ -113,7 +113,7 @@ async fn kubectl_reads_version_and_discovery_from_every_node() {
             out
         };
         let m = manifest.to_str().unwrap();
-        assert_eq!(run(0, &["create", "-f", m, "--validate=false"]).trim(), "configmap/demo created");
+        assert_eq!(run(0, &["create", "-f", m]).trim(), "configmap/demo created");
         assert_eq!(run(1, &["get", "cm", "demo", "-o", "jsonpath={.data.k}"]), "v1");
         run(2, &["label", "cm", "demo", "tier=web"]);
         assert_eq!(run(0, &["get", "cm", "-l", "tier=web", "-o", "name"]).trim(), "configmap/demo");
@@ -124,10 +124,31 @@ async fn kubectl_reads_version_and_discovery_from_every_node() {
         let data: serde_json::Value = serde_json::from_str(&data).unwrap();
         assert_eq!(data, serde_json::json!({"k": "v2", "j": "x", "s": "y"}));
 
+        // `apply` (with OpenAPI v3 served, no --validate=false): create, then a three-way merge
+        // that removes a key dropped from the file, then nothing to do.
+        let applied = cache.path().join("applied.yaml");
+        let write_manifest = |data: &str| {
+            std::fs::write(
+                &applied,
+                format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: applied\ndata:\n{data}"),
+            )
+            .unwrap()
+        };
+        let a = applied.to_str().unwrap();
+        write_manifest("  a: \"1\"\n  b: \"2\"\n");
+        assert_eq!(run(0, &["apply", "-f", a]).trim(), "configmap/applied created");
+        write_manifest("  a: \"3\"\n");
+        assert_eq!(run(1, &["apply", "-f", a]).trim(), "configmap/applied configured");
+        let data = run(2, &["get", "cm", "applied", "-o", "jsonpath={.data}"]);
+        let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(data, serde_json::json!({"a": "3"}));
+        assert_eq!(run(2, &["apply", "-f", a]).trim(), "configmap/applied unchanged");
+        run(0, &["delete", "-f", a]);
+
         // An invalid manifest: kubectl prints the field error, and nothing is stored.
         let bad = cache.path().join("bad.yaml");
         std::fs::write(&bad, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n").unwrap();
-        let (ok, _, err) = kubectl(&kubeconfig, cache.path(), &server(2), &["create", "-f", bad.to_str().unwrap(), "--validate=false"]);
+        let (ok, _, err) = kubectl(&kubeconfig, cache.path(), &server(2), &["apply", "-f", bad.to_str().unwrap()]);
         assert!(!ok);
         assert!(err.contains("metadata.name: Invalid value: \"Bad_Name\""), "{err}");
         assert_eq!(run(0, &["get", "cm", "-o", "name"]).trim(), "configmap/demo");

@@ -9,6 +9,7 @@
 
 mod discovery;
 mod objects;
+mod openapi;
 mod writes;
 
 use std::net::SocketAddr;
@@ -291,6 +292,8 @@ async fn handle(
         ["apis"] => Some(discovery::group_list()),
         ["apis", group] => discovery::group(group),
         ["apis", group, version] => discovery::resource_list(group, version),
+        ["openapi", "v3"] => Some(openapi::index()),
+        ["openapi", "v3", gv @ ..] => openapi::document(&gv.join("/")),
         _ => None,
     };
     match body {
