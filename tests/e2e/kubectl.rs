@@ -145,6 +145,46 @@ async fn kubectl_reads_version_and_discovery_from_every_node() {
         assert_eq!(run(2, &["apply", "-f", a]).trim(), "configmap/applied unchanged");
         run(0, &["delete", "-f", a]);
 
+        // `get -w` through one node sees a change made through another.
+        let mut watch = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .args(["--server", &server(2), "get", "cm", "-w", "--output-watch-events"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+        let stdout = watch.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        // The watch is running once its first line (the table header or an object) arrives.
+        let first = lines_rx.recv_timeout(std::time::Duration::from_secs(20));
+        assert!(first.is_ok(), "kubectl get -w printed nothing");
+        let watched = cache.path().join("watched.yaml");
+        std::fs::write(&watched, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: watched\n").unwrap();
+        run(0, &["create", "-f", watched.to_str().unwrap()]);
+        let seen = loop {
+            match lines_rx.recv_timeout(std::time::Duration::from_secs(20)) {
+                Ok(l) if l.contains("watched") => break Some(l),
+                Ok(_) => continue,
+                Err(_) => break None,
+            }
+        };
+        let _ = watch.kill();
+        let _ = watch.wait();
+        let seen = seen.expect("the watch never showed the new configmap");
+        assert!(seen.starts_with("ADDED"), "{seen}");
+        run(1, &["delete", "cm", "watched"]);
+
         // An invalid manifest: kubectl prints the field error, and nothing is stored.
         let bad = cache.path().join("bad.yaml");
         std::fs::write(&bad, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n").unwrap();

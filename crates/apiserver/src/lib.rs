@@ -10,6 +10,7 @@
 mod discovery;
 mod objects;
 mod openapi;
+mod watch;
 mod writes;
 
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flotilla_pki::ca::{certs_der, subject_of};
 use flotilla_pki::Credential;
-use flotilla_store::{Engine, Proposer};
+use flotilla_store::{Engine, Proposer, WatchWindow};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -50,6 +51,8 @@ pub struct ApiConfig {
     pub engine: Arc<dyn Engine>,
     /// The write path, and the read barrier of linearizable reads.
     pub proposer: Arc<dyn Proposer>,
+    /// The replica's recent changes, for watches.
+    pub window: Arc<WatchWindow>,
     /// The cluster CA, to verify client certificates.
     pub ca_pem: String,
     /// The node's certificate chain (its certificate, then the CA's) and key.
@@ -148,14 +151,81 @@ pub async fn serve(
     }
 }
 
-type Body = Full<Bytes>;
+type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("Content-Type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
         .expect("a valid response")
+}
+
+/// Starts a watch and answers with its event stream.
+async fn watch_response(
+    config: &ApiConfig,
+    target: &objects::Target<'_>,
+    query: &objects::ReadQuery,
+) -> Response<Body> {
+    let bad = |m: String| failure(StatusCode::BAD_REQUEST, "BadRequest", &m);
+    let labels = match flotilla_api::LabelSelector::parse(&query.label_selector) {
+        Ok(l) => l,
+        Err(e) => return bad(e.to_string()),
+    };
+    let fields = match flotilla_api::FieldSelector::parse(&query.field_selector) {
+        Ok(f) => f,
+        Err(e) => return bad(e.to_string()),
+    };
+    let after = match query.resource_version.as_deref() {
+        None | Some("") | Some("0") => None,
+        Some(rv) => match rv.parse() {
+            Ok(rv) => Some(rv),
+            Err(_) => return bad(format!("invalid resourceVersion {rv:?}")),
+        },
+    };
+    if after.is_none() && !query.any_version {
+        if let Err(e) = config.proposer.read_barrier().await {
+            return failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &e.to_string(),
+            );
+        }
+    }
+    let request = watch::WatchRequest {
+        labels,
+        fields,
+        after,
+        timeout: query.timeout_seconds.map(std::time::Duration::from_secs),
+        table: query.table,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(watch::run(
+        Arc::clone(&config.engine),
+        Arc::clone(&config.window),
+        target.resource,
+        target.namespace.map(str::to_string),
+        request,
+        tx,
+    ));
+    let frames = futures_util_stream(rx);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "application/json")
+        .header("Transfer-Encoding", "chunked")
+        .body(http_body_util::StreamBody::new(frames).boxed())
+        .expect("a valid response")
+}
+
+/// The channel's lines as body frames.
+fn futures_util_stream(
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> impl futures_core::Stream<Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>
+       + Send
+       + Sync
+       + 'static {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok(hyper::body::Frame::data(b)))
 }
 
 /// POST, PUT, PATCH and DELETE on objects.
@@ -259,7 +329,7 @@ async fn handle(
     // Health and version need no credentials, as in Kubernetes (`system:public-info-viewer`).
     match path.as_str() {
         "/healthz" | "/livez" | "/readyz" => {
-            return Response::new(Full::new(Bytes::from_static(b"ok")));
+            return Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
         }
         "/version" if method == Method::GET => {
             return json_response(StatusCode::OK, &discovery::version());
@@ -275,6 +345,9 @@ async fn handle(
     }
     if let Some(target) = objects::parse_path(&segments) {
         let query = objects::ReadQuery::parse(query.as_deref(), &accept);
+        if query.watch && target.name.is_none() {
+            return watch_response(config, &target, &query).await;
+        }
         return match objects::read(&*config.engine, &*config.proposer, &target, &query).await {
             Ok(body) => json_response(StatusCode::OK, &body),
             Err(e) => failure(

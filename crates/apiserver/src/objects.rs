@@ -89,6 +89,12 @@ pub struct ReadQuery {
     /// `resourceVersion=0`: any local state will do.
     pub any_version: bool,
     pub table: bool,
+    /// `watch=true` (or `1`).
+    pub watch: bool,
+    /// The `resourceVersion` given, if any.
+    pub resource_version: Option<String>,
+    /// `timeoutSeconds`.
+    pub timeout_seconds: Option<u64>,
 }
 
 impl ReadQuery {
@@ -103,7 +109,12 @@ impl ReadQuery {
             match k {
                 "labelSelector" => q.label_selector = v,
                 "fieldSelector" => q.field_selector = v,
-                "resourceVersion" => q.any_version = v == "0",
+                "resourceVersion" => {
+                    q.any_version = v == "0";
+                    q.resource_version = Some(v);
+                }
+                "watch" => q.watch = v == "true" || v == "1",
+                "timeoutSeconds" => q.timeout_seconds = v.parse().ok(),
                 _ => {}
             }
         }
@@ -148,7 +159,7 @@ pub(crate) fn object_of(record: &Record) -> Option<Value> {
 }
 
 /// The value of a dotted field path (`spec.nodeName`), as text; missing is "".
-fn field_value(object: &Value, path: &str) -> Option<String> {
+pub(crate) fn field_value(object: &Value, path: &str) -> Option<String> {
     let mut cur = object;
     for part in path.split('.') {
         cur = cur.get(part)?;
@@ -159,7 +170,7 @@ fn field_value(object: &Value, path: &str) -> Option<String> {
     })
 }
 
-fn labels_of(object: &Value) -> BTreeMap<String, String> {
+pub(crate) fn labels_of(object: &Value) -> BTreeMap<String, String> {
     object["metadata"]["labels"]
         .as_object()
         .map(|m| {
@@ -274,7 +285,7 @@ fn age_of(object: &Value) -> Value {
 /// A server-side Table: the name and age columns every resource has, and each row's object
 /// metadata (kubectl needs it for `-A` and `--show-labels`). Resource-specific columns come
 /// with the handlers of each resource.
-fn table(r: &Resource, objects: Vec<Value>, revision: Option<String>) -> Value {
+pub(crate) fn table(r: &Resource, objects: Vec<Value>, revision: Option<String>) -> Value {
     let rows: Vec<Value> = objects
         .into_iter()
         .map(|o| {

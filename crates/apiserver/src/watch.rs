@@ -1,0 +1,265 @@
+//! Watches (`?watch=true`): one JSON event per line over a chunked response, as Kubernetes
+//! streams them. Without a `resourceVersion` (or with `0`) the current objects come first as
+//! ADDED events, then every change after the revision they were read at; with one, every change
+//! after it. A revision older than the watch window ends the stream with an ERROR event
+//! carrying a 410 `Expired` Status, which makes clients list again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_api::{store_prefix, FieldSelector, LabelSelector};
+use flotilla_store::{Engine, EventKind, Record, WatchWindow};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use flotilla_api::Resource;
+
+use crate::objects::{field_value, labels_of, object_of, table};
+
+/// What a watch request asked for.
+pub struct WatchRequest {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    /// `None`: start with the current objects.
+    pub after: Option<u64>,
+    pub timeout: Option<Duration>,
+    pub table: bool,
+}
+
+fn line(kind: &str, object: Value) -> Bytes {
+    let mut s = json!({"type": kind, "object": object}).to_string();
+    s.push('\n');
+    Bytes::from(s)
+}
+
+/// Streams the events into `tx` until the client goes, the timeout passes or the window ends.
+pub async fn run(
+    engine: Arc<dyn Engine>,
+    window: Arc<WatchWindow>,
+    r: &'static Resource,
+    namespace: Option<String>,
+    req: WatchRequest,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let prefix = store_prefix(r, namespace.as_deref());
+    let matches =
+        |o: &Value| req.labels.matches(&labels_of(o)) && req.fields.matches(|f| field_value(o, f));
+    let shape = |o: Value| {
+        if req.table {
+            table(r, vec![o], None)
+        } else {
+            o
+        }
+    };
+    let after = match req.after {
+        Some(rv) => rv,
+        None => match engine.list(&prefix, None, 0) {
+            Ok(listing) => {
+                for (_, rec) in &listing.items {
+                    if let Some(o) = object_of(rec).filter(&matches) {
+                        if tx.send(line("ADDED", shape(o))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                listing.revision
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(line(
+                        "ERROR",
+                        crate::status_failure(
+                            hyper::StatusCode::SERVICE_UNAVAILABLE,
+                            "ServiceUnavailable",
+                            &e.to_string(),
+                        ),
+                    ))
+                    .await;
+                return;
+            }
+        },
+    };
+    let mut watcher = match window.watch(prefix, after) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = tx
+                .send(line(
+                    "ERROR",
+                    crate::status_failure(
+                        hyper::StatusCode::GONE,
+                        "Expired",
+                        &format!("too old resource version: {e}"),
+                    ),
+                ))
+                .await;
+            return;
+        }
+    };
+    let deadline = req.timeout.map(|t| tokio::time::Instant::now() + t);
+    loop {
+        let next = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, watcher.next()).await.ok(),
+                None => Some(watcher.next().await),
+            }
+        };
+        let events = tokio::select! {
+            _ = tx.closed() => return,
+            events = next => match events {
+                None => return,
+                Some(Ok(events)) => events,
+                Some(Err(e)) => {
+                    let _ = tx.send(line("ERROR", crate::status_failure(hyper::StatusCode::GONE, "Expired", &e.to_string()))).await;
+                    return;
+                }
+            },
+        };
+        for event in events {
+            let (kind, record): (&str, Option<&Record>) = match event.kind {
+                EventKind::Created => ("ADDED", event.record.as_ref()),
+                EventKind::Updated => ("MODIFIED", event.record.as_ref()),
+                EventKind::Deleted => ("DELETED", event.prev.as_ref()),
+            };
+            let Some(mut object) = record.and_then(object_of) else {
+                continue;
+            };
+            if event.kind == EventKind::Deleted {
+                object["metadata"]["resourceVersion"] = json!(event.revision.to_string());
+            }
+            if !matches(&object) {
+                continue;
+            }
+            if tx.send(line(kind, shape(object))).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_store::{Command, MemoryStore, Proposer};
+
+    fn cm(name: &str, v: &str) -> String {
+        json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": name, "labels": {"app": "x"}}, "data": {"k": v}}).to_string()
+    }
+
+    async fn next_event(rx: &mut mpsc::Receiver<Bytes>) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an event within 5 s")
+            .expect("the stream is open");
+        serde_json::from_slice(&line).unwrap()
+    }
+
+    fn request(after: Option<u64>) -> WatchRequest {
+        WatchRequest {
+            labels: LabelSelector::parse("app=x").unwrap(),
+            fields: FieldSelector::default(),
+            after,
+            timeout: None,
+            table: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn current_objects_then_every_change_in_order() {
+        let store = Arc::new(MemoryStore::new(100));
+        store
+            .propose(Command::create("/core/configmaps/default/a", cm("a", "1")))
+            .await
+            .unwrap();
+        let r = flotilla_api::find("", "v1", "configmaps").unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let engine: Arc<dyn Engine> = store.clone();
+        tokio::spawn(run(
+            engine,
+            Arc::clone(store.window_arc()),
+            r,
+            Some("default".into()),
+            request(None),
+            tx,
+        ));
+        let first = next_event(&mut rx).await;
+        assert_eq!(
+            (
+                first["type"].as_str(),
+                first["object"]["metadata"]["name"].as_str()
+            ),
+            (Some("ADDED"), Some("a"))
+        );
+        store
+            .propose(Command::update(
+                "/core/configmaps/default/a",
+                cm("a", "2"),
+                None,
+            ))
+            .await
+            .unwrap();
+        store
+            .propose(Command::create("/core/configmaps/default/b", cm("b", "1")))
+            .await
+            .unwrap();
+        store
+            .propose(Command::delete("/core/configmaps/default/a", None))
+            .await
+            .unwrap();
+        let kinds: Vec<(String, String, String)> = {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                let e = next_event(&mut rx).await;
+                v.push((
+                    e["type"].as_str().unwrap().to_string(),
+                    e["object"]["metadata"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                    e["object"]["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                ));
+            }
+            v
+        };
+        assert_eq!(
+            kinds,
+            [
+                ("MODIFIED".into(), "a".into(), "2".into()),
+                ("ADDED".into(), "b".into(), "3".into()),
+                ("DELETED".into(), "a".into(), "4".into()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revision_older_than_the_window_ends_with_410() {
+        let store = Arc::new(MemoryStore::new(2));
+        for i in 0..5 {
+            store
+                .propose(Command::create(
+                    format!("/core/configmaps/default/c{i}"),
+                    cm("c", "1"),
+                ))
+                .await
+                .unwrap();
+        }
+        let r = flotilla_api::find("", "v1", "configmaps").unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let engine: Arc<dyn Engine> = store.clone();
+        tokio::spawn(run(
+            engine,
+            Arc::clone(store.window_arc()),
+            r,
+            None,
+            request(Some(1)),
+            tx,
+        ));
+        let e = next_event(&mut rx).await;
+        assert_eq!(e["type"], "ERROR");
+        assert_eq!(e["object"]["code"], 410);
+        assert_eq!(e["object"]["reason"], "Expired");
+    }
+}
