@@ -64,8 +64,11 @@ async fn kubectl_reads_version_and_discovery_from_every_node() {
             let names: Vec<&str> = out.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
             if names == ["n1", "n2", "n3"] {
                 assert!(out.starts_with("NAME"), "{out}");
-                // AGE is a duration as kubectl prints it (`12s`), not a timestamp.
-                let age = out.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)).unwrap();
+                // NAME STATUS ROLES AGE VERSION, as Kubernetes prints nodes; AGE is a duration.
+                assert!(out.lines().next().unwrap().split_whitespace().eq(["NAME", "STATUS", "ROLES", "AGE", "VERSION"]), "{out}");
+                let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+                assert_eq!(row[1..3], ["Ready", "<none>"], "{out}");
+                let age = row[3];
                 assert!(
                     age.ends_with('s') && age[..age.len() - 1].chars().all(|c| c.is_ascii_digit()),
                     "AGE {age:?}:\n{out}"

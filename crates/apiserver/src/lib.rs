@@ -7,6 +7,7 @@
 //! the health endpoints. Objects (get, list, watch, create, update, patch, delete) come next
 //! (issue 4).
 
+mod columns;
 mod discovery;
 mod objects;
 mod openapi;

@@ -289,9 +289,10 @@ pub(crate) fn table(r: &Resource, objects: Vec<Value>, revision: Option<String>)
     let rows: Vec<Value> = objects
         .into_iter()
         .map(|o| {
-            let name = o["metadata"]["name"].clone();
+            let mut cells = vec![o["metadata"]["name"].clone()];
+            cells.extend(crate::columns::cells(r, &o, age_of(&o)));
             json!({
-                "cells": [name, age_of(&o)],
+                "cells": cells,
                 "object": {
                     "kind": "PartialObjectMetadata",
                     "apiVersion": "meta.k8s.io/v1",
@@ -304,14 +305,17 @@ pub(crate) fn table(r: &Resource, objects: Vec<Value>, revision: Option<String>)
     if let Some(rv) = revision {
         metadata["resourceVersion"] = json!(rv);
     }
+    let mut columns = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": format!("Name of the {}", r.singular), "priority": 0}),
+    ];
+    columns.extend(crate::columns::columns(r).into_iter().map(|(name, kind, priority)| {
+        json!({"name": name, "type": kind, "format": "", "description": name, "priority": priority})
+    }));
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
         "metadata": metadata,
-        "columnDefinitions": [
-            {"name": "Name", "type": "string", "format": "name", "description": format!("Name of the {}", r.singular), "priority": 0},
-            {"name": "Age", "type": "string", "format": "date", "description": "When it was created", "priority": 0},
-        ],
+        "columnDefinitions": columns,
         "rows": rows,
     })
 }

@@ -1,0 +1,307 @@
+//! The columns `kubectl get` shows for each resource, computed on the server (Table output):
+//! the same headings and cell rules as Kubernetes' printers for the common resources, NAME
+//! and AGE for the rest. Columns with priority 1 appear only with `-o wide`.
+
+use flotilla_api::Resource;
+use serde_json::{json, Value};
+
+/// (heading, type, priority).
+type Column = (&'static str, &'static str, u8);
+
+fn n(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or("").to_string()
+}
+
+fn or_none(text: String) -> String {
+    if text.is_empty() {
+        "<none>".into()
+    } else {
+        text
+    }
+}
+
+fn node_status(o: &Value) -> String {
+    let ready = o["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| s(&c["status"]));
+    let mut status = match ready.as_deref() {
+        Some("True") => "Ready".to_string(),
+        Some("False") => "NotReady".to_string(),
+        _ => "Unknown".to_string(),
+    };
+    if o["spec"]["unschedulable"] == true {
+        status.push_str(",SchedulingDisabled");
+    }
+    status
+}
+
+fn node_roles(o: &Value) -> String {
+    let roles: Vec<&str> = o["metadata"]["labels"]
+        .as_object()
+        .map(|l| {
+            l.keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .collect()
+        })
+        .unwrap_or_default();
+    or_none(roles.join(","))
+}
+
+fn pod_ready(o: &Value) -> String {
+    let total = o["spec"]["containers"].as_array().map_or(0, Vec::len);
+    let ready = o["status"]["containerStatuses"]
+        .as_array()
+        .map_or(0, |c| c.iter().filter(|c| c["ready"] == true).count());
+    format!("{ready}/{total}")
+}
+
+fn pod_status(o: &Value) -> String {
+    if o["metadata"]["deletionTimestamp"].is_string() {
+        return "Terminating".into();
+    }
+    let waiting = o["status"]["containerStatuses"].as_array().and_then(|c| {
+        c.iter()
+            .find_map(|c| c["state"]["waiting"]["reason"].as_str().map(str::to_string))
+    });
+    waiting
+        .or_else(|| o["status"]["reason"].as_str().map(str::to_string))
+        .or_else(|| o["status"]["phase"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "Pending".into())
+}
+
+fn restarts(o: &Value) -> i64 {
+    o["status"]["containerStatuses"]
+        .as_array()
+        .map_or(0, |c| c.iter().map(|c| n(&c["restartCount"])).sum())
+}
+
+fn service_ports(o: &Value) -> String {
+    let ports: Vec<String> = o["spec"]["ports"]
+        .as_array()
+        .map(|ports| {
+            ports
+                .iter()
+                .map(|p| {
+                    let proto = p["protocol"].as_str().unwrap_or("TCP");
+                    match p["nodePort"].as_i64() {
+                        Some(np) => format!("{}:{np}/{proto}", n(&p["port"])),
+                        None => format!("{}/{proto}", n(&p["port"])),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    or_none(ports.join(","))
+}
+
+fn selector_text(selector: &Value) -> String {
+    let pairs: Vec<String> = selector
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect())
+        .unwrap_or_default();
+    or_none(pairs.join(","))
+}
+
+fn containers(o: &Value, field: &str) -> String {
+    let list: Vec<String> = o["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .map(|c| c.iter().map(|c| s(&c[field])).collect())
+        .unwrap_or_default();
+    list.join(",")
+}
+
+fn count(v: &Value) -> usize {
+    v.as_object().map_or(0, |m| m.len())
+}
+
+/// The columns of `r`, after NAME (the last is usually AGE, which the caller fills).
+pub fn columns(r: &Resource) -> Vec<Column> {
+    match r.plural {
+        "nodes" => vec![
+            ("Status", "string", 0),
+            ("Roles", "string", 0),
+            ("Age", "string", 0),
+            ("Version", "string", 0),
+            ("Internal-IP", "string", 1),
+            ("Pod-CIDR", "string", 1),
+        ],
+        "namespaces" => vec![("Status", "string", 0), ("Age", "string", 0)],
+        "configmaps" => vec![("Data", "integer", 0), ("Age", "string", 0)],
+        "secrets" => vec![
+            ("Type", "string", 0),
+            ("Data", "integer", 0),
+            ("Age", "string", 0),
+        ],
+        "pods" => vec![
+            ("Ready", "string", 0),
+            ("Status", "string", 0),
+            ("Restarts", "integer", 0),
+            ("Age", "string", 0),
+            ("IP", "string", 1),
+            ("Node", "string", 1),
+        ],
+        "services" => vec![
+            ("Type", "string", 0),
+            ("Cluster-IP", "string", 0),
+            ("External-IP", "string", 0),
+            ("Port(s)", "string", 0),
+            ("Age", "string", 0),
+            ("Selector", "string", 1),
+        ],
+        "deployments" => vec![
+            ("Ready", "string", 0),
+            ("Up-to-date", "integer", 0),
+            ("Available", "integer", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        "replicasets" => vec![
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+        ],
+        _ => vec![("Age", "string", 0)],
+    }
+}
+
+/// The cells of `o` for [`columns`], `age` standing for the AGE cell.
+pub fn cells(r: &Resource, o: &Value, age: Value) -> Vec<Value> {
+    let st = &o["status"];
+    let sp = &o["spec"];
+    match r.plural {
+        "nodes" => {
+            let ip = st["addresses"]
+                .as_array()
+                .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
+                .map(|a| s(&a["address"]))
+                .unwrap_or_default();
+            vec![
+                json!(node_status(o)),
+                json!(node_roles(o)),
+                age,
+                json!(s(&st["nodeInfo"]["kubeletVersion"])),
+                json!(or_none(ip)),
+                json!(or_none(s(&sp["podCIDR"]))),
+            ]
+        }
+        "namespaces" => vec![json!(s(&st["phase"])), age],
+        "configmaps" => vec![json!(count(&o["data"]) + count(&o["binaryData"])), age],
+        "secrets" => vec![json!(s(&o["type"])), json!(count(&o["data"])), age],
+        "pods" => vec![
+            json!(pod_ready(o)),
+            json!(pod_status(o)),
+            json!(restarts(o)),
+            age,
+            json!(or_none(s(&st["podIP"]))),
+            json!(or_none(s(&sp["nodeName"]))),
+        ],
+        "services" => {
+            let kind = sp["type"].as_str().unwrap_or("ClusterIP").to_string();
+            vec![
+                json!(kind),
+                json!(or_none(s(&sp["clusterIP"]))),
+                json!("<none>"),
+                json!(service_ports(o)),
+                age,
+                json!(selector_text(&sp["selector"])),
+            ]
+        }
+        "deployments" => vec![
+            json!(format!(
+                "{}/{}",
+                n(&st["readyReplicas"]),
+                n(&sp["replicas"])
+            )),
+            json!(n(&st["updatedReplicas"])),
+            json!(n(&st["availableReplicas"])),
+            age,
+            json!(containers(o, "name")),
+            json!(containers(o, "image")),
+            json!(selector_text(&sp["selector"]["matchLabels"])),
+        ],
+        "replicasets" => vec![
+            json!(n(&sp["replicas"])),
+            json!(n(&st["replicas"])),
+            json!(n(&st["readyReplicas"])),
+            age,
+            json!(containers(o, "name")),
+            json!(containers(o, "image")),
+        ],
+        _ => vec![age],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(plural: &str) -> &'static Resource {
+        flotilla_api::RESOURCES
+            .iter()
+            .find(|r| r.plural == plural)
+            .unwrap()
+    }
+
+    #[test]
+    fn every_row_has_as_many_cells_as_columns() {
+        for r in flotilla_api::RESOURCES {
+            assert_eq!(
+                columns(r).len(),
+                cells(r, &json!({}), json!("1s")).len(),
+                "{}",
+                r.plural
+            );
+        }
+    }
+
+    #[test]
+    fn cells_follow_kubernetes_printers() {
+        let node = json!({
+            "metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}},
+            "spec": {"podCIDR": "10.244.1.0/24", "unschedulable": true},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                       "addresses": [{"type": "InternalIP", "address": "10.0.0.2"}]},
+        });
+        let c = cells(resource("nodes"), &node, json!("5m"));
+        assert_eq!(
+            c,
+            vec![
+                json!("Ready,SchedulingDisabled"),
+                json!("control-plane"),
+                json!("5m"),
+                json!(""),
+                json!("10.0.0.2"),
+                json!("10.244.1.0/24")
+            ]
+        );
+
+        let pod = json!({
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.244.0.5", "containerStatuses": [
+                {"ready": true, "restartCount": 2, "state": {"running": {}}},
+                {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+            ]},
+        });
+        let c = cells(resource("pods"), &pod, json!("1h"));
+        assert_eq!(c[..3], [json!("1/2"), json!("CrashLoopBackOff"), json!(3)]);
+
+        let svc = json!({"spec": {"type": "NodePort", "clusterIP": "10.96.0.9", "selector": {"app": "web"},
+                                  "ports": [{"port": 80, "nodePort": 30080}, {"port": 53, "protocol": "UDP"}]}});
+        let c = cells(resource("services"), &svc, json!("2d"));
+        assert_eq!(c[3], json!("80:30080/TCP,53/UDP"));
+        assert_eq!(c[5], json!("app=web"));
+
+        let cm = json!({"data": {"a": "1", "b": "2"}, "binaryData": {"c": ""}});
+        assert_eq!(cells(resource("configmaps"), &cm, json!("3s"))[0], json!(3));
+    }
+}
