@@ -127,6 +127,17 @@ async fn kubectl_reads_version_and_discovery_from_every_node() {
         let data: serde_json::Value = serde_json::from_str(&data).unwrap();
         assert_eq!(data, serde_json::json!({"k": "v2", "j": "x", "s": "y"}));
 
+        // Who the admin kubeconfig is, and what it may do (everything, until RBAC).
+        let who: serde_json::Value = serde_json::from_str(&run(1, &["auth", "whoami", "-o", "json"])).unwrap();
+        assert_eq!(who["status"]["userInfo"]["username"], "admin", "{who}");
+        assert!(
+            who["status"]["userInfo"]["groups"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|g| g == flotilla_pki::ADMINS_GROUP)),
+            "{who}"
+        );
+        assert_eq!(run(2, &["auth", "can-i", "create", "pods"]).trim(), "yes");
+
         // `apply` (with OpenAPI v3 served, no --validate=false): create, then a three-way merge
         // that removes a key dropped from the file, then nothing to do.
         let applied = cache.path().join("applied.yaml");

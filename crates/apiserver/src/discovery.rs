@@ -44,10 +44,49 @@ pub fn core_versions(server_address: &str) -> Value {
     })
 }
 
+/// Resources that are requests, not stored objects: `kubectl auth whoami` and `auth can-i`.
+pub const REVIEWS: &[Resource] = &[
+    review(
+        "authentication.k8s.io",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+    ),
+    review(
+        "authorization.k8s.io",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+    ),
+    review(
+        "authorization.k8s.io",
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+    ),
+];
+
+const fn review(group: &'static str, kind: &'static str, plural: &'static str) -> Resource {
+    Resource {
+        group,
+        version: "v1",
+        kind,
+        plural,
+        singular: "",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        verbs: &["create"],
+        subresources: &[],
+    }
+}
+
+/// Every resource discovery lists.
+fn served() -> impl Iterator<Item = &'static Resource> {
+    RESOURCES.iter().chain(REVIEWS.iter())
+}
+
 /// The named groups and their versions, in table order.
 fn groups() -> BTreeMap<&'static str, Vec<&'static str>> {
     let mut groups: BTreeMap<&'static str, Vec<&'static str>> = BTreeMap::new();
-    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+    for r in served().filter(|r| !r.group.is_empty()) {
         let versions = groups.entry(r.group).or_default();
         if !versions.contains(&r.version) {
             versions.push(r.version);
@@ -138,8 +177,7 @@ fn subresource(r: &Resource, sub: &str) -> Value {
 
 /// `GET /api/v1` or `/apis/<group>/<version>`, if that group-version is served.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let served: Vec<&Resource> = RESOURCES
-        .iter()
+    let served: Vec<&Resource> = served()
         .filter(|r| r.group == group && r.version == version)
         .collect();
     if served.is_empty() {
@@ -194,7 +232,15 @@ mod tests {
             .iter()
             .map(|g| g["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["apps", "batch"]);
+        assert_eq!(
+            names,
+            [
+                "apps",
+                "authentication.k8s.io",
+                "authorization.k8s.io",
+                "batch"
+            ]
+        );
         assert_eq!(
             list["groups"][0]["preferredVersion"]["groupVersion"],
             "apps/v1"

@@ -229,6 +229,40 @@ fn futures_util_stream(
     tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok(hyper::body::Frame::data(b)))
 }
 
+/// `kubectl auth whoami` and `auth can-i`. Until RBAC (a later issue) every authenticated
+/// caller is an admin, so every access review is allowed. The request body is not read: kubectl
+/// 1.32 sends it as protobuf, and nothing in it changes the answer yet.
+fn review(segments: &[&str], caller: &Caller) -> Option<Value> {
+    let user = json!({"username": caller.user, "groups": caller.groups});
+    match segments {
+        ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"] => Some(json!({
+            "kind": "SelfSubjectReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "status": {"userInfo": user},
+        })),
+        ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] => Some(json!({
+            "kind": "SelfSubjectAccessReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": {},
+            "status": {"allowed": true, "reason": "every authenticated user is an admin until RBAC is implemented"},
+        })),
+        ["apis", "authorization.k8s.io", "v1", "selfsubjectrulesreviews"] => Some(json!({
+            "kind": "SelfSubjectRulesReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": {},
+            "status": {
+                "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
+                "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+                "incomplete": false,
+            },
+        })),
+        _ => None,
+    }
+}
+
 /// POST, PUT, PATCH and DELETE on objects.
 async fn write(
     method: &Method,
@@ -342,6 +376,11 @@ async fn handle(
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if method != Method::GET {
+        if method == Method::POST {
+            if let Some(review) = review(&segments, caller.as_ref().expect("checked above")) {
+                return json_response(StatusCode::CREATED, &review);
+            }
+        }
         return write(&method, &segments, &body, &content_type, config).await;
     }
     if let Some(target) = objects::parse_path(&segments) {
