@@ -127,6 +127,22 @@ async fn kubectl_reads_version_and_discovery_from_every_node() {
         let data: serde_json::Value = serde_json::from_str(&data).unwrap();
         assert_eq!(data, serde_json::json!({"k": "v2", "j": "x", "s": "y"}));
 
+        // kubectl 1.32 sends protobuf bodies for `create configmap|secret|namespace`.
+        assert_eq!(
+            run(0, &["create", "configmap", "lit", "--from-literal=a=1", "--from-literal=b=2"]).trim(),
+            "configmap/lit created"
+        );
+        let data = run(1, &["get", "cm", "lit", "-o", "jsonpath={.data}"]);
+        let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(data, serde_json::json!({"a": "1", "b": "2"}));
+        assert_eq!(run(2, &["create", "namespace", "team-a"]).trim(), "namespace/team-a created");
+        assert_eq!(
+            run(0, &["create", "secret", "generic", "pw", "-n", "team-a", "--from-literal=p=x"]).trim(),
+            "secret/pw created"
+        );
+        assert_eq!(run(1, &["get", "secret", "pw", "-n", "team-a", "-o", "jsonpath={.data.p}"]), "eA==");
+        run(2, &["delete", "cm", "lit"]);
+
         // Who the admin kubeconfig is, and what it may do (everything, until RBAC).
         let who: serde_json::Value = serde_json::from_str(&run(1, &["auth", "whoami", "-o", "json"])).unwrap();
         assert_eq!(who["status"]["userInfo"]["username"], "admin", "{who}");

@@ -11,6 +11,7 @@ mod columns;
 mod discovery;
 mod objects;
 mod openapi;
+mod protobuf;
 mod watch;
 mod writes;
 

@@ -3,7 +3,8 @@
 //! `metadata.resourceVersion` is a 409 Conflict, as in Kubernetes; a patch is applied to the
 //! object as last read and written with that object's revision, retried if it raced.
 //!
-//! Only JSON bodies so far (kubectl 1.32 sends protobuf for `kubectl create configmap`: 415).
+//! Bodies are JSON, or protobuf for the kinds kubectl 1.32 sends that way (`create configmap`,
+//! `secret`, `namespace`); other protobuf bodies get a 415.
 
 use flotilla_api::validation::{annotations, dns1123_label, dns1123_subdomain, labels, FieldError};
 use flotilla_api::{json_patch, merge_patch, store_key, strategic_merge_patch, Resource};
@@ -132,11 +133,10 @@ fn invalid(r: &Resource, name: &str, causes: Vec<FieldError>) -> WriteError {
 
 fn parse_body(body: &[u8], content_type: &str) -> Result<Value, WriteError> {
     if content_type.contains("protobuf") {
-        return Err(WriteError::new(
-            415,
-            "UnsupportedMediaType",
-            "protobuf bodies are not supported yet; send JSON".into(),
-        ));
+        return crate::protobuf::decode(body).map_err(|e| match e {
+            crate::protobuf::ProtobufError::Malformed(_) => WriteError::bad_request(e.to_string()),
+            _ => WriteError::new(415, "UnsupportedMediaType", e.to_string()),
+        });
     }
     serde_json::from_slice(body)
         .map_err(|e| WriteError::bad_request(format!("the body is not valid JSON: {e}")))
