@@ -143,6 +143,21 @@ async fn kubectl_reads_version_and_discovery_from_every_node() {
         assert_eq!(run(1, &["get", "secret", "pw", "-n", "team-a", "-o", "jsonpath={.data.p}"]), "eA==");
         run(2, &["delete", "cm", "lit"]);
 
+        // A deployment: apply, scale through the scale subresource, describe, delete.
+        let deploy = cache.path().join("deploy.yaml");
+        std::fs::write(
+            &deploy,
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: web\n        image: busybox\n",
+        )
+        .unwrap();
+        let d = deploy.to_str().unwrap();
+        assert_eq!(run(0, &["apply", "-f", d]).trim(), "deployment.apps/web created");
+        assert_eq!(run(1, &["scale", "deploy", "web", "--replicas=3"]).trim(), "deployment.apps/web scaled");
+        assert_eq!(run(2, &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "3");
+        let described = run(0, &["describe", "deploy", "web"]);
+        assert!(described.contains("Name:") && described.contains("web"), "{described}");
+        assert_eq!(run(1, &["delete", "-f", d]).trim(), "deployment.apps \"web\" deleted");
+
         // Who the admin kubeconfig is, and what it may do (everything, until RBAC).
         let who: serde_json::Value = serde_json::from_str(&run(1, &["auth", "whoami", "-o", "json"])).unwrap();
         assert_eq!(who["status"]["userInfo"]["username"], "admin", "{who}");

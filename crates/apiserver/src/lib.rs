@@ -12,6 +12,7 @@ mod discovery;
 mod objects;
 mod openapi;
 mod protobuf;
+mod subresources;
 mod watch;
 mod writes;
 
@@ -376,6 +377,29 @@ async fn handle(
         return failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let Some((target, sub)) = subresources::parse(&segments) {
+        let name = target.name.unwrap_or("");
+        return match subresources::handle(
+            &*config.engine,
+            &*config.proposer,
+            &method,
+            &target,
+            sub,
+            &body,
+            &content_type,
+        )
+        .await
+        {
+            Ok(v) => json_response(StatusCode::OK, &v),
+            Err(e) => {
+                let code =
+                    StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let mut status = status_failure(code, e.reason, &e.message);
+                status["details"] = e.details(target.resource, name);
+                json_response(code, &status)
+            }
+        };
+    }
     if method != Method::GET {
         if method == Method::POST {
             if let Some(review) = review(&segments, caller.as_ref().expect("checked above")) {

@@ -1,0 +1,271 @@
+//! Subresources: `scale` (the `autoscaling/v1` Scale view of `spec.replicas`, what `kubectl
+//! scale` reads and patches) and `status` (the whole object on read; on write only its
+//! `status` is taken, as Kubernetes does).
+
+use flotilla_api::{json_patch, merge_patch, store_key, strategic_merge_patch};
+use flotilla_store::{Command, Engine, Proposer};
+use serde_json::{json, Value};
+
+use crate::objects::{object_of, Target};
+use crate::writes::WriteError;
+
+/// Parses `…/namespaces/NS/PLURAL/NAME/SUB` and `…/PLURAL/NAME/SUB` for a declared subresource.
+pub fn parse<'a>(segments: &[&'a str]) -> Option<(Target<'a>, &'a str)> {
+    let (group, version, rest) = match segments {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
+    };
+    let (namespace, plural, name, sub) = match rest {
+        ["namespaces", ns, plural, name, sub] => (Some(*ns), *plural, *name, *sub),
+        [plural, name, sub] => (None, *plural, *name, *sub),
+        _ => return None,
+    };
+    let resource = flotilla_api::find(group, version, plural)?;
+    if resource.namespaced != namespace.is_some() || !resource.subresources.contains(&sub) {
+        return None;
+    }
+    Some((
+        Target {
+            resource,
+            namespace,
+            name: Some(name),
+        },
+        sub,
+    ))
+}
+
+fn scale_of(object: &Value) -> Value {
+    let selector = object["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": object["metadata"]["name"],
+            "namespace": object["metadata"]["namespace"],
+            "uid": object["metadata"]["uid"],
+            "resourceVersion": object["metadata"]["resourceVersion"],
+            "creationTimestamp": object["metadata"]["creationTimestamp"],
+        },
+        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {
+            "replicas": object["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": selector,
+        },
+    })
+}
+
+fn not_supported(sub: &str) -> WriteError {
+    WriteError {
+        code: 405,
+        reason: "MethodNotAllowed",
+        message: format!("this method is not supported on the {sub} subresource"),
+        causes: Vec::new(),
+    }
+}
+
+/// Serves a subresource request: the answer, or why not.
+pub async fn handle(
+    engine: &dyn Engine,
+    proposer: &dyn Proposer,
+    method: &hyper::Method,
+    target: &Target<'_>,
+    sub: &str,
+    body: &[u8],
+    content_type: &str,
+) -> Result<Value, WriteError> {
+    let r = target.resource;
+    let name = target.name.unwrap_or("");
+    let key = store_key(r, target.namespace.unwrap_or(""), name);
+    let fail = |code, reason, message: String| WriteError {
+        code,
+        reason,
+        message,
+        causes: Vec::new(),
+    };
+    if !matches!(sub, "scale" | "status") {
+        return Err(not_supported(sub));
+    }
+    for _ in 0..5 {
+        proposer
+            .read_barrier()
+            .await
+            .map_err(|e| fail(503, "ServiceUnavailable", e.to_string()))?;
+        let (_, record) = engine
+            .get(&key)
+            .map_err(|e| fail(503, "ServiceUnavailable", e.to_string()))?;
+        let record = record.ok_or_else(|| {
+            fail(
+                404,
+                "NotFound",
+                format!("{} \"{name}\" not found", r.plural),
+            )
+        })?;
+        let object = object_of(&record)
+            .ok_or_else(|| fail(500, "InternalError", "unreadable object".into()))?;
+        let view = if sub == "scale" {
+            scale_of(&object)
+        } else {
+            object.clone()
+        };
+        let input = match *method {
+            hyper::Method::GET => return Ok(view),
+            hyper::Method::PUT => serde_json::from_slice::<Value>(body).map_err(|e| {
+                fail(
+                    400,
+                    "BadRequest",
+                    format!("the body is not valid JSON: {e}"),
+                )
+            })?,
+            hyper::Method::PATCH => {
+                let patch: Value = serde_json::from_slice(body).map_err(|e| {
+                    fail(
+                        400,
+                        "BadRequest",
+                        format!("the patch is not valid JSON: {e}"),
+                    )
+                })?;
+                if content_type.starts_with("application/json-patch+json") {
+                    json_patch(&view, &patch).map_err(|e| fail(422, "Invalid", e.to_string()))?
+                } else if content_type.starts_with("application/strategic-merge-patch+json") {
+                    strategic_merge_patch(&view, &patch)
+                        .map_err(|e| fail(422, "Invalid", e.to_string()))?
+                } else {
+                    merge_patch(&view, &patch)
+                }
+            }
+            _ => return Err(not_supported(sub)),
+        };
+        let mut updated = object.clone();
+        if sub == "scale" {
+            let replicas = input["spec"]["replicas"].as_i64().filter(|n| *n >= 0).ok_or_else(|| WriteError {
+                code: 422,
+                reason: "Invalid",
+                message: format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: must be a non-negative integer"),
+                causes: vec![flotilla_api::FieldError::invalid("spec.replicas", &input["spec"]["replicas"].to_string(), "must be greater than or equal to 0")],
+            })?;
+            updated["spec"]["replicas"] = json!(replicas);
+            if replicas != object["spec"]["replicas"].as_i64().unwrap_or(1) {
+                let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
+                updated["metadata"]["generation"] = json!(generation + 1);
+            }
+        } else {
+            updated["status"] = input["status"].clone();
+        }
+        if let Some(m) = updated["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        match proposer
+            .propose(Command::update(
+                key.clone(),
+                updated.to_string(),
+                Some(record.mod_revision),
+            ))
+            .await
+        {
+            Ok(revision) => {
+                updated["metadata"]["resourceVersion"] = json!(revision.to_string());
+                return Ok(if sub == "scale" {
+                    scale_of(&updated)
+                } else {
+                    updated
+                });
+            }
+            // Another write came between: read again.
+            Err(flotilla_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(fail(503, "ServiceUnavailable", e.to_string())),
+        }
+    }
+    Err(fail(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object kept changing",
+            r.plural
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_store::MemoryStore;
+
+    #[tokio::test]
+    async fn scale_reads_and_patches_spec_replicas() {
+        let store = MemoryStore::new(100);
+        let deploy = json!({"kind": "Deployment", "apiVersion": "apps/v1",
+            "metadata": {"name": "web", "namespace": "default", "generation": 1},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}}});
+        store
+            .propose(Command::create(
+                "/apps/deployments/default/web",
+                deploy.to_string(),
+            ))
+            .await
+            .unwrap();
+        let (target, sub) = parse(&[
+            "apis",
+            "apps",
+            "v1",
+            "namespaces",
+            "default",
+            "deployments",
+            "web",
+            "scale",
+        ])
+        .unwrap();
+        assert_eq!(sub, "scale");
+        let got = handle(&store, &store, &hyper::Method::GET, &target, sub, b"", "")
+            .await
+            .unwrap();
+        assert_eq!(got["spec"]["replicas"], 2);
+        assert_eq!(got["status"]["selector"], "app=web");
+        let patched = handle(
+            &store,
+            &store,
+            &hyper::Method::PATCH,
+            &target,
+            sub,
+            br#"{"spec":{"replicas":5}}"#,
+            "application/merge-patch+json",
+        )
+        .await
+        .unwrap();
+        assert_eq!(patched["spec"]["replicas"], 5);
+        let (_, rec) = store.get("/apps/deployments/default/web").unwrap();
+        let stored: Value = serde_json::from_slice(&rec.unwrap().value).unwrap();
+        assert_eq!(stored["spec"]["replicas"], 5);
+        assert_eq!(stored["metadata"]["generation"], 2);
+        let err = handle(
+            &store,
+            &store,
+            &hyper::Method::PATCH,
+            &target,
+            sub,
+            br#"{"spec":{"replicas":-1}}"#,
+            "application/merge-patch+json",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code, 422);
+        assert!(parse(&[
+            "api",
+            "v1",
+            "namespaces",
+            "default",
+            "configmaps",
+            "x",
+            "scale"
+        ])
+        .is_none());
+    }
+}
