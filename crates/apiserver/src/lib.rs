@@ -307,13 +307,16 @@ async fn write(
     };
     match result {
         Ok((code, object)) => json_response(code, &object),
-        Err(e) => {
-            let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut status = status_failure(code, e.reason, &e.message);
-            status["details"] = e.details(target.resource, name);
-            json_response(code, &status)
-        }
+        Err(e) => write_failure(&e, target.resource, name),
     }
+}
+
+/// The `Status` of a failed write, with the object's name, kind and field causes.
+fn write_failure(e: &writes::WriteError, r: &flotilla_api::Resource, name: &str) -> Response<Body> {
+    let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut status = status_failure(code, e.reason, &e.message);
+    status["details"] = e.details(r, name);
+    json_response(code, &status)
 }
 
 /// A `Status` failure as the Kubernetes API returns it.
@@ -391,13 +394,7 @@ async fn handle(
         .await
         {
             Ok(v) => json_response(StatusCode::OK, &v),
-            Err(e) => {
-                let code =
-                    StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let mut status = status_failure(code, e.reason, &e.message);
-                status["details"] = e.details(target.resource, name);
-                json_response(code, &status)
-            }
+            Err(e) => write_failure(&e, target.resource, name),
         };
     }
     if method != Method::GET {
