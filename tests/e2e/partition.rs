@@ -41,12 +41,44 @@ async fn a_minority_cannot_commit_the_majority_goes_on_and_all_converge() {
         let key = format!("/minor/{i}");
         async move { (key.clone(), client.create(&key, "lost").await) }
     });
+    // The Kubernetes API of a minority node at the same time: a write fails with 503 and says
+    // why, rather than hanging; a read with resourceVersion=0 is served from the local replica.
+    let api = {
+        let server = format!(
+            "https://{}:6443",
+            cluster.lab.as_ref().unwrap().addr(minority[1])
+        );
+        let kubeconfig = cluster.kubeconfig.clone();
+        tokio::task::spawn_blocking(move || {
+            let kubectl = |args: &[&str]| {
+                std::process::Command::new("kubectl")
+                    .arg("--kubeconfig")
+                    .arg(&kubeconfig)
+                    .args(["--server", &server, "--request-timeout", "40s"])
+                    .args(args)
+                    .output()
+                    .expect("kubectl is installed on these machines")
+            };
+            let read = kubectl(&["get", "--raw", "/api/v1/namespaces?resourceVersion=0"]);
+            let write = kubectl(&["create", "configmap", "minority", "--from-literal=a=b"]);
+            (read, write)
+        })
+    };
     for (key, result) in futures::future::join_all(attempts).await {
         assert!(
             result.is_err(),
             "{key} was acknowledged by a minority: {result:?}"
         );
     }
+    let (read, write) = api.await.unwrap();
+    assert!(
+        read.status.success() && String::from_utf8_lossy(&read.stdout).contains("\"default\""),
+        "a resourceVersion=0 read on the minority failed: {}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&write.stderr);
+    assert!(!write.status.success(), "a minority node accepted a write");
+    assert!(stderr.contains("no leader"), "{stderr}");
     assert!(
         writer.wait_acked(30, Duration::from_secs(30)).await,
         "the majority stopped accepting writes: {} acknowledged",
