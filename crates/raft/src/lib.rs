@@ -5,8 +5,8 @@
 mod admission;
 mod db;
 mod forward;
-mod leave;
 mod log_store;
+mod members;
 mod membership;
 mod network;
 mod node;
@@ -14,6 +14,7 @@ mod seed;
 mod service;
 mod snapshot;
 mod state_machine;
+mod status;
 mod types;
 
 pub use db::{Identity, OpenError};

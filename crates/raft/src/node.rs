@@ -12,13 +12,12 @@ use async_trait::async_trait;
 use flotilla_pki::files::{load_ca, save_ca};
 use flotilla_pki::{Ca, CaHash, Credential, JoinToken, NodePki};
 use flotilla_rpc::pb;
-use flotilla_rpc::pb::cluster_client::ClusterClient;
 use flotilla_rpc::pb::store_client::StoreClient as PbStoreClient;
 use flotilla_rpc::{command_to_pb, error_from_pb, Tls};
 use flotilla_store::{Command, Engine, Proposer, Revision, StoreError};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
-use openraft::{Config, Instant as _, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -145,33 +144,9 @@ pub struct RaftNode {
     /// `host:port` (UDP) of this node's gossip endpoint.
     pub gossip_addr: String,
     /// Which members are down, for the autopilot; set once gossip runs.
-    liveness: Arc<std::sync::RwLock<LivenessSource>>,
+    pub(crate) liveness: Arc<std::sync::RwLock<LivenessSource>>,
     /// Every term in which this process saw itself leader, for the "one leader per term" check.
-    led_terms: Arc<Mutex<std::collections::BTreeSet<u64>>>,
-}
-
-/// Follows this node's metrics and records each term in which it is leader.
-async fn record_led_terms(
-    raft: Raft,
-    id: NodeId,
-    terms: Arc<Mutex<std::collections::BTreeSet<u64>>>,
-    shutdown: CancellationToken,
-) {
-    let mut metrics = raft.metrics();
-    loop {
-        let led = {
-            let m = metrics.borrow_watched();
-            (m.current_leader == Some(id) && m.state == ServerState::Leader)
-                .then_some(m.current_term)
-        };
-        if let Some(term) = led {
-            terms.lock().unwrap_or_else(|p| p.into_inner()).insert(term);
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
-        }
-    }
+    pub(crate) led_terms: Arc<Mutex<std::collections::BTreeSet<u64>>>,
 }
 
 enum Mode {
@@ -201,7 +176,7 @@ impl RaftNode {
     /// Opens the data dir and starts the node. Returns once it is a member of a cluster (for a
     /// join: once the leader has added it as a learner).
     pub async fn start(config: NodeConfig) -> Result<Arc<RaftNode>, StartError> {
-        if crate::leave::left_marker(&config.data_dir).exists() {
+        if crate::members::left_marker(&config.data_dir).exists() {
             return Err(StartError::Left {
                 dir: config.data_dir.clone(),
             });
@@ -380,7 +355,7 @@ impl RaftNode {
             left: CancellationToken::new(),
             data_dir: config.data_dir.clone(),
         });
-        node.spawn(record_led_terms(
+        node.spawn(crate::status::record_led_terms(
             node.raft.clone(),
             node.id,
             Arc::clone(&node.led_terms),
@@ -643,172 +618,6 @@ impl RaftNode {
             )
             .await
             .is_ok()
-    }
-
-    /// Every member this node's gossip knows: `None` while alive, `Some(how long)` while down.
-    pub fn gossip_view(&self) -> BTreeMap<NodeId, Option<Duration>> {
-        (self.liveness.read().unwrap_or_else(|p| p.into_inner()))()
-    }
-
-    /// The members gossip reports down, and for how long.
-    pub fn down_members(&self) -> BTreeMap<NodeId, Duration> {
-        self.gossip_view()
-            .into_iter()
-            .filter_map(|(id, down)| Some((id, down?)))
-            .collect()
-    }
-
-    /// Tells the autopilot where liveness comes from.
-    pub fn set_liveness(&self, source: LivenessSource) {
-        *self.liveness.write().unwrap_or_else(|p| p.into_inner()) = source;
-    }
-
-    /// The members as Raft's membership records them.
-    pub fn members(&self) -> Vec<(NodeId, Member)> {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        m.membership_config
-            .membership()
-            .nodes()
-            .map(|(id, n)| (*id, n.clone()))
-            .collect()
-    }
-
-    /// This node's view of the cluster.
-    pub fn status(&self) -> pb::StatusResponse {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        let membership = m.membership_config.membership();
-        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
-        let gossip = self.gossip_view();
-        let role = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower if voters.contains(&self.id) => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Shutdown => "shutdown",
-            _ => "learner",
-        };
-        pb::StatusResponse {
-            node_id: self.id,
-            name: self.name.clone(),
-            cluster_id: self.cluster_id.clone(),
-            role: role.into(),
-            term: m.current_term,
-            leader_id: m.current_leader,
-            applied: m.last_applied.as_ref().map_or(0, |l| l.index),
-            last_log: m.last_log_index.unwrap_or(0),
-            snapshot_index: m.snapshot.as_ref().map_or(0, |l| l.index),
-            purged_index: m.purged.as_ref().map_or(0, |l| l.index),
-            members: membership
-                .nodes()
-                .map(|(id, n)| {
-                    let own = *id == self.id && m.state == ServerState::Leader;
-                    let matched = match &m.replication {
-                        _ if own => m.last_log_index,
-                        Some(r) => r.get(id).map(|l| l.as_ref().map_or(0, |l| l.index)),
-                        None => None,
-                    };
-                    let last_contact_ms = match &m.heartbeat {
-                        _ if own => Some(0),
-                        Some(h) => h
-                            .get(id)
-                            .and_then(|t| t.as_ref())
-                            .map(|t| t.elapsed().as_millis() as u64),
-                        None => None,
-                    };
-                    pb::Member {
-                        id: *id,
-                        name: n.name.clone(),
-                        addr: n.addr.clone(),
-                        voter: voters.contains(id),
-                        matched,
-                        last_contact_ms,
-                        gossip_addr: n.gossip_addr.clone(),
-                        down_ms: gossip
-                            .get(id)
-                            .copied()
-                            .flatten()
-                            .map(|d| d.as_millis() as u64),
-                        gossip: match gossip.get(id) {
-                            Some(None) => "alive",
-                            Some(Some(_)) => "dead",
-                            None => "unknown",
-                        }
-                        .into(),
-                    }
-                })
-                .collect(),
-            watch_window_start: self.replica.window().start(),
-            led_terms: self
-                .led_terms
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .copied()
-                .collect(),
-        }
-    }
-
-    /// Adds a learner, here if this node leads, else through the leader.
-    pub(crate) async fn add_learner(
-        &self,
-        req: pb::AddLearnerRequest,
-    ) -> Result<(), tonic::Status> {
-        if req.name.is_empty() || req.addr.parse::<SocketAddr>().is_err() {
-            return Err(tonic::Status::invalid_argument(
-                "join needs a name and a host:port address",
-            ));
-        }
-        let deadline = Instant::now() + self.request_timeout;
-        loop {
-            match self.leader() {
-                Some((id, _)) if id == self.id => {
-                    let duplicate = {
-                        let m = self.raft.metrics();
-                        let m = m.borrow_watched();
-                        let membership = m.membership_config.membership();
-                        let found = membership
-                            .nodes()
-                            .find(|(nid, n)| {
-                                **nid != req.node_id && (n.name == req.name || n.addr == req.addr)
-                            })
-                            .map(|(_, n)| n.clone());
-                        found
-                    };
-                    if let Some(other) = duplicate {
-                        return Err(tonic::Status::already_exists(format!(
-                            "member {other} already uses this name or address"
-                        )));
-                    }
-                    let member = Member {
-                        name: req.name.clone(),
-                        addr: req.addr.clone(),
-                        gossip_addr: req.gossip_addr.clone(),
-                    };
-                    match self.raft.add_learner(req.node_id, member, false).await {
-                        Ok(_) => return Ok(()),
-                        Err(e) if e.forward_to_leader().is_some() => {}
-                        Err(e) => return Err(tonic::Status::unavailable(e.to_string())),
-                    }
-                }
-                Some((_, leader)) if !req.forwarded => {
-                    let mut client = ClusterClient::new(self.network.channel(&leader.addr));
-                    let mut fwd = req.clone();
-                    fwd.forwarded = true;
-                    match client.add_learner(fwd).await {
-                        Ok(_) => return Ok(()),
-                        Err(s) if s.code() == tonic::Code::Unavailable => {}
-                        Err(s) => return Err(s),
-                    }
-                }
-                Some(_) => return Err(tonic::Status::unavailable("not the leader")),
-                None => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(tonic::Status::unavailable("no leader to add the learner"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 }
 

@@ -1,8 +1,10 @@
-//! Leaving the cluster for good (`flotilla leave`): the node hands leadership over, asks the
+//! Changing the membership by request: adding a learner (a node that was admitted), and
+//! leaving the cluster for good (`flotilla leave`): the node hands leadership over, asks the
 //! leader to remove it from the Raft membership, and marks its data dir so that it never
 //! resumes as a member it no longer is. (SIGTERM, by contrast, only stops the node: it stays a
 //! member and resumes on restart.)
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -13,7 +15,7 @@ use openraft::ChangeMembers;
 use tonic::Status;
 
 use crate::node::RaftNode;
-use crate::types::NodeId;
+use crate::types::{Member, NodeId};
 
 /// Present in a data dir whose node has left its cluster.
 pub fn left_marker(data_dir: &Path) -> PathBuf {
@@ -48,6 +50,68 @@ impl RaftNode {
         tracing::info!("left the cluster");
         self.left.cancel();
         Ok(())
+    }
+
+    /// Adds a learner, here if this node leads, else through the leader.
+    pub(crate) async fn add_learner(
+        &self,
+        req: pb::AddLearnerRequest,
+    ) -> Result<(), tonic::Status> {
+        if req.name.is_empty() || req.addr.parse::<SocketAddr>().is_err() {
+            return Err(tonic::Status::invalid_argument(
+                "join needs a name and a host:port address",
+            ));
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            match self.leader() {
+                Some((id, _)) if id == self.id => {
+                    let duplicate = {
+                        let m = self.raft.metrics();
+                        let m = m.borrow_watched();
+                        let membership = m.membership_config.membership();
+                        let found = membership
+                            .nodes()
+                            .find(|(nid, n)| {
+                                **nid != req.node_id && (n.name == req.name || n.addr == req.addr)
+                            })
+                            .map(|(_, n)| n.clone());
+                        found
+                    };
+                    if let Some(other) = duplicate {
+                        return Err(tonic::Status::already_exists(format!(
+                            "member {other} already uses this name or address"
+                        )));
+                    }
+                    let member = Member {
+                        name: req.name.clone(),
+                        addr: req.addr.clone(),
+                        gossip_addr: req.gossip_addr.clone(),
+                    };
+                    match self.raft.add_learner(req.node_id, member, false).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) if e.forward_to_leader().is_some() => {}
+                        Err(e) => return Err(tonic::Status::unavailable(e.to_string())),
+                    }
+                }
+                Some((_, leader)) if !req.forwarded => {
+                    let mut client = ClusterClient::new(self.network.channel(&leader.addr));
+                    let mut fwd = req.clone();
+                    fwd.forwarded = true;
+                    match client.add_learner(fwd).await {
+                        Ok(_) => return Ok(()),
+                        Err(s) if s.code() == tonic::Code::Unavailable => {}
+                        Err(s) => return Err(s),
+                    }
+                }
+                Some(_) => return Err(tonic::Status::unavailable("not the leader")),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(tonic::Status::unavailable("no leader to add the learner"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Removes a member from the Raft membership, here if this node leads, else through the
