@@ -2,12 +2,12 @@
 //! scale` reads and patches) and `status` (the whole object on read; on write only its
 //! `status` is taken, as Kubernetes does).
 
-use flotilla_api::{json_patch, merge_patch, store_key, strategic_merge_patch};
+use flotilla_api::store_key;
 use flotilla_store::{Command, Engine, Proposer};
 use serde_json::{json, Value};
 
-use crate::objects::{object_of, Target};
-use crate::writes::WriteError;
+use crate::objects::Target;
+use crate::writes::{apply_patch, current, store_failure, WriteError};
 
 /// Parses `…/namespaces/NS/PLURAL/NAME/SUB` and `…/PLURAL/NAME/SUB` for a declared subresource.
 pub fn parse<'a>(segments: &[&'a str]) -> Option<(Target<'a>, &'a str)> {
@@ -64,12 +64,11 @@ fn scale_of(object: &Value) -> Value {
 }
 
 fn not_supported(sub: &str) -> WriteError {
-    WriteError {
-        code: 405,
-        reason: "MethodNotAllowed",
-        message: format!("this method is not supported on the {sub} subresource"),
-        causes: Vec::new(),
-    }
+    WriteError::new(
+        405,
+        "MethodNotAllowed",
+        format!("this method is not supported on the {sub} subresource"),
+    )
 }
 
 /// Serves a subresource request: the answer, or why not.
@@ -85,32 +84,11 @@ pub async fn handle(
     let r = target.resource;
     let name = target.name.unwrap_or("");
     let key = store_key(r, target.namespace.unwrap_or(""), name);
-    let fail = |code, reason, message: String| WriteError {
-        code,
-        reason,
-        message,
-        causes: Vec::new(),
-    };
     if !matches!(sub, "scale" | "status") {
         return Err(not_supported(sub));
     }
     for _ in 0..5 {
-        proposer
-            .read_barrier()
-            .await
-            .map_err(|e| fail(503, "ServiceUnavailable", e.to_string()))?;
-        let (_, record) = engine
-            .get(&key)
-            .map_err(|e| fail(503, "ServiceUnavailable", e.to_string()))?;
-        let record = record.ok_or_else(|| {
-            fail(
-                404,
-                "NotFound",
-                format!("{} \"{name}\" not found", r.plural),
-            )
-        })?;
-        let object = object_of(&record)
-            .ok_or_else(|| fail(500, "InternalError", "unreadable object".into()))?;
+        let (object, revision) = current(engine, proposer, r, &key, name).await?;
         let view = if sub == "scale" {
             scale_of(&object)
         } else {
@@ -119,7 +97,7 @@ pub async fn handle(
         let input = match *method {
             hyper::Method::GET => return Ok(view),
             hyper::Method::PUT => serde_json::from_slice::<Value>(body).map_err(|e| {
-                fail(
+                WriteError::new(
                     400,
                     "BadRequest",
                     format!("the body is not valid JSON: {e}"),
@@ -127,20 +105,13 @@ pub async fn handle(
             })?,
             hyper::Method::PATCH => {
                 let patch: Value = serde_json::from_slice(body).map_err(|e| {
-                    fail(
+                    WriteError::new(
                         400,
                         "BadRequest",
                         format!("the patch is not valid JSON: {e}"),
                     )
                 })?;
-                if content_type.starts_with("application/json-patch+json") {
-                    json_patch(&view, &patch).map_err(|e| fail(422, "Invalid", e.to_string()))?
-                } else if content_type.starts_with("application/strategic-merge-patch+json") {
-                    strategic_merge_patch(&view, &patch)
-                        .map_err(|e| fail(422, "Invalid", e.to_string()))?
-                } else {
-                    merge_patch(&view, &patch)
-                }
+                apply_patch(&view, &patch, content_type)?
             }
             _ => return Err(not_supported(sub)),
         };
@@ -167,7 +138,7 @@ pub async fn handle(
             .propose(Command::update(
                 key.clone(),
                 updated.to_string(),
-                Some(record.mod_revision),
+                Some(revision),
             ))
             .await
         {
@@ -181,10 +152,10 @@ pub async fn handle(
             }
             // Another write came between: read again.
             Err(flotilla_store::StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(fail(503, "ServiceUnavailable", e.to_string())),
+            Err(e) => return Err(store_failure(r, name, e)),
         }
     }
-    Err(fail(
+    Err(WriteError::new(
         409,
         "Conflict",
         format!(

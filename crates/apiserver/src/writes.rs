@@ -23,7 +23,7 @@ pub struct WriteError {
 }
 
 impl WriteError {
-    fn new(code: u16, reason: &'static str, message: String) -> WriteError {
+    pub(crate) fn new(code: u16, reason: &'static str, message: String) -> WriteError {
         WriteError {
             code,
             reason,
@@ -48,7 +48,7 @@ impl WriteError {
     }
 }
 
-fn store_failure(r: &Resource, name: &str, e: StoreError) -> WriteError {
+pub(crate) fn store_failure(r: &Resource, name: &str, e: StoreError) -> WriteError {
     match e {
         StoreError::AlreadyExists { .. } => WriteError::new(
             409,
@@ -309,7 +309,7 @@ async fn replace(
 }
 
 /// The stored object and its revision (after a read barrier), or 404.
-async fn current(
+pub(crate) async fn current(
     engine: &dyn Engine,
     proposer: &dyn Proposer,
     r: &Resource,
@@ -360,6 +360,31 @@ pub async fn update(
     replace(proposer, r, &key, name, &stored, object, expected).await
 }
 
+/// Applies `patch` to `target` by the patch's content type: JSON patch, strategic merge patch,
+/// or merge patch (apply patches are treated as merge patches for now).
+pub(crate) fn apply_patch(
+    target: &Value,
+    patch: &Value,
+    content_type: &str,
+) -> Result<Value, WriteError> {
+    let invalid = |e: flotilla_api::PatchError| WriteError::new(422, "Invalid", e.to_string());
+    if content_type.starts_with("application/json-patch+json") {
+        json_patch(target, patch).map_err(invalid)
+    } else if content_type.starts_with("application/strategic-merge-patch+json") {
+        strategic_merge_patch(target, patch).map_err(invalid)
+    } else if content_type.starts_with("application/merge-patch+json")
+        || content_type.starts_with("application/apply-patch")
+    {
+        Ok(merge_patch(target, patch))
+    } else {
+        Err(WriteError::new(
+            415,
+            "UnsupportedMediaType",
+            format!("the body of the request was in an unknown format ({content_type})"),
+        ))
+    }
+}
+
 /// PATCH with the body's content type: JSON patch, merge patch, strategic merge patch (and
 /// apply patches, treated as merge patches for now).
 pub async fn patch(
@@ -377,23 +402,7 @@ pub async fn patch(
     // A concurrent write between the read and the write: read again and re-apply.
     for _ in 0..5 {
         let (stored, revision) = current(engine, proposer, r, &key, name).await?;
-        let patched = if content_type.starts_with("application/json-patch+json") {
-            json_patch(&stored, &patch)
-                .map_err(|e| WriteError::new(422, "Invalid", e.to_string()))?
-        } else if content_type.starts_with("application/strategic-merge-patch+json") {
-            strategic_merge_patch(&stored, &patch)
-                .map_err(|e| WriteError::new(422, "Invalid", e.to_string()))?
-        } else if content_type.starts_with("application/merge-patch+json")
-            || content_type.starts_with("application/apply-patch")
-        {
-            merge_patch(&stored, &patch)
-        } else {
-            return Err(WriteError::new(
-                415,
-                "UnsupportedMediaType",
-                format!("the body of the request was in an unknown format ({content_type})"),
-            ));
-        };
+        let patched = apply_patch(&stored, &patch, content_type)?;
         // A patch may carry a resourceVersion precondition; otherwise the read one holds.
         let expected = patched["metadata"]["resourceVersion"]
             .as_str()
