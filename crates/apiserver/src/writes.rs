@@ -6,6 +6,7 @@
 //! Bodies are JSON, or protobuf for the kinds kubectl 1.32 sends that way (`create configmap`,
 //! `secret`, `namespace`); other protobuf bodies get a 415.
 
+use flotilla_api::meta::{new_uid, now_rfc3339};
 use flotilla_api::validation::{annotations, dns1123_label, dns1123_subdomain, labels, FieldError};
 use flotilla_api::{json_patch, merge_patch, store_key, strategic_merge_patch, Resource};
 use flotilla_store::{Command, Engine, Proposer, StoreError};
@@ -157,42 +158,6 @@ fn check_namespace(engine: &dyn Engine, target: &Target<'_>) -> Result<(), Write
         }
     }
     Ok(())
-}
-
-fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-fn new_uid() -> String {
-    let b: [u8; 16] = rand::random();
-    let x: String = b.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &x[0..8],
-        &x[8..12],
-        &x[12..16],
-        &x[16..20],
-        &x[20..32]
-    )
 }
 
 fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
@@ -621,12 +586,5 @@ mod tests {
         assert_eq!(gone["data"]["j"], "3");
         let err = delete(&store, &store, &list, "one").await.unwrap_err();
         assert_eq!(err.code, 404);
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        let now = now_rfc3339();
-        assert_eq!(now.len(), 20, "{now}");
-        assert!(now.starts_with("20") && now.ends_with('Z'));
     }
 }

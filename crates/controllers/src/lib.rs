@@ -6,30 +6,15 @@ pub mod nodes;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use flotilla_raft::RaftNode;
 use flotilla_store::{Engine, Proposer, StoreError};
 use tokio_util::sync::CancellationToken;
 
+use flotilla_api::meta::{new_uid, now_rfc3339};
+
 use crate::nodes::{NodeInfo, NODES_PREFIX, POD_CIDRS_PREFIX};
-
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-}
-
-fn new_uid() -> String {
-    let b: [u8; 16] = rand::random();
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
 
 /// Creates the system namespaces that do not exist yet (each node calls it at start; a create
 /// that another node already made is fine).
