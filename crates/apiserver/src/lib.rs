@@ -171,13 +171,9 @@ async fn watch_response(
     query: &objects::ReadQuery,
 ) -> Response<Body> {
     let bad = |m: String| failure(StatusCode::BAD_REQUEST, "BadRequest", &m);
-    let labels = match flotilla_api::LabelSelector::parse(&query.label_selector) {
-        Ok(l) => l,
-        Err(e) => return bad(e.to_string()),
-    };
-    let fields = match flotilla_api::FieldSelector::parse(&query.field_selector) {
-        Ok(f) => f,
-        Err(e) => return bad(e.to_string()),
+    let (labels, fields) = match query.selectors() {
+        Ok(s) => s,
+        Err(e) => return bad(e.message),
     };
     let after = match query.resource_version.as_deref() {
         None | Some("") | Some("0") => None,

@@ -122,6 +122,17 @@ impl ReadQuery {
     }
 }
 
+impl ReadQuery {
+    /// The label and field selectors, parsed; a bad one is a 400.
+    pub fn selectors(&self) -> Result<(LabelSelector, FieldSelector), ReadError> {
+        let labels = LabelSelector::parse(&self.label_selector)
+            .map_err(|e| ReadError::bad_request(e.to_string()))?;
+        let fields = FieldSelector::parse(&self.field_selector)
+            .map_err(|e| ReadError::bad_request(e.to_string()))?;
+        Ok((labels, fields))
+    }
+}
+
 /// Decodes `%XX` escapes and `+` in a query value.
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -188,10 +199,7 @@ pub async fn read(
     target: &Target<'_>,
     query: &ReadQuery,
 ) -> Result<Value, ReadError> {
-    let labels = LabelSelector::parse(&query.label_selector)
-        .map_err(|e| ReadError::bad_request(e.to_string()))?;
-    let fields = FieldSelector::parse(&query.field_selector)
-        .map_err(|e| ReadError::bad_request(e.to_string()))?;
+    let (labels, fields) = query.selectors()?;
     if !query.any_version {
         proposer.read_barrier().await?;
     }
