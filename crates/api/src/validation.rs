@@ -24,12 +24,62 @@ impl FieldError {
         }
     }
 
+    /// An invalid number, written without quotes as Kubernetes does.
+    pub fn invalid_number(field: impl Into<String>, value: i64, detail: &str) -> FieldError {
+        FieldError {
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {value}: {detail}"),
+            field: field.into(),
+        }
+    }
+
     pub fn required(field: impl Into<String>) -> FieldError {
         FieldError {
             reason: "FieldValueRequired",
             message: "Required value".into(),
             field: field.into(),
         }
+    }
+
+    pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> FieldError {
+        let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        FieldError {
+            reason: "FieldValueNotSupported",
+            message: format!(
+                "Unsupported value: {value:?}: supported values: {}",
+                list.join(", ")
+            ),
+            field: field.into(),
+        }
+    }
+
+    pub fn duplicate(field: impl Into<String>, value: &str) -> FieldError {
+        FieldError {
+            reason: "FieldValueDuplicate",
+            message: format!("Duplicate value: {value:?}"),
+            field: field.into(),
+        }
+    }
+
+    pub fn not_found(field: impl Into<String>, value: &str) -> FieldError {
+        FieldError {
+            reason: "FieldValueNotFound",
+            message: format!("Not found: {value:?}"),
+            field: field.into(),
+        }
+    }
+
+    pub fn forbidden(field: impl Into<String>, detail: &str) -> FieldError {
+        FieldError {
+            reason: "FieldValueForbidden",
+            message: format!("Forbidden: {detail}"),
+            field: field.into(),
+        }
+    }
+
+    /// An immutable field that an update changed.
+    pub fn immutable(field: impl Into<String>, value: &str) -> FieldError {
+        FieldError::invalid(field, value, "field is immutable")
     }
 
     pub fn too_long(field: impl Into<String>, max: usize) -> FieldError {

@@ -20,12 +20,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use flotilla_api::kinds::FieldValidation;
 use flotilla_pki::ca::{certs_der, subject_of};
 use flotilla_pki::Credential;
 use flotilla_store::{Engine, Proposer, WatchWindow};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use objects::query_param;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{json, Value};
@@ -265,6 +267,7 @@ fn review(segments: &[&str], caller: &Caller) -> Option<Value> {
 async fn write(
     method: &Method,
     segments: &[&str],
+    query: Option<&str>,
     body: &[u8],
     content_type: &str,
     config: &ApiConfig,
@@ -278,21 +281,47 @@ async fn write(
     };
     let (engine, proposer) = (&*config.engine, &*config.proposer);
     let name = target.name.unwrap_or("");
+    let validation = match query_param(query, "fieldValidation") {
+        None => FieldValidation::default(),
+        Some(v) => match FieldValidation::parse(&v) {
+            Some(f) => f,
+            None => {
+                return failure(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!("fieldValidation must be one of Ignore, Warn or Strict, not {v:?}"),
+                )
+            }
+        },
+    };
+    let request = writes::WriteRequest {
+        body,
+        content_type,
+        validation,
+    };
     let result = match (method, target.name) {
-        (&Method::POST, None) => writes::create(engine, proposer, &target, body, content_type)
+        (&Method::POST, None) => writes::create(engine, proposer, &target, &request)
             .await
-            .map(|o| (StatusCode::CREATED, o)),
-        (&Method::PUT, Some(n)) => writes::update(engine, proposer, &target, n, body, content_type)
+            .map(|w| (StatusCode::CREATED, w)),
+        (&Method::PUT, Some(n)) => writes::update(engine, proposer, &target, n, &request)
             .await
-            .map(|o| (StatusCode::OK, o)),
-        (&Method::PATCH, Some(n)) => {
-            writes::patch(engine, proposer, &target, n, body, content_type)
+            .map(|w| (StatusCode::OK, w)),
+        (&Method::PATCH, Some(n)) => writes::patch(engine, proposer, &target, n, &request)
+            .await
+            .map(|w| (StatusCode::OK, w)),
+        (&Method::DELETE, Some(n)) => {
+            writes::delete(engine, proposer, &target, n)
                 .await
-                .map(|o| (StatusCode::OK, o))
+                .map(|object| {
+                    (
+                        StatusCode::OK,
+                        writes::Written {
+                            object,
+                            warnings: Vec::new(),
+                        },
+                    )
+                })
         }
-        (&Method::DELETE, Some(n)) => writes::delete(engine, proposer, &target, n)
-            .await
-            .map(|o| (StatusCode::OK, o)),
         _ => {
             return failure(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -302,7 +331,16 @@ async fn write(
         }
     };
     match result {
-        Ok((code, object)) => json_response(code, &object),
+        Ok((code, written)) => {
+            let mut response = json_response(code, &written.object);
+            for w in &written.warnings {
+                // RFC 7234 warn-code 299, as the Kubernetes API server sends them.
+                if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("299 - {w:?}")) {
+                    response.headers_mut().append("Warning", v);
+                }
+            }
+            response
+        }
         Err(e) => write_failure(&e, target.resource, name),
     }
 }
@@ -399,7 +437,15 @@ async fn handle(
                 return json_response(StatusCode::CREATED, &review);
             }
         }
-        return write(&method, &segments, &body, &content_type, config).await;
+        return write(
+            &method,
+            &segments,
+            query.as_deref(),
+            &body,
+            &content_type,
+            config,
+        )
+        .await;
     }
     if let Some(target) = objects::parse_path(&segments) {
         let query = objects::ReadQuery::parse(query.as_deref(), &accept);

@@ -133,6 +133,15 @@ impl ReadQuery {
     }
 }
 
+/// The value of `name` in a query string, decoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| percent_decode(v))
+}
+
 /// Decodes `%XX` escapes and `+` in a query value.
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();

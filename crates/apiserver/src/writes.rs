@@ -6,8 +6,9 @@
 //! Bodies are JSON, or protobuf for the kinds kubectl 1.32 sends that way (`create configmap`,
 //! `secret`, `namespace`); other protobuf bodies get a 415.
 
+use flotilla_api::kinds::{admit, FieldValidation, Rejection};
 use flotilla_api::meta::{new_uid, now_rfc3339};
-use flotilla_api::validation::{annotations, dns1123_label, dns1123_subdomain, labels, FieldError};
+use flotilla_api::validation::FieldError;
 use flotilla_api::{json_patch, merge_patch, store_key, strategic_merge_patch, Resource};
 use flotilla_store::{Command, Engine, Proposer, StoreError};
 use serde_json::{json, Map, Value};
@@ -75,50 +76,6 @@ pub(crate) fn store_failure(r: &Resource, name: &str, e: StoreError) -> WriteErr
     }
 }
 
-/// Checks what every object must satisfy; returns the field errors (none: valid).
-fn validate(r: &Resource, object: &Value) -> Vec<FieldError> {
-    let mut errors = Vec::new();
-    let meta = &object["metadata"];
-    let name = meta["name"].as_str().unwrap_or("");
-    // Namespaces and services are DNS labels (they become DNS names); the rest subdomains.
-    errors.extend(match r.plural {
-        "namespaces" | "services" => dns1123_label("metadata.name", name),
-        _ => dns1123_subdomain("metadata.name", name),
-    });
-    let map = |v: &Value| -> std::collections::BTreeMap<String, String> {
-        v.as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    errors.extend(labels("metadata.labels", &map(&meta["labels"])));
-    errors.extend(annotations(
-        "metadata.annotations",
-        &map(&meta["annotations"]),
-    ));
-    if object["kind"].as_str().is_some_and(|k| k != r.kind) {
-        errors.push(FieldError::invalid(
-            "kind",
-            object["kind"].as_str().unwrap_or(""),
-            &format!("must be {}", r.kind),
-        ));
-    }
-    if object["apiVersion"]
-        .as_str()
-        .is_some_and(|v| v != r.api_version())
-    {
-        errors.push(FieldError::invalid(
-            "apiVersion",
-            object["apiVersion"].as_str().unwrap_or(""),
-            &format!("must be {}", r.api_version()),
-        ));
-    }
-    errors
-}
-
 fn invalid(r: &Resource, name: &str, causes: Vec<FieldError>) -> WriteError {
     let list: Vec<String> = causes
         .iter()
@@ -130,6 +87,39 @@ fn invalid(r: &Resource, name: &str, causes: Vec<FieldError>) -> WriteError {
         message: format!("{} \"{name}\" is invalid: {}", r.kind, list.join(", ")),
         causes,
     }
+}
+
+/// A write as asked for: the body, its content type, and what to do with unknown fields.
+pub struct WriteRequest<'a> {
+    pub body: &'a [u8],
+    pub content_type: &'a str,
+    pub validation: FieldValidation,
+}
+
+/// A written object and the warnings for the client (`Warning` headers).
+#[derive(Debug)]
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+}
+
+/// Admission (decoding, defaults, validation) as a write's failure.
+fn admitted(
+    r: &Resource,
+    name: &str,
+    object: Value,
+    old: Option<&Value>,
+    validation: FieldValidation,
+) -> Result<flotilla_api::kinds::Admitted, WriteError> {
+    admit(r, object, old, validation).map_err(|e| match e {
+        Rejection::Decode(message) => WriteError::bad_request(message),
+        Rejection::Invalid(causes) => invalid(r, name, causes),
+    })
+}
+
+/// Kinds with a `status` subresource: their status is written only through it.
+fn has_status(r: &Resource) -> bool {
+    r.subresources.contains(&"status")
 }
 
 fn parse_body(body: &[u8], content_type: &str) -> Result<Value, WriteError> {
@@ -174,11 +164,10 @@ pub async fn create(
     engine: &dyn Engine,
     proposer: &dyn Proposer,
     target: &Target<'_>,
-    body: &[u8],
-    content_type: &str,
-) -> Result<Value, WriteError> {
+    request: &WriteRequest<'_>,
+) -> Result<Written, WriteError> {
     let r = target.resource;
-    let mut object = parse_body(body, content_type)?;
+    let mut object = parse_body(request.body, request.content_type)?;
     if !object.is_object() {
         return Err(WriteError::bad_request(
             "the body must be a JSON object".into(),
@@ -196,17 +185,11 @@ pub async fn create(
             )));
         }
     }
-    let causes = validate(r, &object);
-    if !causes.is_empty() {
-        return Err(invalid(r, &name, causes));
+    if has_status(r) {
+        if let Some(o) = object.as_object_mut() {
+            o.remove("status");
+        }
     }
-    proposer
-        .read_barrier()
-        .await
-        .map_err(|e| store_failure(r, &name, e))?;
-    check_namespace(engine, target)?;
-    object["kind"] = json!(r.kind);
-    object["apiVersion"] = json!(r.api_version());
     let meta = meta_mut(&mut object);
     meta.remove("resourceVersion");
     meta.insert("uid".into(), json!(new_uid()));
@@ -215,29 +198,54 @@ pub async fn create(
     if let Some(ns) = target.namespace {
         meta.insert("namespace".into(), json!(ns));
     }
+    let Written {
+        mut object,
+        warnings,
+    } = admitted(r, &name, object, None, request.validation).map(|a| Written {
+        object: a.object,
+        warnings: a.warnings,
+    })?;
+    proposer
+        .read_barrier()
+        .await
+        .map_err(|e| store_failure(r, &name, e))?;
+    check_namespace(engine, target)?;
     let key = store_key(r, target.namespace.unwrap_or(""), &name);
     let revision = proposer
         .propose(Command::create(key, object.to_string()))
         .await
         .map_err(|e| store_failure(r, &name, e))?;
     meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
-    Ok(object)
+    Ok(Written { object, warnings })
+}
+
+/// An object as read for an update.
+struct Stored<'a> {
+    key: &'a str,
+    name: &'a str,
+    object: &'a Value,
 }
 
 /// Writes `object` over the stored one whose revision was `current_revision`, keeping what the
-/// server owns (uid, creation time) and bumping the generation when the spec changed.
+/// server owns (uid, creation time, the status of kinds with a status subresource) and bumping
+/// the generation when the spec changed.
 async fn replace(
     proposer: &dyn Proposer,
     r: &Resource,
-    key: &str,
-    name: &str,
-    current: &Value,
+    stored: Stored<'_>,
     mut object: Value,
     expected: u64,
-) -> Result<Value, WriteError> {
-    let causes = validate(r, &object);
-    if !causes.is_empty() {
-        return Err(invalid(r, name, causes));
+    validation: FieldValidation,
+) -> Result<Written, WriteError> {
+    let Stored {
+        key,
+        name,
+        object: current,
+    } = stored;
+    if !object.is_object() {
+        return Err(WriteError::bad_request(
+            "the body must be a JSON object".into(),
+        ));
     }
     if object["metadata"]["name"].as_str() != Some(name) {
         return Err(WriteError::bad_request(format!(
@@ -245,32 +253,39 @@ async fn replace(
             object["metadata"]["name"].as_str().unwrap_or("")
         )));
     }
-    object["kind"] = json!(r.kind);
-    object["apiVersion"] = json!(r.api_version());
-    let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
-    let spec_changed = object.get("spec") != current.get("spec");
+    if has_status(r) {
+        match current.get("status") {
+            Some(status) => object["status"] = status.clone(),
+            None => {
+                object.as_object_mut().map(|o| o.remove("status"));
+            }
+        }
+    }
     let meta = meta_mut(&mut object);
     meta.remove("resourceVersion");
-    for owned in ["uid", "creationTimestamp", "namespace"] {
+    for owned in ["uid", "creationTimestamp", "namespace", "generation"] {
         match current["metadata"].get(owned) {
             Some(v) => meta.insert(owned.into(), v.clone()),
             None => meta.remove(owned),
         };
     }
-    meta.insert(
-        "generation".into(),
-        json!(if spec_changed {
-            generation + 1
-        } else {
-            generation
-        }),
-    );
+    let Written {
+        mut object,
+        warnings,
+    } = admitted(r, name, object, Some(current), validation).map(|a| Written {
+        object: a.object,
+        warnings: a.warnings,
+    })?;
+    if object.get("spec") != current.get("spec") {
+        let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+        meta_mut(&mut object).insert("generation".into(), json!(generation + 1));
+    }
     let revision = proposer
         .propose(Command::update(key, object.to_string(), Some(expected)))
         .await
         .map_err(|e| store_failure(r, name, e))?;
     meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
-    Ok(object)
+    Ok(Written { object, warnings })
 }
 
 /// The stored object and its revision (after a read barrier), or 404.
@@ -309,11 +324,10 @@ pub async fn update(
     proposer: &dyn Proposer,
     target: &Target<'_>,
     name: &str,
-    body: &[u8],
-    content_type: &str,
-) -> Result<Value, WriteError> {
+    request: &WriteRequest<'_>,
+) -> Result<Written, WriteError> {
     let r = target.resource;
-    let object = parse_body(body, content_type)?;
+    let object = parse_body(request.body, request.content_type)?;
     let key = store_key(r, target.namespace.unwrap_or(""), name);
     let (stored, revision) = current(engine, proposer, r, &key, name).await?;
     let expected = match object["metadata"]["resourceVersion"].as_str() {
@@ -322,7 +336,12 @@ pub async fn update(
             .map_err(|_| WriteError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
         None => revision,
     };
-    replace(proposer, r, &key, name, &stored, object, expected).await
+    let stored = Stored {
+        key: &key,
+        name,
+        object: &stored,
+    };
+    replace(proposer, r, stored, object, expected, request.validation).await
 }
 
 /// Applies `patch` to `target` by the patch's content type: JSON patch, strategic merge patch,
@@ -357,23 +376,28 @@ pub async fn patch(
     proposer: &dyn Proposer,
     target: &Target<'_>,
     name: &str,
-    body: &[u8],
-    content_type: &str,
-) -> Result<Value, WriteError> {
+    request: &WriteRequest<'_>,
+) -> Result<Written, WriteError> {
     let r = target.resource;
-    let patch: Value = serde_json::from_slice(body)
+    let patch: Value = serde_json::from_slice(request.body)
         .map_err(|e| WriteError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     let key = store_key(r, target.namespace.unwrap_or(""), name);
     // A concurrent write between the read and the write: read again and re-apply.
     for _ in 0..5 {
         let (stored, revision) = current(engine, proposer, r, &key, name).await?;
-        let patched = apply_patch(&stored, &patch, content_type)?;
+        let patched = apply_patch(&stored, &patch, request.content_type)?;
         // A patch may carry a resourceVersion precondition; otherwise the read one holds.
         let expected = patched["metadata"]["resourceVersion"]
             .as_str()
             .and_then(|rv| rv.parse().ok())
             .unwrap_or(revision);
-        match replace(proposer, r, &key, name, &stored, patched, expected).await {
+        let at = Stored {
+            key: &key,
+            name,
+            object: &stored,
+        };
+        let written = replace(proposer, r, at, patched, expected, request.validation).await;
+        match written {
             Err(e)
                 if e.reason == "Conflict"
                     && expected == revision
@@ -417,6 +441,56 @@ mod tests {
     use super::*;
     use crate::objects::parse_path;
     use flotilla_store::MemoryStore;
+
+    fn request<'a>(body: &'a [u8], content_type: &'a str) -> WriteRequest<'a> {
+        WriteRequest {
+            body,
+            content_type,
+            validation: FieldValidation::Strict,
+        }
+    }
+
+    // The write functions with a JSON or protobuf body and strict validation.
+    async fn create(
+        store: &MemoryStore,
+        _: &MemoryStore,
+        target: &Target<'_>,
+        body: &[u8],
+        content_type: &str,
+    ) -> Result<Value, WriteError> {
+        let request = request(body, content_type);
+        super::create(store, store, target, &request)
+            .await
+            .map(|w| w.object)
+    }
+
+    async fn update(
+        store: &MemoryStore,
+        _: &MemoryStore,
+        target: &Target<'_>,
+        name: &str,
+        body: &[u8],
+        content_type: &str,
+    ) -> Result<Value, WriteError> {
+        let request = request(body, content_type);
+        super::update(store, store, target, name, &request)
+            .await
+            .map(|w| w.object)
+    }
+
+    async fn patch(
+        store: &MemoryStore,
+        _: &MemoryStore,
+        target: &Target<'_>,
+        name: &str,
+        body: &[u8],
+        content_type: &str,
+    ) -> Result<Value, WriteError> {
+        let request = request(body, content_type);
+        super::patch(store, store, target, name, &request)
+            .await
+            .map(|w| w.object)
+    }
 
     async fn store_with_default_namespace() -> MemoryStore {
         let store = MemoryStore::new(100);
