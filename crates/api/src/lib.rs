@@ -11,6 +11,6 @@ pub mod selector;
 pub mod validation;
 
 pub use patch::{json_patch, merge_patch, strategic_merge_patch, PatchError};
-pub use resources::{find, store_key, store_prefix, Resource, RESOURCES};
+pub use resources::{find, find_kind, store_key, store_prefix, Resource, RESOURCES};
 pub use selector::{FieldSelector, LabelSelector, Requirement, SelectorError};
 pub use validation::FieldError;

@@ -2,9 +2,11 @@
 
 use std::time::SystemTime;
 
-/// A random RFC 4122-shaped uid, as Kubernetes gives every object.
+/// A random (version 4) RFC 4122 uid, as Kubernetes gives every object.
 pub fn new_uid() -> String {
-    let b: [u8; 16] = rand::random();
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",
@@ -18,7 +20,17 @@ pub fn new_uid() -> String {
 
 /// Now as an RFC 3339 UTC timestamp with whole seconds (`2026-12-01T03:10:48Z`).
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    rfc3339(SystemTime::now())
+}
+
+/// `at` as an RFC 3339 UTC timestamp with whole seconds.
+pub fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// Parses a `metadata` timestamp; `None` if it is not RFC 3339.
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(text).ok()
 }
 
 #[cfg(test)]
@@ -28,6 +40,10 @@ mod tests {
     #[test]
     fn uids_and_timestamps_have_the_kubernetes_shape() {
         let uid = new_uid();
+        assert_eq!(&uid[14..15], "4", "version 4: {uid}");
+        assert!("89ab".contains(&uid[19..20]), "RFC 4122 variant: {uid}");
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
         assert_eq!(uid.len(), 36);
         assert_eq!(uid.matches('-').count(), 4);
         assert_ne!(new_uid(), uid);

@@ -211,6 +211,13 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resourc
         .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
+/// The resource of objects with `apiVersion` and `kind` (as in an owner reference).
+pub fn find_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
+    RESOURCES
+        .iter()
+        .find(|r| r.kind == kind && r.api_version() == api_version)
+}
+
 /// Where one object lives in the store. `namespace` is ignored for cluster-scoped resources.
 pub fn store_key(resource: &Resource, namespace: &str, name: &str) -> String {
     if resource.namespaced {
@@ -253,6 +260,8 @@ mod tests {
         assert_eq!(store_key(deploy, "ns", "d"), "/apps/deployments/ns/d");
         assert_eq!(deploy.api_version(), "apps/v1");
         assert_eq!(pods.api_version(), "v1");
+        assert_eq!(find_kind("apps/v1", "Deployment"), Some(deploy));
+        assert_eq!(find_kind("v1", "Deployment"), None);
     }
 
     #[test]

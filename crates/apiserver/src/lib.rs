@@ -8,6 +8,7 @@
 //! (issue 4).
 
 mod columns;
+mod deletion;
 mod discovery;
 mod objects;
 mod openapi;
@@ -310,7 +311,11 @@ async fn write(
             .await
             .map(|w| (StatusCode::OK, w)),
         (&Method::DELETE, Some(n)) => {
-            writes::delete(engine, proposer, &target, n)
+            let options = match deletion::DeleteOptions::parse(query, body, content_type) {
+                Ok(o) => o,
+                Err(e) => return write_failure(&e, target.resource, name),
+            };
+            deletion::delete(engine, proposer, &target, n, &options)
                 .await
                 .map(|object| {
                     (
@@ -461,6 +466,15 @@ async fn handle(
             ),
         };
     }
+    if let ["openapi", "v3", gv @ ..] = segments.as_slice() {
+        if let Some(doc) = openapi::document_bytes(&gv.join("/")) {
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header("Content-Type", "application/json")
+                .body(Full::new(doc).boxed())
+                .expect("a valid response");
+        }
+    }
     let advertise = config.advertise.to_string();
     let body = match segments.as_slice() {
         ["version"] => Some(discovery::version()),
@@ -470,7 +484,6 @@ async fn handle(
         ["apis", group] => discovery::group(group),
         ["apis", group, version] => discovery::resource_list(group, version),
         ["openapi", "v3"] => Some(openapi::index()),
-        ["openapi", "v3", gv @ ..] => openapi::document(&gv.join("/")),
         _ => None,
     };
     match body {

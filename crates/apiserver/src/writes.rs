@@ -139,11 +139,22 @@ fn check_namespace(engine: &dyn Engine, target: &Target<'_>) -> Result<(), Write
         let (_, found) = engine
             .get(&format!("/core/namespaces/{ns}"))
             .map_err(|e| store_failure(target.resource, ns, e))?;
-        if found.is_none() {
+        let Some(record) = found else {
             return Err(WriteError::new(
                 404,
                 "NotFound",
                 format!("namespaces \"{ns}\" not found"),
+            ));
+        };
+        let terminating =
+            object_of(&record).is_some_and(|n| !n["metadata"]["deletionTimestamp"].is_null());
+        if terminating {
+            return Err(WriteError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "unable to create new content in namespace {ns} because it is being terminated"
+                ),
             ));
         }
     }
@@ -263,7 +274,14 @@ async fn replace(
     }
     let meta = meta_mut(&mut object);
     meta.remove("resourceVersion");
-    for owned in ["uid", "creationTimestamp", "namespace", "generation"] {
+    for owned in [
+        "uid",
+        "creationTimestamp",
+        "namespace",
+        "generation",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
         match current["metadata"].get(owned) {
             Some(v) => meta.insert(owned.into(), v.clone()),
             None => meta.remove(owned),
@@ -280,12 +298,54 @@ async fn replace(
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
         meta_mut(&mut object).insert("generation".into(), json!(generation + 1));
     }
+    let command = match finalizing(r, name, current, &object)? {
+        // The last finalizer of an object being deleted is gone: so is the object.
+        true => Command::delete(key, Some(expected)),
+        false => Command::update(key, object.to_string(), Some(expected)),
+    };
     let revision = proposer
-        .propose(Command::update(key, object.to_string(), Some(expected)))
+        .propose(command)
         .await
         .map_err(|e| store_failure(r, name, e))?;
     meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
     Ok(Written { object, warnings })
+}
+
+/// For an object being deleted: whether the update removed its last finalizer (so it goes);
+/// adding a finalizer is refused.
+fn finalizing(
+    r: &Resource,
+    name: &str,
+    current: &Value,
+    object: &Value,
+) -> Result<bool, WriteError> {
+    if current["metadata"]["deletionTimestamp"].is_null() {
+        return Ok(false);
+    }
+    let list = |o: &Value| -> Vec<String> {
+        o["metadata"]["finalizers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (before, after) = (list(current), list(object));
+    if let Some(added) = after.iter().find(|f| !before.contains(f)) {
+        return Err(invalid(
+            r,
+            name,
+            vec![FieldError::forbidden(
+                "metadata.finalizers",
+                &format!("no new finalizers can be added if the object is being deleted, found new finalizers [{added:?}]"),
+            )],
+        ));
+    }
+    // A namespace goes when the collector has emptied it, not when its metadata finalizers do.
+    let namespace = r.kind == "Namespace" && r.group.is_empty();
+    Ok(after.is_empty() && !namespace)
 }
 
 /// The stored object and its revision (after a read barrier), or 404.
@@ -417,23 +477,6 @@ pub async fn patch(
             current: 0,
         },
     ))
-}
-
-/// DELETE: removes the object and answers with it as it was.
-pub async fn delete(
-    engine: &dyn Engine,
-    proposer: &dyn Proposer,
-    target: &Target<'_>,
-    name: &str,
-) -> Result<Value, WriteError> {
-    let r = target.resource;
-    let key = store_key(r, target.namespace.unwrap_or(""), name);
-    let (object, revision) = current(engine, proposer, r, &key, name).await?;
-    proposer
-        .propose(Command::delete(key, Some(revision)))
-        .await
-        .map_err(|e| store_failure(r, name, e))?;
-    Ok(object)
 }
 
 #[cfg(test)]
@@ -656,9 +699,11 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.code, 404);
 
-        let gone = delete(&store, &store, &list, "one").await.unwrap();
+        let options = crate::deletion::DeleteOptions::parse(None, b"", "").unwrap();
+        let delete = || crate::deletion::delete(&store, &store, &list, "one", &options);
+        let gone = delete().await.unwrap();
         assert_eq!(gone["data"]["j"], "3");
-        let err = delete(&store, &store, &list, "one").await.unwrap_err();
+        let err = delete().await.unwrap_err();
         assert_eq!(err.code, 404);
     }
 }

@@ -267,6 +267,10 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         Arc::clone(&node),
         stop.clone(),
     ));
+    tokio::spawn(flotilla_controllers::run_garbage_collector(
+        Arc::clone(&node),
+        stop.clone(),
+    ));
     let status = node.status();
     tracing::info!(name = %node.name, id = %node.id, addr = %node.addr, cluster = %node.cluster_id, role = %status.role, "node ready");
     // One machine-readable line on stdout for tools and tests.

@@ -260,6 +260,9 @@ impl Kind for Secret {
 
 impl Kind for Namespace {
     fn default(&mut self) {
+        let spec = self.spec.get_or_insert_with(Default::default);
+        spec.finalizers
+            .get_or_insert_with(|| vec!["kubernetes".into()]);
         let status = self.status.get_or_insert_with(NamespaceStatus::default);
         status.phase.get_or_insert_with(|| "Active".into());
     }
