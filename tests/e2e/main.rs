@@ -5,6 +5,7 @@ mod cas;
 mod crash;
 mod failover;
 mod kubectl;
+mod kubectl_apply;
 mod layers;
 mod learner_read;
 mod membership;

@@ -534,3 +534,54 @@ pub fn admin_tls(kubeconfig: &Path) -> Result<Tls> {
         },
     ))
 }
+
+/// The real `/usr/bin/kubectl` with one kubeconfig and its own discovery cache.
+#[derive(Clone)]
+pub struct Kubectl {
+    pub kubeconfig: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl Kubectl {
+    /// Runs kubectl against `server`; returns (success, stdout, stderr).
+    pub fn run(&self, server: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(["--server", server, "--request-timeout", "20s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("kubectl is installed on these machines");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs kubectl against `server` and returns its output; panics (with stderr) on failure.
+    pub fn ok(&self, server: &str, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(server, args);
+        assert!(ok, "kubectl {args:?} via {server} failed: {err}");
+        out
+    }
+
+    /// Starts a long-running kubectl (a watch) with its stdout piped.
+    pub fn spawn(&self, server: &str, args: &[&str]) -> std::process::Child {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(["--server", server])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl is installed on these machines")
+    }
+}

@@ -298,6 +298,17 @@ async fn replace(
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
         meta_mut(&mut object).insert("generation".into(), json!(generation + 1));
     }
+    // A write that changes nothing is not written (the resourceVersion stays), as in Kubernetes.
+    let mut unchanged = current.clone();
+    let current_revision = meta_mut(&mut unchanged)
+        .remove("resourceVersion")
+        .and_then(|v| v.as_str().and_then(|v| v.parse::<u64>().ok()));
+    if unchanged == object && current_revision == Some(expected) {
+        return Ok(Written {
+            object: current.clone(),
+            warnings,
+        });
+    }
     let command = match finalizing(r, name, current, &object)? {
         // The last finalizer of an object being deleted is gone: so is the object.
         true => Command::delete(key, Some(expected)),
