@@ -10,6 +10,7 @@ mod layers;
 mod learner_read;
 mod membership;
 mod partition;
+mod rewatch;
 mod snapshot;
 mod startup_errors;
 mod support;
