@@ -4,6 +4,7 @@ mod admission;
 mod cas;
 mod crash;
 mod failover;
+mod kube_client;
 mod kubectl;
 mod kubectl_apply;
 mod layers;

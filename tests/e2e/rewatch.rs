@@ -9,7 +9,9 @@ use serde_json::Value;
 
 /// Events of a watch printed by `kubectl get -w -o json --output-watch-events` (one JSON
 /// document after another), sent as they are parsed.
-fn events(mut child: std::process::Child) -> (std::process::Child, std::sync::mpsc::Receiver<Value>) {
+fn events(
+    mut child: std::process::Child,
+) -> (std::process::Child, std::sync::mpsc::Receiver<Value>) {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
