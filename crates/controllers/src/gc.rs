@@ -3,7 +3,7 @@
 //!
 //! - A dependent (an object with `ownerReferences`) whose owners are all gone is deleted
 //!   (background propagation). Before acting, the runner reads each owner again: an owner
-//!   created after the scan is not mistaken for a missing one.
+//!   created after the index saw the dependent is not mistaken for a missing one.
 //! - An owner being deleted with the `orphan` finalizer: its reference is removed from each
 //!   dependent, then the finalizer.
 //! - An owner being deleted with `foregroundDeletion`: its dependents are deleted (in turn in
@@ -13,21 +13,94 @@
 //! - A pod whose grace period has run out is removed. (The node runtime removes a pod once
 //!   its containers are stopped; this is the backstop for pods no node is running.)
 //!
-//! [`plan`] is pure: a scan of the objects and the time in, actions out.
+//! The collector keeps a slim index of every object ([`Item`]: identity, owners, deletion
+//! state, not the object) up to date from the watch window, so a round costs no JSON parsing.
+//! [`plan`] is pure: the index and the time in, actions out; the runner applies each action to
+//! the object as stored, only if it is still at the revision the plan saw.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::SystemTime;
 
 use flotilla_api::meta::{parse_rfc3339, rfc3339};
 use flotilla_api::{find_kind, store_key};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// One stored object as scanned.
-#[derive(Clone, Debug)]
+/// An owner reference, as far as the collector needs it.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerRef {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub uid: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    owner_references: Vec<OwnerRef>,
+    #[serde(default)]
+    deletion_timestamp: Option<String>,
+    #[serde(default)]
+    finalizers: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Slim {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    metadata: Meta,
+}
+
+/// One stored object as the collector indexes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Item {
     pub key: String,
     pub revision: u64,
-    pub object: Value,
+    /// `Pod` and `Namespace` of the core group get their own rules.
+    pub core_kind: Option<String>,
+    meta: Meta,
+}
+
+impl Item {
+    /// Indexes a stored object; `None` if it is not a JSON object with metadata.
+    pub fn parse(key: &str, revision: u64, value: &[u8]) -> Option<Item> {
+        let slim: Slim = serde_json::from_slice(value).ok()?;
+        Some(Item {
+            key: key.to_string(),
+            revision,
+            core_kind: (slim.api_version == "v1").then_some(slim.kind),
+            meta: slim.metadata,
+        })
+    }
+
+    fn is(&self, kind: &str) -> bool {
+        self.core_kind.as_deref() == Some(kind)
+    }
+
+    fn deleting(&self) -> bool {
+        self.meta.deletion_timestamp.is_some()
+    }
+
+    fn has_finalizer(&self, f: &str) -> bool {
+        self.meta.finalizers.iter().any(|x| x == f)
+    }
 }
 
 /// The owner an action depends on being gone.
@@ -47,11 +120,23 @@ pub enum Action {
         revision: u64,
         owners: Vec<Owner>,
     },
-    /// Write `object` over `key` at `revision`.
-    Update {
+    /// Remove the owner reference to `owner_uid` from `key`.
+    ReleaseDependent {
         key: String,
         revision: u64,
-        object: Value,
+        owner_uid: String,
+    },
+    /// Remove `finalizer` from `key` (which then goes, unless it is a namespace).
+    DropFinalizer {
+        key: String,
+        revision: u64,
+        finalizer: String,
+    },
+    /// Mark `key` deleted now, with the `foregroundDeletion` finalizer if it has dependents.
+    MarkDeleted {
+        key: String,
+        revision: u64,
+        foreground: bool,
     },
 }
 
@@ -60,177 +145,159 @@ impl Action {
         match self {
             Action::Delete { key, .. }
             | Action::DeleteOrphan { key, .. }
-            | Action::Update { key, .. } => key,
+            | Action::ReleaseDependent { key, .. }
+            | Action::DropFinalizer { key, .. }
+            | Action::MarkDeleted { key, .. } => key,
         }
     }
-}
 
-fn meta_str<'a>(item: &'a Item, field: &str) -> Option<&'a str> {
-    item.object["metadata"][field].as_str()
-}
-
-fn finalizers(object: &Value) -> Vec<String> {
-    object["metadata"]["finalizers"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn owner_uids(object: &Value) -> Vec<&str> {
-    object["metadata"]["ownerReferences"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|r| r["uid"].as_str()).collect())
-        .unwrap_or_default()
-}
-
-fn deleting(item: &Item) -> bool {
-    !item.object["metadata"]["deletionTimestamp"].is_null()
-}
-
-fn is_kind(item: &Item, kind: &str) -> bool {
-    item.object["kind"] == kind && item.object["apiVersion"] == "v1"
-}
-
-/// `object` without `finalizer`: an update, or a removal if it was the last.
-fn drop_finalizer(item: &Item, finalizer: &str) -> Action {
-    let rest: Vec<String> = finalizers(&item.object)
-        .into_iter()
-        .filter(|f| f != finalizer)
-        .collect();
-    if rest.is_empty() && !is_kind(item, "Namespace") {
-        return Action::Delete {
-            key: item.key.clone(),
-            revision: item.revision,
-        };
+    pub fn revision(&self) -> u64 {
+        match self {
+            Action::Delete { revision, .. }
+            | Action::DeleteOrphan { revision, .. }
+            | Action::ReleaseDependent { revision, .. }
+            | Action::DropFinalizer { revision, .. }
+            | Action::MarkDeleted { revision, .. } => *revision,
+        }
     }
-    let mut object = item.object.clone();
-    object["metadata"]["finalizers"] = json!(rest);
-    Action::Update {
-        key: item.key.clone(),
-        revision: item.revision,
-        object,
-    }
-}
 
-/// Deletes `item` in the foreground: at once if nothing holds it, else marked.
-fn delete_foreground(item: &Item, has_dependents: bool, now: SystemTime) -> Action {
-    let mut held = finalizers(&item.object);
-    if held.is_empty() && !has_dependents {
-        return Action::Delete {
-            key: item.key.clone(),
-            revision: item.revision,
-        };
-    }
-    if has_dependents {
-        held.push("foregroundDeletion".into());
-    }
-    let mut object = item.object.clone();
-    object["metadata"]["deletionTimestamp"] = json!(rfc3339(now));
-    object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-    object["metadata"]["finalizers"] = json!(held);
-    Action::Update {
-        key: item.key.clone(),
-        revision: item.revision,
-        object,
+    /// What the action writes over `object` (as stored): `Some(new object)`, or `None` for
+    /// a removal.
+    pub fn apply(&self, object: &Value, now: SystemTime) -> Option<Value> {
+        let mut object = object.clone();
+        let meta = &mut object["metadata"];
+        match self {
+            Action::Delete { .. } | Action::DeleteOrphan { .. } => return None,
+            Action::ReleaseDependent { owner_uid, .. } => {
+                if let Some(refs) = meta["ownerReferences"].as_array_mut() {
+                    refs.retain(|r| r["uid"] != owner_uid.as_str());
+                    if refs.is_empty() {
+                        meta.as_object_mut().map(|m| m.remove("ownerReferences"));
+                    }
+                }
+            }
+            Action::DropFinalizer { finalizer, .. } => {
+                let namespace = object["kind"] == "Namespace" && object["apiVersion"] == "v1";
+                let meta = &mut object["metadata"];
+                if let Some(list) = meta["finalizers"].as_array_mut() {
+                    list.retain(|f| f != finalizer.as_str());
+                    if list.is_empty() {
+                        if !namespace {
+                            return None;
+                        }
+                        meta.as_object_mut().map(|m| m.remove("finalizers"));
+                    }
+                }
+            }
+            Action::MarkDeleted { foreground, .. } => {
+                meta["deletionTimestamp"] = json!(rfc3339(now));
+                meta["deletionGracePeriodSeconds"] = json!(0);
+                if *foreground {
+                    let list = meta["finalizers"].as_array().cloned().unwrap_or_default();
+                    if !list.iter().any(|f| f == "foregroundDeletion") {
+                        let mut list = list;
+                        list.push(json!("foregroundDeletion"));
+                        meta["finalizers"] = json!(list);
+                    }
+                }
+            }
+        }
+        Some(object)
     }
 }
 
 /// The owners of `item` as store keys with their uids (owners of unknown kinds are left out).
 fn owners_of(item: &Item) -> Vec<Owner> {
-    let namespace = meta_str(item, "namespace").unwrap_or("");
-    item.object["metadata"]["ownerReferences"]
-        .as_array()
-        .map(|refs| {
-            refs.iter()
-                .filter_map(|r| {
-                    let resource = find_kind(r["apiVersion"].as_str()?, r["kind"].as_str()?)?;
-                    Some(Owner {
-                        key: store_key(resource, namespace, r["name"].as_str()?),
-                        uid: r["uid"].as_str()?.to_string(),
-                    })
-                })
-                .collect()
+    let namespace = item.meta.namespace.as_deref().unwrap_or("");
+    item.meta
+        .owner_references
+        .iter()
+        .filter_map(|r| {
+            let resource = find_kind(&r.api_version, &r.kind)?;
+            Some(Owner {
+                key: store_key(resource, namespace, &r.name),
+                uid: r.uid.clone(),
+            })
         })
-        .unwrap_or_default()
+        .collect()
 }
 
-/// What to do now, given every object (`items`) and the time.
-pub fn plan(items: &[Item], now: SystemTime) -> Vec<Action> {
-    let uids: HashSet<&str> = items.iter().filter_map(|i| meta_str(i, "uid")).collect();
-    let mut dependents: BTreeMap<&str, Vec<&Item>> = BTreeMap::new();
-    for item in items {
-        for uid in owner_uids(&item.object) {
-            dependents.entry(uid).or_default().push(item);
+/// Deletes `item` on behalf of a foreground deletion or a terminating namespace: at once if
+/// nothing holds it, else marked.
+fn delete_held(item: &Item, has_dependents: bool) -> Action {
+    if item.meta.finalizers.is_empty() && !has_dependents {
+        Action::Delete {
+            key: item.key.clone(),
+            revision: item.revision,
+        }
+    } else {
+        Action::MarkDeleted {
+            key: item.key.clone(),
+            revision: item.revision,
+            foreground: has_dependents,
         }
     }
-    let has_dependents = |item: &Item| {
-        meta_str(item, "uid").is_some_and(|u| dependents.get(u).is_some_and(|d| !d.is_empty()))
-    };
+}
+
+/// What to do now, given every object and the time.
+pub fn plan<'a>(items: impl IntoIterator<Item = &'a Item>, now: SystemTime) -> Vec<Action> {
+    let items: Vec<&Item> = items.into_iter().collect();
+    let uids: HashSet<&str> = items.iter().map(|i| i.meta.uid.as_str()).collect();
+    let mut dependents: BTreeMap<&str, Vec<&Item>> = BTreeMap::new();
+    for item in &items {
+        for r in &item.meta.owner_references {
+            dependents.entry(r.uid.as_str()).or_default().push(item);
+        }
+    }
+    let has_dependents = |item: &Item| dependents.contains_key(item.meta.uid.as_str());
     let mut actions = Vec::new();
     let mut touched: HashSet<&str> = HashSet::new();
 
-    for item in items.iter().filter(|i| deleting(i)) {
-        let uid = meta_str(item, "uid").unwrap_or("");
-        let own: &[&Item] = dependents.get(uid).map(Vec::as_slice).unwrap_or_default();
-        let held = finalizers(&item.object);
-        if is_kind(item, "Namespace") {
-            let name = meta_str(item, "name").unwrap_or("");
-            let inside: Vec<&Item> = items
-                .iter()
-                .filter(|i| meta_str(i, "namespace") == Some(name))
-                .collect();
-            for i in &inside {
-                if !deleting(i) && touched.insert(i.key.as_str()) {
-                    actions.push(delete_foreground(i, false, now));
+    let mut namespaces_deleting = BTreeMap::new();
+    for item in items.iter().filter(|i| i.deleting()) {
+        let own: &[&Item] = dependents
+            .get(item.meta.uid.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if item.is("Namespace") {
+            namespaces_deleting.insert(item.meta.name.as_str(), (*item, 0usize));
+        } else if item.has_finalizer("orphan") {
+            for d in own {
+                if touched.insert(d.key.as_str()) {
+                    actions.push(Action::ReleaseDependent {
+                        key: d.key.clone(),
+                        revision: d.revision,
+                        owner_uid: item.meta.uid.clone(),
+                    });
                 }
             }
-            if inside.is_empty() {
-                actions.push(Action::Delete {
+            if own.is_empty() {
+                actions.push(Action::DropFinalizer {
                     key: item.key.clone(),
                     revision: item.revision,
+                    finalizer: "orphan".into(),
                 });
             }
-        } else if held.iter().any(|f| f == "orphan") {
+        } else if item.has_finalizer("foregroundDeletion") {
             for d in own {
-                if !touched.insert(d.key.as_str()) {
-                    continue;
-                }
-                let mut object = d.object.clone();
-                if let Some(refs) = object["metadata"]["ownerReferences"].as_array_mut() {
-                    refs.retain(|r| r["uid"] != uid);
-                    if refs.is_empty() {
-                        object["metadata"]
-                            .as_object_mut()
-                            .map(|m| m.remove("ownerReferences"));
-                    }
-                }
-                actions.push(Action::Update {
-                    key: d.key.clone(),
-                    revision: d.revision,
-                    object,
-                });
-            }
-            if own.is_empty() {
-                actions.push(drop_finalizer(item, "orphan"));
-            }
-        } else if held.iter().any(|f| f == "foregroundDeletion") {
-            for d in own {
-                if !deleting(d) && touched.insert(d.key.as_str()) {
-                    actions.push(delete_foreground(d, has_dependents(d), now));
+                if !d.deleting() && touched.insert(d.key.as_str()) {
+                    actions.push(delete_held(d, has_dependents(d)));
                 }
             }
             if own.is_empty() {
-                actions.push(drop_finalizer(item, "foregroundDeletion"));
+                actions.push(Action::DropFinalizer {
+                    key: item.key.clone(),
+                    revision: item.revision,
+                    finalizer: "foregroundDeletion".into(),
+                });
             }
-        } else if held.is_empty() {
-            // A pod past its grace period, or an object whose finalizers were removed by a
-            // write that did not delete it (written straight to the store).
-            let due = item.object["metadata"]["deletionTimestamp"]
-                .as_str()
+        } else if item.meta.finalizers.is_empty() {
+            // A pod past its grace period, or an object whose last finalizer went by a write
+            // that did not remove it.
+            let due = item
+                .meta
+                .deletion_timestamp
+                .as_deref()
                 .and_then(parse_rfc3339)
                 .is_none_or(|at| at <= now);
             if due {
@@ -242,12 +309,34 @@ pub fn plan(items: &[Item], now: SystemTime) -> Vec<Action> {
         }
     }
 
-    for item in items.iter().filter(|i| !deleting(i)) {
-        let refs = owner_uids(&item.object);
+    // Terminating namespaces: delete what is inside, then the namespace.
+    for item in &items {
+        let Some(ns) = item.meta.namespace.as_deref() else {
+            continue;
+        };
+        if let Some((_, count)) = namespaces_deleting.get_mut(ns) {
+            *count += 1;
+            if !item.deleting() && touched.insert(item.key.as_str()) {
+                actions.push(delete_held(item, false));
+            }
+        }
+    }
+    for (ns, count) in namespaces_deleting.values() {
+        if *count == 0 {
+            actions.push(Action::Delete {
+                key: ns.key.clone(),
+                revision: ns.revision,
+            });
+        }
+    }
+
+    // Dependents whose owners are all gone.
+    for item in items.iter().filter(|i| !i.deleting()) {
+        let refs = &item.meta.owner_references;
         if refs.is_empty() || touched.contains(item.key.as_str()) {
             continue;
         }
-        if refs.iter().all(|u| !uids.contains(u)) {
+        if refs.iter().all(|r| !uids.contains(r.uid.as_str())) {
             actions.push(Action::DeleteOrphan {
                 key: item.key.clone(),
                 revision: item.revision,
@@ -258,136 +347,9 @@ pub fn plan(items: &[Item], now: SystemTime) -> Vec<Action> {
     actions
 }
 
+mod runner;
+
+pub use runner::run;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn item(key: &str, object: Value) -> Item {
-        Item {
-            key: key.into(),
-            revision: 7,
-            object,
-        }
-    }
-
-    fn deploy(uid: &str, extra: Value) -> Item {
-        let mut o = json!({"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": "default", "uid": uid}});
-        if let (Some(m), Some(e)) = (o["metadata"].as_object_mut(), extra.as_object()) {
-            m.extend(e.clone());
-        }
-        item("/apps/deployments/default/web", o)
-    }
-
-    fn owned(name: &str, owner_uid: &str) -> Item {
-        item(
-            &format!("/core/configmaps/default/{name}"),
-            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-                "name": name, "namespace": "default", "uid": format!("u-{name}"),
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": owner_uid}]}}),
-        )
-    }
-
-    fn now() -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
-    }
-
-    #[test]
-    fn dependents_of_a_missing_owner_go_and_others_stay() {
-        let items = vec![
-            deploy("d1", json!({})),
-            owned("kept", "d1"),
-            owned("lost", "gone"),
-        ];
-        let actions = plan(&items, now());
-        assert_eq!(
-            actions,
-            vec![Action::DeleteOrphan {
-                key: "/core/configmaps/default/lost".into(),
-                revision: 7,
-                owners: vec![Owner {
-                    key: "/apps/deployments/default/web".into(),
-                    uid: "gone".into()
-                }],
-            }]
-        );
-    }
-
-    #[test]
-    fn orphaning_releases_dependents_then_the_owner() {
-        let marked = json!({"deletionTimestamp": "2027-01-15T08:00:00Z", "finalizers": ["orphan"]});
-        let items = vec![deploy("d1", marked.clone()), owned("a", "d1")];
-        let actions = plan(&items, now());
-        assert_eq!(actions.len(), 1);
-        let Action::Update { key, object, .. } = &actions[0] else {
-            panic!("{actions:?}")
-        };
-        assert_eq!(key, "/core/configmaps/default/a");
-        assert!(object["metadata"].get("ownerReferences").is_none());
-        // Next round: no dependents left, so the finalizer goes and with it the owner.
-        let actions = plan(&[deploy("d1", marked)], now());
-        assert_eq!(
-            actions,
-            vec![Action::Delete {
-                key: "/apps/deployments/default/web".into(),
-                revision: 7
-            }]
-        );
-    }
-
-    #[test]
-    fn foreground_deletes_dependents_before_the_owner() {
-        let marked = json!({"deletionTimestamp": "2027-01-15T08:00:00Z", "finalizers": ["foregroundDeletion"]});
-        let items = vec![deploy("d1", marked.clone()), owned("a", "d1")];
-        assert_eq!(
-            plan(&items, now()),
-            vec![Action::Delete {
-                key: "/core/configmaps/default/a".into(),
-                revision: 7
-            }]
-        );
-        assert!(matches!(
-            plan(&[deploy("d1", marked)], now()).as_slice(),
-            [Action::Delete { key, .. }] if key == "/apps/deployments/default/web"
-        ));
-    }
-
-    #[test]
-    fn a_terminating_namespace_is_emptied_then_removed() {
-        let ns = |extra: Value| {
-            let mut o = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "uid": "n",
-                "deletionTimestamp": "2027-01-15T08:00:00Z"}, "spec": {"finalizers": ["kubernetes"]}});
-            o["metadata"]["finalizers"] = extra;
-            item("/core/namespaces/default", o)
-        };
-        let items = vec![ns(json!(null)), owned("a", "d1")];
-        assert_eq!(
-            plan(&items, now()),
-            vec![Action::Delete {
-                key: "/core/configmaps/default/a".into(),
-                revision: 7
-            }]
-        );
-        assert_eq!(
-            plan(&[ns(json!(null))], now()),
-            vec![Action::Delete {
-                key: "/core/namespaces/default".into(),
-                revision: 7
-            }]
-        );
-    }
-
-    #[test]
-    fn a_pod_goes_when_its_grace_period_ends() {
-        let pod = |at: &str| {
-            item(
-                "/core/pods/default/p",
-                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default", "uid": "p",
-                    "deletionTimestamp": at}}),
-            )
-        };
-        assert!(plan(&[pod("2027-01-15T08:00:30Z")], now()).is_empty());
-        assert_eq!(plan(&[pod("2027-01-15T07:59:59Z")], now()).len(), 1);
-    }
-}
+mod tests;

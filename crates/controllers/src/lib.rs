@@ -3,6 +3,8 @@
 
 pub mod gc;
 pub mod namespaces;
+
+pub use gc::run as run_garbage_collector;
 pub mod nodes;
 
 use std::collections::BTreeSet;
@@ -132,106 +134,6 @@ pub async fn run_node_lifecycle(node: Arc<RaftNode>, shutdown: CancellationToken
                 // Someone wrote it meanwhile: the next round sees the new state.
                 Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
                 Err(e) => tracing::warn!(%key, error = %e, "node lifecycle write failed"),
-            }
-        }
-    }
-}
-
-/// Every object the API serves, as the garbage collector scans them.
-fn scan(node: &RaftNode) -> Result<Vec<gc::Item>, StoreError> {
-    let mut items = Vec::new();
-    for r in flotilla_api::RESOURCES {
-        let listing = node
-            .replica
-            .list(&flotilla_api::store_prefix(r, None), None, 0)?;
-        items.extend(listing.items.into_iter().filter_map(|(key, record)| {
-            let object = serde_json::from_slice(&record.value).ok()?;
-            Some(gc::Item {
-                key,
-                revision: record.mod_revision,
-                object,
-            })
-        }));
-    }
-    Ok(items)
-}
-
-/// Whether `owner` still exists with its uid (read from the replica after a barrier).
-fn owner_exists(node: &RaftNode, owner: &gc::Owner) -> bool {
-    match node.replica.get(&owner.key) {
-        Ok((_, Some(record))) => serde_json::from_slice::<serde_json::Value>(&record.value)
-            .map(|o| o["metadata"]["uid"] == owner.uid.as_str())
-            .unwrap_or(false),
-        Ok((_, None)) => false,
-        // Unknown: keep the dependent.
-        Err(_) => true,
-    }
-}
-
-/// On the leader, once a second when anything changed (or deletions are pending): the
-/// garbage collector's actions ([`gc::plan`]).
-pub async fn run_garbage_collector(node: Arc<RaftNode>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut scanned_at = None;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !node.is_leader() {
-            scanned_at = None;
-            continue;
-        }
-        let revision = node.replica.applied_revision();
-        if scanned_at == Some(revision) {
-            continue;
-        }
-        let items = match scan(&node) {
-            Ok(items) => items,
-            Err(e) => {
-                tracing::warn!(error = %e, "garbage collector cannot scan");
-                continue;
-            }
-        };
-        let actions = gc::plan(&items, std::time::SystemTime::now());
-        // Deletions waiting for time (grace periods) need another look without a write.
-        let waiting = items
-            .iter()
-            .any(|i| !i.object["metadata"]["deletionTimestamp"].is_null());
-        scanned_at = (!waiting && actions.is_empty()).then_some(revision);
-        if actions.is_empty() {
-            continue;
-        }
-        if node.read_barrier().await.is_err() {
-            continue;
-        }
-        for action in actions {
-            let key = action.key().to_string();
-            let command = match action {
-                gc::Action::Delete { key, revision } => {
-                    flotilla_store::Command::delete(key, Some(revision))
-                }
-                gc::Action::DeleteOrphan {
-                    key,
-                    revision,
-                    owners,
-                } => {
-                    if owners.is_empty() || owners.iter().any(|o| owner_exists(&node, o)) {
-                        continue;
-                    }
-                    flotilla_store::Command::delete(key, Some(revision))
-                }
-                gc::Action::Update {
-                    key,
-                    revision,
-                    object,
-                } => flotilla_store::Command::update(key, object.to_string(), Some(revision)),
-            };
-            match node.propose(command).await {
-                Ok(_) => tracing::info!(%key, "garbage collected"),
-                Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
-                Err(e) => tracing::warn!(%key, error = %e, "garbage collector write failed"),
             }
         }
     }
