@@ -7,18 +7,13 @@ use std::time::Duration;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::api::{Api, ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use flotilla_tests::{Cluster, Options};
 
-/// A client of node `addr` with the admin kubeconfig's credentials.
 async fn client(kubeconfig: &std::path::Path, addr: &str) -> kube::Client {
-    let kc = Kubeconfig::read_from(kubeconfig).expect("bootstrap writes a valid kubeconfig");
-    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    flotilla_tests::kube_client(kubeconfig, addr)
         .await
-        .expect("the kube crate accepts the kubeconfig");
-    config.cluster_url = format!("https://{addr}:6443").parse().unwrap();
-    kube::Client::try_from(config).expect("a client")
+        .expect("the kube crate accepts the kubeconfig bootstrap wrote")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -585,3 +585,13 @@ impl Kubectl {
             .expect("kubectl is installed on these machines")
     }
 }
+
+/// A `kube` crate client of the API at `addr:6443` with the credentials of `kubeconfig`.
+pub async fn kube_client(kubeconfig: &Path, addr: &str) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    config.cluster_url = format!("https://{addr}:6443").parse()?;
+    Ok(kube::Client::try_from(config)?)
+}

@@ -1,5 +1,6 @@
 //! `flotilla-bench`: figures for Flotilla next to its peer systems, measured in the same run.
 
+mod api;
 mod etcd;
 mod load;
 mod membership;
@@ -21,6 +22,9 @@ struct Cli {
 enum Command {
     /// Replicated writes: a 3-node Flotilla cluster against a 3-member etcd.
     Store(store::StoreArgs),
+    /// The Kubernetes API: creates against the store, lists of 10,000 pods and 1,000-watcher
+    /// fan-out against etcd.
+    Api(api::ApiArgs),
     /// Failure detection: kill -9 a node, time until every live node agrees it is dead.
     Membership(membership::MembershipArgs),
 }
@@ -32,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Store(args) => runtime.block_on(store::run(args)),
+        Command::Api(args) => runtime.block_on(api::run(args)),
         Command::Membership(args) => runtime.block_on(membership::run(args)),
     }
 }
