@@ -270,6 +270,70 @@ async fn kubectl_reads_version_and_discovery_from_every_node() {
         );
         assert!(!ok, "an anonymous caller was served");
         assert!(err.contains("Unauthorized"), "{err}");
+
+        // Pages: kubectl follows continue tokens (here 2 objects a page).
+        for i in 0..5 {
+            run(i % 3, &["create", "configmap", &format!("page-{i}"), "--from-literal=a=1"]);
+        }
+        let paged = run(1, &["get", "cm", "--chunk-size=2", "-o", "name"]);
+        let pages: Vec<&str> = paged.lines().filter(|l| l.starts_with("configmap/page-")).collect();
+        assert_eq!(pages.len(), 5, "{paged}");
+
+        // Events: a repeat of a stored event is folded into it.
+        let event = cache.path().join("event.yaml");
+        for name in ["boot.1", "boot.2"] {
+            std::fs::write(
+                &event,
+                format!("apiVersion: v1\nkind: Event\nmetadata:\n  name: {name}\ninvolvedObject:\n  kind: ConfigMap\n  name: page-0\n  namespace: default\nreason: Tested\ntype: Normal\nmessage: seen twice\n"),
+            )
+            .unwrap();
+            run(0, &["create", "-f", event.to_str().unwrap()]);
+        }
+        let events = run(2, &["get", "events", "-o", "wide"]);
+        let rows: Vec<&str> = events.lines().filter(|l| l.contains("seen twice")).collect();
+        assert_eq!(rows.len(), 1, "{events}");
+        assert!(events.lines().next().unwrap().starts_with("LAST SEEN"), "{events}");
+        assert!(rows[0].contains("configmap/page-0") && rows[0].split_whitespace().any(|c| c == "2"), "{events}");
+
+        // Prometheus metrics, behind authentication like the rest.
+        let metrics = run(0, &["get", "--raw", "/metrics"]);
+        assert!(metrics.contains("apiserver_request_total{verb=\"LIST\",resource=\"configmaps\",code=\"200\"}"), "{metrics}");
+        assert!(metrics.contains("apiserver_request_duration_seconds_bucket{verb=\"POST\",resource=\"configmaps\",le=\"+Inf\"}"), "{metrics}");
+        assert!(metrics.contains("flotilla_raft_is_leader "), "{metrics}");
+        assert!(metrics.contains("flotilla_raft_members 3"), "{metrics}");
+
+        // `flotilla kubeconfig` prints a kubeconfig with the admin's bearer token and no
+        // certificate: kubectl is the admin with it, through any node.
+        let printed = flotilla_tests::run_cli(
+            &["kubeconfig", "--kubeconfig", kubeconfig.to_str().unwrap(), "--server", &server(2)],
+            std::time::Duration::from_secs(20),
+        )
+        .unwrap();
+        assert_eq!(printed.code, Some(0), "{}", printed.stderr);
+        let with_token: serde_json::Value = serde_json::from_str(&printed.stdout).unwrap();
+        let user = &with_token["users"][0]["user"];
+        assert!(user["client-certificate-data"].is_null(), "{user}");
+        let token = user["token"].as_str().expect("a token").to_string();
+        let token_config = cache.path().join("token.kubeconfig");
+        std::fs::write(&token_config, &printed.stdout).unwrap();
+        let (ok, out, err) = kubectl(&token_config, &cache.path().join("tok"), &server(2), &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
+        assert!(ok, "{err}");
+        assert_eq!(out, "admin");
+        let (ok, out, err) = kubectl(&token_config, &cache.path().join("tok"), &server(0), &["get", "nodes", "-o", "name"]);
+        assert!(ok && out.lines().count() == 3, "{out}{err}");
+        // The same token id with another secret is refused.
+        let (id, _) = token.split_once('.').unwrap();
+        let forged = printed.stdout.replace(&token, &format!("{id}.{}", "a".repeat(32)));
+        std::fs::write(&token_config, forged).unwrap();
+        let (ok, _, err) = kubectl(&token_config, &cache.path().join("tok"), &server(1), &["get", "nodes"]);
+        assert!(!ok && err.contains("You must be logged in to the server"), "a forged token was accepted: {err}");
+        let bad = flotilla_tests::run_cli(
+            &["kubeconfig", "--kubeconfig", kubeconfig.to_str().unwrap(), "--server", "http://x:6443"],
+            std::time::Duration::from_secs(20),
+        )
+        .unwrap();
+        assert_eq!(bad.code, Some(1));
+        assert!(bad.stderr.contains("--server \"http://x:6443\": must be an https:// URL"), "{}", bad.stderr);
     })
     .await
     .unwrap();

@@ -119,6 +119,96 @@ fn count(v: &Value) -> usize {
     v.as_object().map_or(0, |m| m.len())
 }
 
+fn len(v: &Value) -> usize {
+    v.as_array().map_or(0, Vec::len)
+}
+
+/// The age of a timestamp field, or `<none>`.
+fn age_of_field(v: &Value) -> String {
+    v.as_str()
+        .and_then(crate::objects::age_text)
+        .unwrap_or_else(|| "<none>".into())
+}
+
+fn job_status(o: &Value) -> String {
+    let holds = |kind: &str| {
+        o["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == kind && c["status"] == "True"))
+    };
+    if holds("Complete") {
+        "Complete".into()
+    } else if holds("Failed") {
+        "Failed".into()
+    } else if o["spec"]["suspend"] == true {
+        "Suspended".into()
+    } else {
+        "Running".into()
+    }
+}
+
+fn job_completions(o: &Value) -> String {
+    let done = n(&o["status"]["succeeded"]);
+    match o["spec"]["completions"].as_i64() {
+        Some(c) => format!("{done}/{c}"),
+        None => format!(
+            "{done}/1 of {}",
+            o["spec"]["parallelism"].as_i64().unwrap_or(1)
+        ),
+    }
+}
+
+/// From `startTime` to `completionTime` (or now), as kubectl prints durations.
+fn job_duration(o: &Value) -> String {
+    let st = &o["status"];
+    let Some(start) = st["startTime"]
+        .as_str()
+        .and_then(crate::objects::unix_seconds)
+    else {
+        return String::new();
+    };
+    let end = st["completionTime"]
+        .as_str()
+        .and_then(crate::objects::unix_seconds)
+        .unwrap_or_else(crate::objects::now_unix);
+    crate::objects::human_age(end - start)
+}
+
+fn template_containers(spec: &Value, field: &str) -> String {
+    let list: Vec<String> = spec["containers"]
+        .as_array()
+        .map(|c| c.iter().map(|c| s(&c[field])).collect())
+        .unwrap_or_default();
+    list.join(",")
+}
+
+fn endpoints(o: &Value) -> String {
+    let mut all = Vec::new();
+    for subset in o["subsets"].as_array().into_iter().flatten() {
+        for a in subset["addresses"].as_array().into_iter().flatten() {
+            let ports = subset["ports"].as_array().cloned().unwrap_or_default();
+            if ports.is_empty() {
+                all.push(s(&a["ip"]));
+            }
+            for p in ports {
+                all.push(format!("{}:{}", s(&a["ip"]), n(&p["port"])));
+            }
+        }
+    }
+    let more = all.len().saturating_sub(3);
+    all.truncate(3);
+    let mut text = all.join(",");
+    if more > 0 {
+        text.push_str(&format!(" + {more} more..."));
+    }
+    or_none(text)
+}
+
+/// Whether NAME leads the row (events put it last, in their wide columns).
+pub fn leads_with_name(r: &Resource) -> bool {
+    r.plural != "events"
+}
+
 /// The columns of `r`, after NAME (the last is usually AGE, which the caller fills).
 pub fn columns(r: &Resource) -> Vec<Column> {
     match r.plural {
@@ -170,6 +260,52 @@ pub fn columns(r: &Resource) -> Vec<Column> {
             ("Containers", "string", 1),
             ("Images", "string", 1),
         ],
+        "daemonsets" => vec![
+            ("Desired", "integer", 0),
+            ("Current", "integer", 0),
+            ("Ready", "integer", 0),
+            ("Up-to-date", "integer", 0),
+            ("Available", "integer", 0),
+            ("Node Selector", "string", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        "jobs" => vec![
+            ("Status", "string", 0),
+            ("Completions", "string", 0),
+            ("Duration", "string", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        "cronjobs" => vec![
+            ("Schedule", "string", 0),
+            ("Timezone", "string", 0),
+            ("Suspend", "boolean", 0),
+            ("Active", "integer", 0),
+            ("Last Schedule", "string", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+            ("Selector", "string", 1),
+        ],
+        "events" => vec![
+            ("Last Seen", "string", 0),
+            ("Type", "string", 0),
+            ("Reason", "string", 0),
+            ("Object", "string", 0),
+            ("Subobject", "string", 1),
+            ("Source", "string", 1),
+            ("Message", "string", 0),
+            ("First Seen", "string", 1),
+            ("Count", "integer", 1),
+            ("Name", "string", 1),
+        ],
+        "endpoints" => vec![("Endpoints", "string", 0), ("Age", "string", 0)],
+        "serviceaccounts" => vec![("Secrets", "integer", 0), ("Age", "string", 0)],
         _ => vec![("Age", "string", 0)],
     }
 }
@@ -237,6 +373,86 @@ pub fn cells(r: &Resource, o: &Value, age: Value) -> Vec<Value> {
             json!(containers(o, "name")),
             json!(containers(o, "image")),
         ],
+        "daemonsets" => {
+            let pod = &sp["template"]["spec"];
+            vec![
+                json!(n(&st["desiredNumberScheduled"])),
+                json!(n(&st["currentNumberScheduled"])),
+                json!(n(&st["numberReady"])),
+                json!(n(&st["updatedNumberScheduled"])),
+                json!(n(&st["numberAvailable"])),
+                json!(selector_text(&pod["nodeSelector"])),
+                age,
+                json!(template_containers(pod, "name")),
+                json!(template_containers(pod, "image")),
+                json!(selector_text(&sp["selector"]["matchLabels"])),
+            ]
+        }
+        "jobs" => {
+            let pod = &sp["template"]["spec"];
+            vec![
+                json!(job_status(o)),
+                json!(job_completions(o)),
+                json!(job_duration(o)),
+                age,
+                json!(template_containers(pod, "name")),
+                json!(template_containers(pod, "image")),
+                json!(selector_text(&sp["selector"]["matchLabels"])),
+            ]
+        }
+        "cronjobs" => {
+            let job = &sp["jobTemplate"]["spec"];
+            let pod = &job["template"]["spec"];
+            vec![
+                json!(s(&sp["schedule"])),
+                json!(or_none(s(&sp["timeZone"]))),
+                json!(sp["suspend"] == true),
+                json!(len(&st["active"])),
+                json!(age_of_field(&st["lastScheduleTime"])),
+                age,
+                json!(template_containers(pod, "name")),
+                json!(template_containers(pod, "image")),
+                json!(selector_text(&job["selector"]["matchLabels"])),
+            ]
+        }
+        "events" => {
+            let last = if o["lastTimestamp"].is_string() {
+                &o["lastTimestamp"]
+            } else if o["eventTime"].is_string() {
+                &o["eventTime"]
+            } else {
+                &o["metadata"]["creationTimestamp"]
+            };
+            let first = if o["firstTimestamp"].is_string() {
+                &o["firstTimestamp"]
+            } else {
+                last
+            };
+            let involved = &o["involvedObject"];
+            let source = [s(&o["source"]["component"]), s(&o["source"]["host"])]
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![
+                json!(age_of_field(last)),
+                json!(s(&o["type"])),
+                json!(s(&o["reason"])),
+                json!(format!(
+                    "{}/{}",
+                    s(&involved["kind"]).to_lowercase(),
+                    s(&involved["name"])
+                )),
+                json!(s(&involved["fieldPath"])),
+                json!(source),
+                json!(s(&o["message"])),
+                json!(age_of_field(first)),
+                json!(o["count"].as_i64().unwrap_or(1)),
+                o["metadata"]["name"].clone(),
+            ]
+        }
+        "endpoints" => vec![json!(endpoints(o)), age],
+        "serviceaccounts" => vec![json!(len(&o["secrets"])), age],
         _ => vec![age],
     }
 }
@@ -301,6 +517,24 @@ mod tests {
         assert_eq!(c[3], json!("80:30080/TCP,53/UDP"));
         assert_eq!(c[5], json!("app=web"));
 
+        let job = json!({"spec": {"completions": 3, "template": {"spec": {"containers": [{"name": "pi", "image": "perl"}]}}},
+            "status": {"succeeded": 3, "startTime": "2026-12-01T00:00:00Z", "completionTime": "2026-12-01T00:01:05Z",
+                "conditions": [{"type": "Complete", "status": "True"}]}});
+        let c = cells(resource("jobs"), &job, json!("2m"));
+        assert_eq!(c[..3], [json!("Complete"), json!("3/3"), json!("65s")]);
+        let ev = json!({"type": "Warning", "reason": "BackOff", "message": "restarting", "count": 4,
+            "involvedObject": {"kind": "Pod", "name": "web-1"}, "metadata": {"name": "web-1.abc"}});
+        let c = cells(resource("events"), &ev, json!("1s"));
+        assert_eq!(
+            c[1..4],
+            [json!("Warning"), json!("BackOff"), json!("pod/web-1")]
+        );
+        assert_eq!(c[8..], [json!(4), json!("web-1.abc")]);
+        let ep = json!({"subsets": [{"addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}], "ports": [{"port": 80}, {"port": 443}]}]});
+        assert_eq!(
+            cells(resource("endpoints"), &ep, json!("1s"))[0],
+            json!("10.0.0.1:80,10.0.0.1:443,10.0.0.2:80 + 1 more...")
+        );
         let cm = json!({"data": {"a": "1", "b": "2"}, "binaryData": {"c": ""}});
         assert_eq!(cells(resource("configmaps"), &cm, json!("3s"))[0], json!(3));
     }

@@ -1,15 +1,16 @@
 //! The Kubernetes REST API that every node serves over HTTPS (HTTP/1.1 and HTTP/2), with the
 //! node's certificate from the cluster CA. Callers authenticate with a client certificate from
-//! the same CA; a request without one gets a 401 `Status` (except `/version` and the health
-//! endpoints, which Kubernetes also serves to anyone).
+//! the same CA or a bearer token the cluster knows; a request with neither gets a 401 `Status`
+//! (except `/version` and the health endpoints, which Kubernetes also serves to anyone).
 //!
-//! So far: `/version`, legacy discovery (`/api`, `/apis`, each group-version's resources) and
-//! the health endpoints. Objects (get, list, watch, create, update, patch, delete) come next
-//! (issue 4).
+//! Discovery, OpenAPI, and every served resource: get, list, watch, create, update, patch and
+//! delete, with the subresources `scale` and `status`.
 
 mod columns;
 mod deletion;
 mod discovery;
+mod events;
+mod metrics;
 mod objects;
 mod openapi;
 mod protobuf;
@@ -36,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use discovery::{KUBE_MAJOR, KUBE_MINOR};
+pub use metrics::{Gauge, Gauges, Metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -43,7 +45,22 @@ pub enum ApiError {
     Tls(String),
 }
 
-/// Who is calling: the subject of their client certificate.
+/// The caller a bearer token (`Authorization: Bearer ID.SECRET`) stands for, checked against
+/// the token records in the local replica.
+fn bearer_caller(header: &str, engine: &dyn Engine) -> Option<Caller> {
+    let token: flotilla_pki::ApiToken = header.strip_prefix("Bearer ")?.parse().ok()?;
+    let (_, record) = engine
+        .get(&flotilla_pki::ApiTokenRecord::key(&token.id))
+        .ok()?;
+    let record = flotilla_pki::ApiTokenRecord::from_json(&record?.value)?;
+    let admitted = record.admits(&token.secret);
+    admitted.then_some(Caller {
+        user: record.user,
+        groups: record.groups,
+    })
+}
+
+/// Who is calling: the subject of their client certificate, or the user of their token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub user: String,
@@ -65,6 +82,10 @@ pub struct ApiConfig {
     pub identity: Credential,
     /// `host:port` clients reach this server at (for `/api`'s `serverAddressByClientCIDRs`).
     pub advertise: SocketAddr,
+    /// Request counts and latencies for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
+    /// The node's own gauges (Raft state) for `/metrics`.
+    pub gauges: metrics::Gauges,
 }
 
 fn tls_err(e: impl std::fmt::Display) -> ApiError {
@@ -142,7 +163,7 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |req| {
                 let caller = caller.clone();
                 let config = Arc::clone(&config);
-                async move { Ok::<_, std::convert::Infallible>(handle(req, caller, &config).await) }
+                async move { Ok::<_, std::convert::Infallible>(measured(req, caller, &config).await) }
             });
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -375,12 +396,44 @@ fn failure(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
     json_response(code, &status_failure(code, reason, message))
 }
 
+/// Serves a request and records it in the metrics.
+async fn measured(
+    req: Request<Incoming>,
+    caller: Option<Caller>,
+    config: &ApiConfig,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (resource, named) = match subresources::parse(&segments) {
+        Some((target, sub)) => (format!("{}/{sub}", target.resource.plural), true),
+        None => match objects::parse_path(&segments) {
+            Some(target) => (target.resource.plural.to_string(), target.name.is_some()),
+            None => (String::new(), true),
+        },
+    };
+    let verb = metrics::verb(req.method(), named, req.uri().query());
+    let response = handle(req, caller, config).await;
+    config.metrics.observe(
+        verb,
+        &resource,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
 async fn handle(
     req: Request<Incoming>,
     caller: Option<Caller>,
     config: &ApiConfig,
 ) -> Response<Body> {
     let method = req.method().clone();
+    // A client certificate from the cluster CA, else a bearer token the cluster knows.
+    let caller = caller.or_else(|| {
+        let header = req.headers().get(hyper::header::AUTHORIZATION)?;
+        bearer_caller(header.to_str().ok()?, &*config.engine)
+    });
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let accept = req
@@ -417,6 +470,14 @@ async fn handle(
     }
     if caller.is_none() {
         return failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+    }
+    if path == "/metrics" && method == Method::GET {
+        let text = config.metrics.render(&(config.gauges)());
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header("Content-Type", "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(text)).boxed())
+            .expect("a valid response");
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if let Some((target, sub)) = subresources::parse(&segments) {

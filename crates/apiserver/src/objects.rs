@@ -95,6 +95,10 @@ pub struct ReadQuery {
     pub resource_version: Option<String>,
     /// `timeoutSeconds`.
     pub timeout_seconds: Option<u64>,
+    /// `limit`: at most this many items in a page (0 or absent: all).
+    pub limit: usize,
+    /// `continue`: the token of the previous page.
+    pub continue_token: Option<String>,
 }
 
 impl ReadQuery {
@@ -115,6 +119,8 @@ impl ReadQuery {
                 }
                 "watch" => q.watch = v == "true" || v == "1",
                 "timeoutSeconds" => q.timeout_seconds = v.parse().ok(),
+                "limit" => q.limit = v.parse().unwrap_or(0),
+                "continue" if !v.is_empty() => q.continue_token = Some(v),
                 _ => {}
             }
         }
@@ -230,29 +236,115 @@ pub async fn read(
             object
         });
     }
-    let listing = engine.list(&store_prefix(r, target.namespace), None, 0)?;
-    let items: Vec<Value> = listing
-        .items
-        .iter()
-        .filter_map(|(_, rec)| object_of(rec))
-        .filter(|o| labels.matches(&labels_of(o)))
-        .filter(|o| fields.matches(|f| field_value(o, f)))
-        .collect();
-    let revision = listing.revision.to_string();
+    let prefix = store_prefix(r, target.namespace);
+    let (start, first_revision) = match &query.continue_token {
+        Some(token) => {
+            let (key, revision) = parse_continue(token)
+                .filter(|(key, _)| key.starts_with(&prefix))
+                .ok_or_else(|| {
+                    ReadError::bad_request(
+                        "continue key is not valid: not one this server made for this list".into(),
+                    )
+                })?;
+            (Some(key), Some(revision))
+        }
+        None => (None, None),
+    };
+    let page = list_page(engine, &prefix, start, query.limit, |o| {
+        labels.matches(&labels_of(o)) && fields.matches(|f| field_value(o, f))
+    })?;
+    // Later pages are read at their own revision; the list reports the first page's.
+    let revision = first_revision.unwrap_or(page.revision).to_string();
+    let continue_token = page
+        .last_key
+        .map(|k| make_continue(&k, first_revision.unwrap_or(page.revision)));
     Ok(if query.table {
-        table(r, items, Some(revision))
+        let mut t = table(r, page.items, Some(revision));
+        if let Some(c) = continue_token {
+            t["metadata"]["continue"] = json!(c);
+        }
+        t
     } else {
+        let mut metadata = json!({"resourceVersion": revision});
+        if let Some(c) = continue_token {
+            metadata["continue"] = json!(c);
+        }
         json!({
             "kind": format!("{}List", r.kind),
             "apiVersion": r.api_version(),
-            "metadata": {"resourceVersion": revision},
-            "items": items,
+            "metadata": metadata,
+            "items": page.items,
         })
     })
 }
 
+/// One page of a list.
+struct Page {
+    items: Vec<Value>,
+    revision: u64,
+    /// Set when more may follow: the last key examined.
+    last_key: Option<String>,
+}
+
+/// Up to `limit` (0: all) objects under `prefix` after `start` that `keep` accepts, read in
+/// chunks so that a selective filter still fills the page.
+fn list_page(
+    engine: &dyn Engine,
+    prefix: &str,
+    mut start: Option<String>,
+    limit: usize,
+    keep: impl Fn(&Value) -> bool,
+) -> Result<Page, ReadError> {
+    let mut items = Vec::new();
+    let mut revision = None;
+    loop {
+        // One more than the page, so that a page that ends the list is known to.
+        let chunk = if limit == 0 { 0 } else { (limit + 1).max(100) };
+        let listing = engine.list(prefix, start.as_deref(), chunk)?;
+        revision.get_or_insert(listing.revision);
+        let exhausted = chunk == 0 || listing.items.len() < chunk;
+        for (key, record) in &listing.items {
+            start = Some(key.clone());
+            if let Some(o) = object_of(record).filter(|o| keep(o)) {
+                items.push(o);
+                if limit > 0 && items.len() == limit {
+                    let more = !exhausted || listing.items.last().map(|(k, _)| k) != Some(key);
+                    return Ok(Page {
+                        items,
+                        revision: revision.unwrap_or_default(),
+                        last_key: more.then(|| key.clone()),
+                    });
+                }
+            }
+        }
+        if exhausted {
+            return Ok(Page {
+                items,
+                revision: revision.unwrap_or_default(),
+                last_key: None,
+            });
+        }
+    }
+}
+
+/// A continue token: the list's revision and the last key served, base64url.
+fn make_continue(key: &str, revision: u64) -> String {
+    use base64::Engine as _;
+    let text = json!({"v": 1, "rv": revision, "start": key}).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+}
+
+fn parse_continue(token: &str) -> Option<(String, u64)> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    Some((v["start"].as_str()?.to_string(), v["rv"].as_u64()?))
+}
+
 /// Seconds since the Unix epoch of an RFC 3339 UTC timestamp (`2026-12-01T03:10:48Z`).
-fn unix_seconds(ts: &str) -> Option<i64> {
+pub(crate) fn unix_seconds(ts: &str) -> Option<i64> {
     let b = ts.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[10] != b'T' {
         return None;
@@ -271,7 +363,7 @@ fn unix_seconds(ts: &str) -> Option<i64> {
 }
 
 /// An age as kubectl prints it: `45s`, `3m12s`, `17m`, `5h3m`, `20h`, `3d4h`, `40d`, `2y`.
-fn human_age(seconds: i64) -> String {
+pub(crate) fn human_age(seconds: i64) -> String {
     let s = seconds.max(0);
     let (m, h, d) = (s / 60, s / 3600, s / 86_400);
     match s {
@@ -286,15 +378,23 @@ fn human_age(seconds: i64) -> String {
     }
 }
 
-fn age_of(object: &Value) -> Value {
-    let now = std::time::SystemTime::now()
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// How long ago a timestamp was, as kubectl prints ages.
+pub(crate) fn age_text(timestamp: &str) -> Option<String> {
+    unix_seconds(timestamp).map(|t| human_age(now_unix() - t))
+}
+
+fn age_of(object: &Value) -> Value {
     match object["metadata"]["creationTimestamp"]
         .as_str()
-        .and_then(unix_seconds)
+        .and_then(age_text)
     {
-        Some(created) => json!(human_age(now - created)),
+        Some(age) => json!(age),
         None => json!("<unknown>"),
     }
 }
@@ -306,7 +406,10 @@ pub(crate) fn table(r: &Resource, objects: Vec<Value>, revision: Option<String>)
     let rows: Vec<Value> = objects
         .into_iter()
         .map(|o| {
-            let mut cells = vec![o["metadata"]["name"].clone()];
+            let mut cells = Vec::new();
+            if crate::columns::leads_with_name(r) {
+                cells.push(o["metadata"]["name"].clone());
+            }
             cells.extend(crate::columns::cells(r, &o, age_of(&o)));
             json!({
                 "cells": cells,
@@ -322,9 +425,10 @@ pub(crate) fn table(r: &Resource, objects: Vec<Value>, revision: Option<String>)
     if let Some(rv) = revision {
         metadata["resourceVersion"] = json!(rv);
     }
-    let mut columns = vec![
-        json!({"name": "Name", "type": "string", "format": "name", "description": format!("Name of the {}", r.singular), "priority": 0}),
-    ];
+    let mut columns = Vec::new();
+    if crate::columns::leads_with_name(r) {
+        columns.push(json!({"name": "Name", "type": "string", "format": "name", "description": format!("Name of the {}", r.singular), "priority": 0}));
+    }
     columns.extend(crate::columns::columns(r).into_iter().map(|(name, kind, priority)| {
         json!({"name": name, "type": kind, "format": "", "description": name, "priority": priority})
     }));
@@ -350,6 +454,90 @@ mod tests {
         })
         .to_string()
         .into_bytes()
+    }
+
+    #[tokio::test]
+    async fn lists_page_with_limit_and_continue() {
+        let store = MemoryStore::new(1000);
+        for i in 0..250 {
+            let zone = if i % 2 == 0 { "even" } else { "odd" };
+            store
+                .propose(Command::create(
+                    format!("/core/nodes/n{i:03}"),
+                    node(&format!("n{i:03}"), zone),
+                ))
+                .await
+                .unwrap();
+        }
+        let nodes = parse_path(&["api", "v1", "nodes"]).unwrap();
+        let names = |list: &Value| -> Vec<String> {
+            list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        // Every even node, 40 at a time: the filter is applied before the limit.
+        let mut seen = Vec::new();
+        let mut token: Option<String> = None;
+        let mut pages = 0;
+        let mut first_rv = None;
+        loop {
+            let query = match &token {
+                Some(t) => format!("labelSelector=zone%3Deven&limit=40&continue={t}"),
+                None => "labelSelector=zone%3Deven&limit=40".to_string(),
+            };
+            let page = read(&store, &store, &nodes, &ReadQuery::parse(Some(&query), ""))
+                .await
+                .unwrap();
+            pages += 1;
+            let rv = page["metadata"]["resourceVersion"].clone();
+            assert_eq!(
+                *first_rv.get_or_insert(rv.clone()),
+                rv,
+                "every page reports the list's revision"
+            );
+            let got = names(&page);
+            assert!(got.len() <= 40);
+            seen.extend(got);
+            match page["metadata"]["continue"].as_str() {
+                Some(t) => token = Some(t.to_string()),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..250).step_by(2).map(|i| format!("n{i:03}")).collect();
+        assert_eq!(seen, expected);
+        assert_eq!(pages, 4, "125 items at 40 a page");
+        // An exact fit has no continue token.
+        let page = read(
+            &store,
+            &store,
+            &nodes,
+            &ReadQuery::parse(Some("limit=250"), ""),
+        )
+        .await
+        .unwrap();
+        assert_eq!(names(&page).len(), 250);
+        assert!(page["metadata"]["continue"].is_null());
+        let bad = read(
+            &store,
+            &store,
+            &nodes,
+            &ReadQuery::parse(Some("limit=5&continue=garbage"), ""),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(bad.code, 400);
+        let foreign = make_continue("/core/pods/default/x", 1);
+        let q = format!("limit=5&continue={foreign}");
+        assert_eq!(
+            read(&store, &store, &nodes, &ReadQuery::parse(Some(&q), ""))
+                .await
+                .unwrap_err()
+                .code,
+            400
+        );
     }
 
     #[test]

@@ -201,6 +201,9 @@ pub async fn create(
             o.remove("status");
         }
     }
+    if crate::events::is_event(r) {
+        crate::events::prepare(&mut object);
+    }
     let meta = meta_mut(&mut object);
     meta.remove("resourceVersion");
     meta.insert("uid".into(), json!(new_uid()));
@@ -221,6 +224,23 @@ pub async fn create(
         .await
         .map_err(|e| store_failure(r, &name, e))?;
     check_namespace(engine, target)?;
+    if crate::events::is_event(r) {
+        let prefix = flotilla_api::store_prefix(r, target.namespace);
+        if let Some((key, revision, stored)) = crate::events::similar(engine, &prefix, &object) {
+            let mut folded = crate::events::fold(&stored, &object);
+            // A race with another fold: store this one as its own event instead.
+            if let Ok(written) = proposer
+                .propose(Command::update(key, folded.to_string(), Some(revision)))
+                .await
+            {
+                meta_mut(&mut folded).insert("resourceVersion".into(), json!(written.to_string()));
+                return Ok(Written {
+                    object: folded,
+                    warnings,
+                });
+            }
+        }
+    }
     let key = store_key(r, target.namespace.unwrap_or(""), &name);
     let revision = proposer
         .propose(Command::create(key, object.to_string()))

@@ -10,6 +10,7 @@
 //!   the foreground), then the finalizer is removed.
 //! - An object being deleted whose last finalizer is gone is removed.
 //! - A namespace being deleted is emptied, then removed.
+//! - An event last seen more than [`EVENT_TTL`] ago is removed.
 //! - A pod whose grace period has run out is removed. (The node runtime removes a pod once
 //!   its containers are stopped; this is the backstop for pods no node is running.)
 //!
@@ -66,7 +67,15 @@ struct Slim {
     kind: String,
     #[serde(default)]
     metadata: Meta,
+    // Events only: when they last happened.
+    #[serde(default)]
+    last_timestamp: Option<String>,
+    #[serde(default)]
+    event_time: Option<String>,
 }
+
+/// How long an event is kept after it last happened (the Kubernetes API server's default).
+pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// One stored object as the collector indexes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,15 +85,21 @@ pub struct Item {
     /// `Pod` and `Namespace` of the core group get their own rules.
     pub core_kind: Option<String>,
     meta: Meta,
+    /// For events: when they last happened.
+    last_seen: Option<String>,
 }
 
 impl Item {
     /// Indexes a stored object; `None` if it is not a JSON object with metadata.
     pub fn parse(key: &str, revision: u64, value: &[u8]) -> Option<Item> {
         let slim: Slim = serde_json::from_slice(value).ok()?;
+        let event = slim.api_version == "v1" && slim.kind == "Event";
         Some(Item {
             key: key.to_string(),
             revision,
+            last_seen: event
+                .then(|| slim.last_timestamp.or(slim.event_time))
+                .flatten(),
             core_kind: (slim.api_version == "v1").then_some(slim.kind),
             meta: slim.metadata,
         })
@@ -326,6 +341,17 @@ pub fn plan<'a>(items: impl IntoIterator<Item = &'a Item>, now: SystemTime) -> V
             actions.push(Action::Delete {
                 key: ns.key.clone(),
                 revision: ns.revision,
+            });
+        }
+    }
+
+    // Events past their time to live.
+    for item in items.iter().filter(|i| i.is("Event") && !i.deleting()) {
+        let seen = item.last_seen.as_deref().and_then(parse_rfc3339);
+        if seen.is_some_and(|at| at + EVENT_TTL <= now) && touched.insert(item.key.as_str()) {
+            actions.push(Action::Delete {
+                key: item.key.clone(),
+                revision: item.revision,
             });
         }
     }

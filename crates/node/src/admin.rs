@@ -1,12 +1,14 @@
 //! The admin's credentials, written by the node that holds the CA key (the one that
-//! bootstrapped): a kubeconfig with an admin client certificate, and a first join token.
+//! bootstrapped): a kubeconfig with an admin client certificate and API token, and a first
+//! join token.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_pki::files::{load_ca, write_private};
-use flotilla_pki::{JoinToken, Kubeconfig, ADMINS_GROUP};
+use flotilla_pki::{ApiToken, ApiTokenRecord, JoinToken, Kubeconfig, ADMINS_GROUP};
 use flotilla_raft::RaftNode;
+use flotilla_store::Proposer;
 
 /// How long the bootstrap token stays valid (as `kubeadm init`'s).
 pub const BOOTSTRAP_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -40,6 +42,19 @@ pub async fn ensure_admin_credentials(
         .map_err(|e| e.to_string())?;
     write_private(&token_path(data_dir), format!("{token}\n").as_bytes())
         .map_err(|e| e.to_string())?;
+    // The admin's API bearer token; only its hash is in the cluster state.
+    let api_token = ApiToken::generate();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let record = ApiTokenRecord::new(&api_token, "admin", &[ADMINS_GROUP], now);
+    node.propose(flotilla_store::Command::create(
+        ApiTokenRecord::key(&api_token.id),
+        record.to_json(),
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
     let kubeconfig = Kubeconfig {
         server: format!("https://{api}"),
         peers: vec![node.addr.clone()],
@@ -48,6 +63,7 @@ pub async fn ensure_admin_credentials(
         client: ca
             .issue_client("admin", &[ADMINS_GROUP])
             .map_err(|e| e.to_string())?,
+        token: Some(api_token.to_string()),
     };
     // Last: its presence means everything above is done.
     kubeconfig.save(&path).map_err(|e| e.to_string())?;

@@ -17,10 +17,63 @@ use flotilla_raft::{NodeConfig, RaftNode};
 mod admin;
 mod client;
 mod gossip;
+mod kubeconfig;
 mod leave;
 mod status;
 mod token;
 mod up;
+
+/// The Raft state `/metrics` reports.
+fn raft_gauges(node: Arc<RaftNode>) -> flotilla_apiserver::Gauges {
+    use flotilla_apiserver::Gauge;
+    Arc::new(move || {
+        let s = node.status();
+        let gauge = |name, help, value: f64| Gauge {
+            name,
+            help,
+            labels: String::new(),
+            value,
+        };
+        vec![
+            gauge(
+                "flotilla_raft_term",
+                "The Raft term this node is in.",
+                s.term as f64,
+            ),
+            gauge(
+                "flotilla_raft_is_leader",
+                "1 if this node is the Raft leader.",
+                f64::from(u8::from(s.role == "leader")),
+            ),
+            Gauge {
+                name: "flotilla_raft_role",
+                help: "This node's Raft role (1 for the current one).",
+                labels: format!("role=\"{}\"", s.role),
+                value: 1.0,
+            },
+            gauge(
+                "flotilla_raft_applied_index",
+                "The last log index applied to this node's store.",
+                s.applied as f64,
+            ),
+            gauge(
+                "flotilla_raft_last_log_index",
+                "The last log index this node has.",
+                s.last_log as f64,
+            ),
+            gauge(
+                "flotilla_raft_snapshot_index",
+                "The log index of this node's last snapshot.",
+                s.snapshot_index as f64,
+            ),
+            gauge(
+                "flotilla_raft_members",
+                "Members (voters and learners) in the Raft membership.",
+                s.members.len() as f64,
+            ),
+        ]
+    })
+}
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +101,8 @@ enum Command {
     Leave(leave::LeaveArgs),
     /// Start a local cluster on this machine, each node in its own network namespace.
     Up(up::UpArgs),
+    /// Print a kubeconfig with the admin's API token (for kubectl and other clients).
+    Kubeconfig(kubeconfig::KubeconfigArgs),
 }
 
 #[derive(clap::Args)]
@@ -184,6 +239,7 @@ fn main() -> ExitCode {
         Command::Members(args) => runtime.block_on(status::members(args)),
         Command::Up(args) => runtime.block_on(up::run(args)),
         Command::Leave(args) => runtime.block_on(leave::run(args)),
+        Command::Kubeconfig(args) => kubeconfig::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -253,6 +309,8 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
             key_pem: pki.node.key_pem.clone(),
         },
         advertise: api_addr,
+        metrics: Arc::default(),
+        gauges: raft_gauges(Arc::clone(&node)),
     };
     tokio::spawn({
         let stop = stop.clone();

@@ -21,12 +21,36 @@ pub struct Kubeconfig {
     pub ca_pem: String,
     pub user: String,
     pub client: Credential,
+    /// The user's API bearer token (`ID.SECRET`), if it has one.
+    pub token: Option<String>,
 }
 
 const NAME: &str = "flotilla";
 
 impl Kubeconfig {
     pub fn to_json(&self) -> String {
+        let mut user = json!({
+            "client-certificate-data": B64.encode(&self.client.cert_pem),
+            "client-key-data": B64.encode(&self.client.key_pem),
+        });
+        if let Some(token) = &self.token {
+            user["token"] = json!(token);
+        }
+        self.document(user)
+    }
+
+    /// The same cluster with only the bearer token as credentials (what `flotilla kubeconfig`
+    /// prints for kubectl), pointed at `server`; `None` without a token.
+    pub fn token_only_json(&self, server: &str) -> Option<String> {
+        let token = self.token.as_ref()?;
+        let with_server = Kubeconfig {
+            server: server.to_string(),
+            ..self.clone()
+        };
+        Some(with_server.document(json!({"token": token})))
+    }
+
+    fn document(&self, user: Value) -> String {
         let v = json!({
             "apiVersion": "v1",
             "kind": "Config",
@@ -44,10 +68,7 @@ impl Kubeconfig {
             }],
             "users": [{
                 "name": self.user,
-                "user": {
-                    "client-certificate-data": B64.encode(&self.client.cert_pem),
-                    "client-key-data": B64.encode(&self.client.key_pem),
-                },
+                "user": user,
             }],
             "contexts": [{
                 "name": NAME,
@@ -114,6 +135,7 @@ impl Kubeconfig {
                 cert_pem: data(&user["user"], "client-certificate-data")?,
                 key_pem: data(&user["user"], "client-key-data")?,
             },
+            token: user["user"]["token"].as_str().map(str::to_string),
         })
     }
 
@@ -144,8 +166,16 @@ mod tests {
                 cert_pem: "CERT".into(),
                 key_pem: "KEY".into(),
             },
+            token: Some("abcdef.0123".into()),
         };
         assert_eq!(Kubeconfig::from_json(&k.to_json()).unwrap(), k);
+        let plain: Value =
+            serde_json::from_str(&k.token_only_json("https://10.0.0.2:6443").unwrap()).unwrap();
+        assert_eq!(plain["users"][0]["user"], json!({"token": "abcdef.0123"}));
+        assert_eq!(
+            plain["clusters"][0]["cluster"]["server"],
+            "https://10.0.0.2:6443"
+        );
         assert!(Kubeconfig::from_json("apiVersion: v1").is_err());
     }
 }

@@ -1,12 +1,14 @@
 //! Cluster identity: the CA, node and admin certificates, join tokens, and the files they live
 //! in. Pure logic and files; no networking.
 
+pub mod api_token;
 pub mod ca;
 pub mod files;
 pub mod kubeconfig;
 pub mod pinned;
 pub mod token;
 
+pub use api_token::{ApiToken, ApiTokenRecord, API_TOKENS_PREFIX};
 pub use ca::{Ca, CaHash, Credential, ADMINS_GROUP, NODES_GROUP, NODE_SERVER_NAME};
 pub use files::NodePki;
 pub use kubeconfig::Kubeconfig;

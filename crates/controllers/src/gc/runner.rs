@@ -119,6 +119,9 @@ pub async fn run(node: Arc<RaftNode>, shutdown: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut index: Option<Index> = None;
     let mut retry = false;
+    // Time alone expires events: plan at least this often.
+    let sweep = Duration::from_secs(60);
+    let mut planned_at = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -150,9 +153,10 @@ pub async fn run(node: Arc<RaftNode>, shutdown: CancellationToken) {
                 continue;
             }
         };
-        if !changed && !retry && !idx.any_deleting() {
+        if !changed && !retry && !idx.any_deleting() && planned_at.elapsed() < sweep {
             continue;
         }
+        planned_at = std::time::Instant::now();
         let now = SystemTime::now();
         let actions = plan(idx.items.values(), now);
         retry = false;

@@ -168,3 +168,23 @@ fn a_pod_goes_when_its_grace_period_ends() {
     assert!(plan([&pod("2027-01-15T08:00:30Z")], now()).is_empty());
     assert_eq!(plan([&pod("2027-01-15T07:59:59Z")], now()).len(), 1);
 }
+
+#[test]
+fn events_expire_an_hour_after_they_last_happened() {
+    let event = |last: &str| {
+        item(
+            "/core/events/default/e",
+            json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default", "uid": "e"},
+                "lastTimestamp": last, "count": 3}),
+        )
+    };
+    // now() is 2027-01-15T08:00:00Z.
+    assert!(plan([&event("2027-01-15T07:00:01Z")], now()).is_empty());
+    assert_eq!(
+        plan([&event("2027-01-15T06:59:59Z")], now()),
+        vec![Action::Delete {
+            key: "/core/events/default/e".into(),
+            revision: 7
+        }]
+    );
+}
