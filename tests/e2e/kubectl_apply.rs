@@ -277,6 +277,20 @@ async fn a_manifest_is_applied_read_changed_reapplied_and_deleted_through_every_
             let left = k.ok(s, &["get", "deploy,svc,cm,secret", "-n", "shop", "-o", "name"]);
             assert!(left.trim().is_empty(), "left in shop via {s}: {left}");
         }
+
+        // Server-side apply creates what is missing, then merges.
+        let ssa = write(dir.path(), "ssa.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  a: \"1\"\n");
+        assert_eq!(k.ok(f1, &["apply", "--server-side", "-f", &ssa]).trim(), "configmap/ssa serverside-applied");
+        assert_eq!(k.ok(f2, &["get", "cm", "ssa", "-o", "jsonpath={.data.a}"]), "1");
+
+        // drain: cordon, then evict the node's pod (deleted after its 1 s grace period).
+        let pod = write(dir.path(), "pod.yaml", "apiVersion: v1\nkind: Pod\nmetadata:\n  name: pinned\nspec:\n  nodeName: n2\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1.36\n");
+        k.ok(l, &["create", "-f", &pod]);
+        let drained = k.ok(f1, &["drain", "n2", "--force", "--timeout=60s"]);
+        assert!(drained.contains("node/n2 cordoned") && drained.contains("pod/pinned evicted") && drained.contains("node/n2 drained"), "{drained}");
+        let (ok, _, err) = k.run(f2, &["get", "pod", "pinned"]);
+        assert!(!ok && err.contains("NotFound"), "{err}");
+        assert_eq!(k.ok(l, &["get", "node", "n2", "-o", "jsonpath={.spec.unschedulable}"]), "true");
     })
     .await
     .unwrap();

@@ -1,6 +1,6 @@
 //! Subresources: `scale` (the `autoscaling/v1` Scale view of `spec.replicas`, what `kubectl
-//! scale` reads and patches) and `status` (the whole object on read; on write only its
-//! `status` is taken, as Kubernetes does).
+//! scale` reads and patches), `status` (the whole object on read; on write only its `status`
+//! is taken, as Kubernetes does) and `eviction` (a pod deletion, as `kubectl drain` asks).
 
 use flotilla_api::store_key;
 use flotilla_store::{Command, Engine, Proposer};
@@ -71,6 +71,48 @@ fn not_supported(sub: &str) -> WriteError {
     )
 }
 
+/// `POST pods/NAME/eviction` (what `kubectl drain` sends): deletes the pod with the eviction's
+/// `deleteOptions`. There are no disruption budgets yet, so an eviction is always allowed.
+/// kubectl 1.32 sends the Eviction as protobuf; its options are then the defaults.
+async fn evict(
+    engine: &dyn Engine,
+    proposer: &dyn Proposer,
+    method: &hyper::Method,
+    target: &Target<'_>,
+    body: &[u8],
+    content_type: &str,
+) -> Result<Value, WriteError> {
+    if *method != hyper::Method::POST {
+        return Err(not_supported("eviction"));
+    }
+    let options = if content_type.contains("protobuf") || body.is_empty() {
+        Vec::new()
+    } else {
+        let eviction: Value = serde_json::from_slice(body).map_err(|e| {
+            WriteError::new(
+                400,
+                "BadRequest",
+                format!("the Eviction is not valid JSON: {e}"),
+            )
+        })?;
+        eviction["deleteOptions"].to_string().into_bytes()
+    };
+    let options = if options.is_empty() || options == b"null" {
+        crate::deletion::DeleteOptions::parse(None, b"", "")?
+    } else {
+        crate::deletion::DeleteOptions::parse(None, &options, "application/json")?
+    };
+    let name = target.name.unwrap_or("");
+    crate::deletion::delete(engine, proposer, target, name, &options).await?;
+    Ok(json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "code": 201,
+    }))
+}
+
 /// Serves a subresource request: the answer, or why not.
 pub async fn handle(
     engine: &dyn Engine,
@@ -84,6 +126,9 @@ pub async fn handle(
     let r = target.resource;
     let name = target.name.unwrap_or("");
     let key = store_key(r, target.namespace.unwrap_or(""), name);
+    if sub == "eviction" {
+        return evict(engine, proposer, method, target, body, content_type).await;
+    }
     if !matches!(sub, "scale" | "status") {
         return Err(not_supported(sub));
     }

@@ -475,7 +475,31 @@ pub async fn patch(
     let key = store_key(r, target.namespace.unwrap_or(""), name);
     // A concurrent write between the read and the write: read again and re-apply.
     for _ in 0..5 {
-        let (stored, revision) = current(engine, proposer, r, &key, name).await?;
+        let (stored, revision) = match current(engine, proposer, r, &key, name).await {
+            // Server-side apply creates what is missing.
+            Err(e)
+                if e.code == 404 && request.content_type.starts_with("application/apply-patch") =>
+            {
+                let mut object = patch.clone();
+                if object["metadata"]["name"].is_null() && object.is_object() {
+                    meta_mut(&mut object).insert("name".into(), json!(name));
+                }
+                if object["metadata"]["name"].as_str() != Some(name) {
+                    return Err(WriteError::bad_request(format!(
+                        "the name of the object ({}) does not match the name on the URL ({name})",
+                        object["metadata"]["name"]
+                    )));
+                }
+                let body = object.to_string();
+                let create_request = WriteRequest {
+                    body: body.as_bytes(),
+                    content_type: "application/json",
+                    validation: request.validation,
+                };
+                return create(engine, proposer, target, &create_request).await;
+            }
+            other => other?,
+        };
         let patched = apply_patch(&stored, &patch, request.content_type)?;
         // A patch may carry a resourceVersion precondition; otherwise the read one holds.
         let expected = patched["metadata"]["resourceVersion"]
