@@ -14,6 +14,7 @@ mod metrics;
 mod objects;
 mod openapi;
 mod protobuf;
+mod raw;
 mod subresources;
 mod watch;
 mod writes;
@@ -520,7 +521,12 @@ async fn handle(
             return watch_response(config, &target, &query).await;
         }
         return match objects::read(&*config.engine, &*config.proposer, &target, &query).await {
-            Ok(body) => json_response(StatusCode::OK, &body),
+            Ok(objects::ReadBody::Json(body)) => json_response(StatusCode::OK, &body),
+            Ok(objects::ReadBody::Raw(text)) => Response::builder()
+                .status(StatusCode::OK)
+                .header("Content-Type", "application/json")
+                .body(Full::new(Bytes::from(text)).boxed())
+                .expect("a valid response"),
             Err(e) => failure(
                 StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 e.reason,

@@ -207,13 +207,30 @@ pub(crate) fn labels_of(object: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// What a read answers: a JSON value, or JSON text made without parsing the stored objects.
+pub enum ReadBody {
+    Json(Value),
+    Raw(Vec<u8>),
+}
+
+#[cfg(test)]
+impl ReadBody {
+    /// The answer as a value (parsing raw text).
+    pub fn into_value(self) -> Value {
+        match self {
+            ReadBody::Json(v) => v,
+            ReadBody::Raw(text) => serde_json::from_slice(&text).expect("the server's own JSON"),
+        }
+    }
+}
+
 /// Reads the target: one object, or a list.
 pub async fn read(
     engine: &dyn Engine,
     proposer: &dyn Proposer,
     target: &Target<'_>,
     query: &ReadQuery,
-) -> Result<Value, ReadError> {
+) -> Result<ReadBody, ReadError> {
     let (labels, fields) = query.selectors()?;
     if !query.any_version {
         proposer.read_barrier().await?;
@@ -230,11 +247,11 @@ pub async fn read(
                 reason: "NotFound",
                 message: format!("{} \"{name}\" not found", r.plural),
             })?;
-        return Ok(if query.table {
+        return Ok(ReadBody::Json(if query.table {
             table(r, vec![object], None)
         } else {
             object
-        });
+        }));
     }
     let prefix = store_prefix(r, target.namespace);
     let (start, first_revision) = match &query.continue_token {
@@ -250,15 +267,45 @@ pub async fn read(
         }
         None => (None, None),
     };
-    let page = list_page(engine, &prefix, start, query.limit, |o| {
-        labels.matches(&labels_of(o)) && fields.matches(|f| field_value(o, f))
+    let unfiltered = labels.is_empty() && fields.fields().next().is_none();
+    if unfiltered && !query.table {
+        // Every stored object as it is, with its revision spliced in.
+        let page = list_page(engine, &prefix, start, query.limit, |rec| {
+            crate::raw::with_resource_version(&rec.value, rec.mod_revision)
+                .or_else(|| object_of(rec).map(|o| o.to_string().into_bytes()))
+        })?;
+        let revision = first_revision.unwrap_or(page.revision).to_string();
+        let mut metadata = json!({"resourceVersion": revision});
+        if let Some(k) = &page.last_key {
+            metadata["continue"] = json!(make_continue(k, first_revision.unwrap_or(page.revision)));
+        }
+        let head = format!(
+            r#"{{"kind":"{}List","apiVersion":"{}","metadata":{metadata},"items":["#,
+            r.kind,
+            r.api_version()
+        );
+        let size = head.len() + page.items.iter().map(|i| i.len() + 1).sum::<usize>() + 2;
+        let mut body = Vec::with_capacity(size);
+        body.extend_from_slice(head.as_bytes());
+        for (i, item) in page.items.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(item);
+        }
+        body.extend_from_slice(b"]}");
+        return Ok(ReadBody::Raw(body));
+    }
+    let page = list_page(engine, &prefix, start, query.limit, |rec| {
+        object_of(rec)
+            .filter(|o| labels.matches(&labels_of(o)) && fields.matches(|f| field_value(o, f)))
     })?;
     // Later pages are read at their own revision; the list reports the first page's.
     let revision = first_revision.unwrap_or(page.revision).to_string();
     let continue_token = page
         .last_key
         .map(|k| make_continue(&k, first_revision.unwrap_or(page.revision)));
-    Ok(if query.table {
+    Ok(ReadBody::Json(if query.table {
         let mut t = table(r, page.items, Some(revision));
         if let Some(c) = continue_token {
             t["metadata"]["continue"] = json!(c);
@@ -275,26 +322,26 @@ pub async fn read(
             "metadata": metadata,
             "items": page.items,
         })
-    })
+    }))
 }
 
 /// One page of a list.
-struct Page {
-    items: Vec<Value>,
+struct Page<T> {
+    items: Vec<T>,
     revision: u64,
     /// Set when more may follow: the last key examined.
     last_key: Option<String>,
 }
 
-/// Up to `limit` (0: all) objects under `prefix` after `start` that `keep` accepts, read in
-/// chunks so that a selective filter still fills the page.
-fn list_page(
+/// Up to `limit` (0: all) records under `prefix` after `start` that `convert` turns into an
+/// item (`None`: filtered out), read in chunks so that a selective filter still fills the page.
+fn list_page<T>(
     engine: &dyn Engine,
     prefix: &str,
     mut start: Option<String>,
     limit: usize,
-    keep: impl Fn(&Value) -> bool,
-) -> Result<Page, ReadError> {
+    convert: impl Fn(&Record) -> Option<T>,
+) -> Result<Page<T>, ReadError> {
     let mut items = Vec::new();
     let mut revision = None;
     loop {
@@ -305,8 +352,8 @@ fn list_page(
         let exhausted = chunk == 0 || listing.items.len() < chunk;
         for (key, record) in &listing.items {
             start = Some(key.clone());
-            if let Some(o) = object_of(record).filter(|o| keep(o)) {
-                items.push(o);
+            if let Some(item) = convert(record) {
+                items.push(item);
                 if limit > 0 && items.len() == limit {
                     let more = !exhausted || listing.items.last().map(|(k, _)| k) != Some(key);
                     return Ok(Page {
@@ -445,6 +492,18 @@ pub(crate) fn table(r: &Resource, objects: Vec<Value>, revision: Option<String>)
 mod tests {
     use super::*;
     use flotilla_store::{Command, MemoryStore};
+
+    /// `read`, answering a value.
+    async fn read(
+        engine: &dyn Engine,
+        proposer: &dyn Proposer,
+        target: &Target<'_>,
+        query: &ReadQuery,
+    ) -> Result<Value, ReadError> {
+        super::read(engine, proposer, target, query)
+            .await
+            .map(ReadBody::into_value)
+    }
 
     fn node(name: &str, zone: &str) -> Vec<u8> {
         json!({

@@ -27,6 +27,19 @@ pub struct WatchRequest {
     pub table: bool,
 }
 
+/// An event line from a stored record without parsing it (no selectors, no Table): the
+/// record's bytes with `revision` spliced in as the resourceVersion.
+fn raw_line(kind: &str, record: &Record, revision: u64) -> Option<Bytes> {
+    let object = crate::raw::with_resource_version(&record.value, revision)?;
+    let mut s = Vec::with_capacity(object.len() + 32);
+    s.extend_from_slice(b"{\"type\":\"");
+    s.extend_from_slice(kind.as_bytes());
+    s.extend_from_slice(b"\",\"object\":");
+    s.extend_from_slice(&object);
+    s.extend_from_slice(b"}\n");
+    Some(Bytes::from(s))
+}
+
 fn line(kind: &str, object: Value) -> Bytes {
     let mut s = json!({"type": kind, "object": object}).to_string();
     s.push('\n');
@@ -43,6 +56,7 @@ pub async fn run(
     tx: mpsc::Sender<Bytes>,
 ) {
     let prefix = store_prefix(r, namespace.as_deref());
+    let unfiltered = req.labels.is_empty() && req.fields.fields().next().is_none() && !req.table;
     let matches =
         |o: &Value| req.labels.matches(&labels_of(o)) && req.fields.matches(|f| field_value(o, f));
     let shape = |o: Value| {
@@ -57,6 +71,13 @@ pub async fn run(
         None => match engine.list(&prefix, None, 0) {
             Ok(listing) => {
                 for (_, rec) in &listing.items {
+                    if let Some(l) = raw_line("ADDED", rec, rec.mod_revision).filter(|_| unfiltered)
+                    {
+                        if tx.send(l).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     if let Some(o) = object_of(rec).filter(&matches) {
                         if tx.send(line("ADDED", shape(o))).await.is_err() {
                             return;
@@ -121,6 +142,15 @@ pub async fn run(
                 EventKind::Updated => ("MODIFIED", event.record.as_ref()),
                 EventKind::Deleted => ("DELETED", event.prev.as_ref()),
             };
+            if let Some(l) = record
+                .filter(|_| unfiltered)
+                .and_then(|rec| raw_line(kind, rec, event.revision))
+            {
+                if tx.send(l).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let Some(mut object) = record.and_then(object_of) else {
                 continue;
             };
