@@ -219,11 +219,16 @@ pub async fn create(
         object: a.object,
         warnings: a.warnings,
     })?;
-    proposer
-        .read_barrier()
-        .await
-        .map_err(|e| store_failure(r, &name, e))?;
-    check_namespace(engine, target)?;
+    // The namespace is checked in the local replica, as Kubernetes checks it in its cache;
+    // only a refusal is confirmed after a read barrier (the namespace may be newer than the
+    // replica), so a create costs no quorum round. An event's fold needs the latest events.
+    if check_namespace(engine, target).is_err() || crate::events::is_event(r) {
+        proposer
+            .read_barrier()
+            .await
+            .map_err(|e| store_failure(r, &name, e))?;
+        check_namespace(engine, target)?;
+    }
     if crate::events::is_event(r) {
         let prefix = flotilla_api::store_prefix(r, target.namespace);
         if let Some((key, revision, stored)) = crate::events::similar(engine, &prefix, &object) {
