@@ -1,0 +1,75 @@
+//! Processes: a child in new namespaces, its exit, signals.
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::{Result, SysError};
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Exited(i32),
+    Signaled(Signal),
+}
+
+impl ExitStatus {
+    /// The shell's convention: the exit code, or 128 + the signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(c) => c,
+            ExitStatus::Signaled(s) => 128 + s as i32,
+        }
+    }
+}
+
+/// Runs `child` in a new process with `flags` (the namespaces to create); the child exits
+/// with what `child` returns. The new process gets its own copy of the caller's memory, so
+/// call this from a single-threaded process (the runtime's CLI, or a helper it forks): in the
+/// child only the calling thread exists, and a lock another thread held stays held.
+pub fn clone_child(flags: CloneFlags, child: impl FnMut() -> isize) -> Result<Pid> {
+    let mut child = child;
+    let mut stack = vec![0u8; 1024 * 1024];
+    // SAFETY: without CLONE_VM the child runs on its own copy of this process's memory, so the
+    // stack and the closure stay valid for it; SIGCHLD makes it a normal child that `waitpid`
+    // can collect. The caller is single-threaded (see above), so no lock is held elsewhere.
+    let pid = unsafe {
+        nix::sched::clone(
+            Box::new(move || child()),
+            &mut stack,
+            flags,
+            Some(Signal::SIGCHLD as i32),
+        )
+    };
+    pid.map_err(|e| SysError::new("clone", format!("{flags:?}"), e))
+}
+
+/// Waits for `pid` (a child of this process) to end.
+pub fn wait_exit(pid: Pid) -> Result<ExitStatus> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(ExitStatus::Exited(code)),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(ExitStatus::Signaled(signal)),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(SysError::new("waitpid", pid, e)),
+        }
+    }
+}
+
+/// Sends `signal` to `pid`.
+pub fn kill(pid: Pid, signal: Signal) -> Result<()> {
+    nix::sys::signal::kill(pid, signal).map_err(|e| SysError::new("kill", pid, e))
+}
+
+/// Whether a process `pid` exists (and is not a zombie).
+pub fn pid_alive(pid: Pid) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
