@@ -12,6 +12,7 @@ mod learner_read;
 mod membership;
 mod partition;
 mod rewatch;
+mod runtime;
 mod snapshot;
 mod startup_errors;
 mod support;

@@ -595,3 +595,90 @@ pub async fn kube_client(kubeconfig: &Path, addr: &str) -> Result<kube::Client> 
     config.cluster_url = format!("https://{addr}:6443").parse()?;
     Ok(kube::Client::try_from(config)?)
 }
+
+/// An OCI bundle in `dir` running `args` in a busybox root file system (Debian's
+/// `busybox-static`, which `make deps` installs), with the usual mounts and namespaces;
+/// `tweak` edits the `config.json` before it is written.
+pub fn busybox_bundle(
+    dir: &Path,
+    args: &[&str],
+    tweak: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox is missing: `make deps` installs Debian's busybox-static"
+    );
+    let rootfs = dir.join("rootfs");
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in ["proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    for name in String::from_utf8_lossy(&list.stdout).lines() {
+        if name != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(name));
+        }
+    }
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    let mut config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin", "TERM=xterm"],
+            "cwd": "/",
+            "noNewPrivileges": true,
+        },
+        "root": {"path": "rootfs", "readonly": false},
+        "hostname": "box",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    });
+    tweak(&mut config);
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
+/// Runs `flotilla runtime ARGS` with its state under `root`: (exit code, stdout, stderr).
+/// Output goes through files, not pipes: a created container inherits them and keeps them
+/// open long after the command has exited.
+pub fn runtime_cli(root: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tempfile::tempfile().expect("a temporary file");
+    let err = tempfile::tempfile().expect("a temporary file");
+    let status = Command::new(flotilla_bin())
+        .arg("runtime")
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(err.try_clone().expect("dup"))
+        .status()
+        .expect("run flotilla runtime");
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        f.seek(std::io::SeekFrom::Start(0)).expect("seek");
+        f.read_to_string(&mut text).expect("read");
+        text
+    };
+    (status.code(), read(out), read(err))
+}

@@ -19,6 +19,7 @@ mod client;
 mod gossip;
 mod kubeconfig;
 mod leave;
+mod runtime_cli;
 mod status;
 mod token;
 mod up;
@@ -103,6 +104,8 @@ enum Command {
     Up(up::UpArgs),
     /// Print a kubeconfig with the admin's API token (for kubectl and other clients).
     Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// Run containers from OCI bundles, as runc and crun do.
+    Runtime(runtime_cli::RuntimeArgs),
 }
 
 #[derive(clap::Args)]
@@ -221,6 +224,11 @@ impl NodeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread exists: creating a container clones this process.
+    let cli = match cli.command {
+        Command::Runtime(args) => return runtime_cli::run(args),
+        command => Cli { command },
+    };
     flotilla_util::init_tracing("info,openraft=error,h2=warn,tower=warn");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -240,6 +248,7 @@ fn main() -> ExitCode {
         Command::Up(args) => runtime.block_on(up::run(args)),
         Command::Leave(args) => runtime.block_on(leave::run(args)),
         Command::Kubeconfig(args) => kubeconfig::run(args),
+        Command::Runtime(_) => unreachable!("handled before the async runtime starts"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -37,7 +37,7 @@ pub struct Cgroup {
     pub relative: PathBuf,
 }
 
-const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "cpuset"];
+const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "cpuset"];
 
 /// Finds the layout under `root` (`/sys/fs/cgroup` on a real host).
 pub fn detect(root: &Path) -> io::Result<Layout> {
@@ -157,7 +157,10 @@ impl Cgroup {
                     write(&cpu.join("cpu.shares"), s)?;
                 }
                 if let Some(q) = limits.cpu_quota_us.filter(|q| *q > 0) {
-                    write(&cpu.join("cpu.cfs_period_us"), limits.cpu_period_us.unwrap_or(100_000))?;
+                    write(
+                        &cpu.join("cpu.cfs_period_us"),
+                        limits.cpu_period_us.unwrap_or(100_000),
+                    )?;
                     write(&cpu.join("cpu.cfs_quota_us"), q)?;
                 }
                 if let Some(p) = limits.pids.filter(|p| *p > 0) {
@@ -192,7 +195,9 @@ impl Cgroup {
     /// How many times the kernel's OOM killer killed a process of this cgroup.
     pub fn oom_kills(&self) -> u64 {
         let text = match &self.layout {
-            Layout::Unified(root) => fs::read_to_string(root.join(&self.relative).join("memory.events")),
+            Layout::Unified(root) => {
+                fs::read_to_string(root.join(&self.relative).join("memory.events"))
+            }
             Layout::V1(_) => {
                 fs::read_to_string(self.v1("memory").expect("v1").join("memory.oom_control"))
             }
@@ -220,10 +225,14 @@ impl Cgroup {
                 (cpu, mem)
             }
             Layout::V1(root) => {
-                let cpu = read(root.join("cpuacct").join(&self.relative).join("cpuacct.usage"))
-                    .trim()
-                    .parse()
-                    .unwrap_or(0);
+                let cpu = read(
+                    root.join("cpuacct")
+                        .join(&self.relative)
+                        .join("cpuacct.usage"),
+                )
+                .trim()
+                .parse()
+                .unwrap_or(0);
                 let mem = read(self.v1("memory").expect("v1").join("memory.usage_in_bytes"))
                     .trim()
                     .parse()
@@ -253,16 +262,29 @@ mod tests {
     #[test]
     fn layouts_are_detected_from_the_files() {
         let v2 = tempfile::tempdir().unwrap();
-        fs::write(v2.path().join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
-        assert_eq!(detect(v2.path()).unwrap(), Layout::Unified(v2.path().to_path_buf()));
+        fs::write(
+            v2.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        assert_eq!(
+            detect(v2.path()).unwrap(),
+            Layout::Unified(v2.path().to_path_buf())
+        );
         let hybrid = tempfile::tempdir().unwrap();
         fs::create_dir_all(hybrid.path().join("memory")).unwrap();
         fs::write(hybrid.path().join("memory/memory.limit_in_bytes"), "max").unwrap();
         // A v2 tree with only hugetlb (as on these machines' `unified`) is not enough.
         fs::write(hybrid.path().join("cgroup.controllers"), "hugetlb\n").unwrap();
-        assert_eq!(detect(hybrid.path()).unwrap(), Layout::V1(hybrid.path().to_path_buf()));
+        assert_eq!(
+            detect(hybrid.path()).unwrap(),
+            Layout::V1(hybrid.path().to_path_buf())
+        );
         let none = tempfile::tempdir().unwrap();
-        assert!(detect(none.path()).unwrap_err().to_string().contains("no cgroup controllers"));
+        assert!(detect(none.path())
+            .unwrap_err()
+            .to_string()
+            .contains("no cgroup controllers"));
     }
 
     #[test]
@@ -278,11 +300,21 @@ mod tests {
         })
         .unwrap();
         let dir = root.path().join("flotilla/c1");
-        assert_eq!(fs::read_to_string(dir.join("memory.max")).unwrap(), "67108864");
-        assert_eq!(fs::read_to_string(dir.join("cpu.max")).unwrap(), "50000 100000");
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.max")).unwrap(),
+            "67108864"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "50000 100000"
+        );
         assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "32");
         assert_eq!(fs::read_to_string(dir.join("cpu.weight")).unwrap(), "39");
-        fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
+        fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
         assert_eq!(cg.oom_kills(), 1);
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(262_144), 10_000);

@@ -65,7 +65,10 @@ pub fn namespaces(spec: &Spec) -> Result<(CloneFlags, Vec<(PathBuf, CloneFlags)>
         .unwrap_or_default();
     for ns in list {
         let Some(flag) = ns_flag(ns.typ()) else {
-            return Err(RuntimeError::Unsupported(format!("{:?} namespaces", ns.typ())));
+            return Err(RuntimeError::Unsupported(format!(
+                "{:?} namespaces",
+                ns.typ()
+            )));
         };
         match ns.path() {
             Some(path) if flag == CloneFlags::CLONE_NEWPID => {
@@ -110,8 +113,20 @@ pub fn prepare_rootfs(sys: &dyn Syscall, spec: &Spec, rootfs: &Path) -> Result<(
     let io = |what: &str, p: &Path, e: std::io::Error| {
         RuntimeError::Setup(format!("{what} {}: {e}", p.display()))
     };
-    sys.mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
-    sys.mount(Some(rootfs), rootfs, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    sys.mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    sys.mount(
+        Some(rootfs),
+        rootfs,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
     for m in spec.mounts().as_deref().unwrap_or_default() {
         let kind = m.typ().as_deref().unwrap_or("");
         // cgroup file systems are not mounted: on hybrid hosts there is no single tree to show.
@@ -126,12 +141,26 @@ pub fn prepare_rootfs(sys: &dyn Syscall, spec: &Spec, rootfs: &Path) -> Result<(
         let data = options.data.join(",");
         let data = (!data.is_empty()).then_some(data.as_str());
         if options.bind {
-            sys.mount(source, &target, None, MsFlags::MS_BIND | (options.flags & MsFlags::MS_REC), None)?;
+            sys.mount(
+                source,
+                &target,
+                None,
+                MsFlags::MS_BIND | (options.flags & MsFlags::MS_REC),
+                None,
+            )?;
             if options.flags.intersects(!MsFlags::MS_REC) {
-                sys.mount(None, &target, None, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | (options.flags & !MsFlags::MS_REC), None)?;
+                sys.mount(
+                    None,
+                    &target,
+                    None,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | (options.flags & !MsFlags::MS_REC),
+                    None,
+                )?;
             }
         } else {
-            let fs_source = source.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(kind));
+            let fs_source = source
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(kind));
             sys.mount(Some(&fs_source), &target, Some(kind), options.flags, data)?;
         }
         if let Some(p) = options.propagation {
@@ -163,25 +192,59 @@ pub fn prepare_rootfs(sys: &dyn Syscall, spec: &Spec, rootfs: &Path) -> Result<(
     sys.umount(Path::new("."), MntFlags::MNT_DETACH)?;
     sys.chdir(Path::new("/"))?;
     let linux = spec.linux().as_ref();
-    for p in linux.and_then(|l| l.masked_paths().as_deref()).unwrap_or_default() {
+    for p in linux
+        .and_then(|l| l.masked_paths().as_deref())
+        .unwrap_or_default()
+    {
         let path = Path::new(p);
         match std::fs::metadata(path) {
-            Ok(meta) if meta.is_dir() => {
-                sys.mount(Some(Path::new("tmpfs")), path, Some("tmpfs"), MsFlags::MS_RDONLY, None)?
-            }
-            Ok(_) => sys.mount(Some(Path::new("/dev/null")), path, None, MsFlags::MS_BIND, None)?,
+            Ok(meta) if meta.is_dir() => sys.mount(
+                Some(Path::new("tmpfs")),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None,
+            )?,
+            Ok(_) => sys.mount(
+                Some(Path::new("/dev/null")),
+                path,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?,
             Err(_) => {}
         }
     }
-    for p in linux.and_then(|l| l.readonly_paths().as_deref()).unwrap_or_default() {
+    for p in linux
+        .and_then(|l| l.readonly_paths().as_deref())
+        .unwrap_or_default()
+    {
         let path = Path::new(p);
         if path.exists() {
-            sys.mount(Some(path), path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-            sys.mount(None, path, None, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_REC, None)?;
+            sys.mount(
+                Some(path),
+                path,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            sys.mount(
+                None,
+                path,
+                None,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+                None,
+            )?;
         }
     }
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
-        sys.mount(None, Path::new("/"), None, MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY, None)?;
+        sys.mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None,
+        )?;
     }
     Ok(())
 }
@@ -192,7 +255,10 @@ pub fn configure(sys: &dyn Syscall, spec: &Spec) -> Result<(), RuntimeError> {
         sys.sethostname(h)?;
     }
     let process = spec.process().as_ref();
-    for r in process.and_then(|p| p.rlimits().as_deref()).unwrap_or_default() {
+    for r in process
+        .and_then(|p| p.rlimits().as_deref())
+        .unwrap_or_default()
+    {
         sys.set_rlimit(&r.typ().to_string(), r.soft(), r.hard())?;
     }
     Ok(())
@@ -213,10 +279,18 @@ pub fn exec(sys: &dyn Syscall, spec: &Spec) -> Result<std::convert::Infallible, 
     let default: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
     let caps = process.capabilities().as_ref();
     let sets = CapabilitySets {
-        bounding: caps.and_then(|c| names(c.bounding())).unwrap_or_else(|| default.clone()),
-        effective: caps.and_then(|c| names(c.effective())).unwrap_or_else(|| default.clone()),
-        permitted: caps.and_then(|c| names(c.permitted())).unwrap_or_else(|| default.clone()),
-        inheritable: caps.and_then(|c| names(c.inheritable())).unwrap_or_default(),
+        bounding: caps
+            .and_then(|c| names(c.bounding()))
+            .unwrap_or_else(|| default.clone()),
+        effective: caps
+            .and_then(|c| names(c.effective()))
+            .unwrap_or_else(|| default.clone()),
+        permitted: caps
+            .and_then(|c| names(c.permitted()))
+            .unwrap_or_else(|| default.clone()),
+        inheritable: caps
+            .and_then(|c| names(c.inheritable()))
+            .unwrap_or_default(),
         ambient: caps.and_then(|c| names(c.ambient())).unwrap_or_default(),
     };
     let user = process.user();
@@ -263,8 +337,14 @@ mod tests {
     #[test]
     fn namespaces_are_created_or_joined() {
         let (create, join) = namespaces(&spec(minimal())).unwrap();
-        assert_eq!(create, CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS);
-        assert_eq!(join, vec![(PathBuf::from("/run/netns/x"), CloneFlags::CLONE_NEWNET)]);
+        assert_eq!(
+            create,
+            CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS
+        );
+        assert_eq!(
+            join,
+            vec![(PathBuf::from("/run/netns/x"), CloneFlags::CLONE_NEWNET)]
+        );
         let mut no_mount = minimal();
         no_mount["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}]);
         assert!(namespaces(&spec(no_mount)).is_err());
@@ -286,12 +366,23 @@ mod tests {
         };
         assert!(calls[0].starts_with("mount - / -"), "{calls:#?}");
         assert_eq!(calls[1], format!("mount {r} {r} - MS_BIND | MS_REC -"));
-        assert!(calls.contains(&format!("mount proc {r}/proc proc (empty) -")), "{calls:#?}");
-        assert!(calls.contains(&format!("mount tmpfs {r}/dev tmpfs MS_NOSUID | MS_STRICTATIME mode=755,size=65536k")), "{calls:#?}");
-        assert!(!calls.iter().any(|c| c.contains("cgroup")), "cgroup mounts are skipped");
+        assert!(
+            calls.contains(&format!("mount proc {r}/proc proc 0x0 -")),
+            "{calls:#?}"
+        );
+        assert!(
+            calls.contains(&format!(
+                "mount tmpfs {r}/dev tmpfs MS_NOSUID | MS_STRICTATIME mode=755,size=65536k"
+            )),
+            "{calls:#?}"
+        );
+        assert!(
+            !calls.iter().any(|c| c.contains("cgroup")),
+            "cgroup mounts are skipped"
+        );
         assert!(at(&format!("mknod {r}/dev/null 1:3")) < at("pivot_root"));
         assert_eq!(calls[at("pivot_root") + 1], "umount .");
-        assert!(at("mount - / - MS_RDONLY | MS_BIND | MS_REMOUNT") > at("pivot_root"));
+        assert!(at("mount - / - MS_RDONLY | MS_REMOUNT | MS_BIND") > at("pivot_root"));
         assert!(at("sethostname box") > at("pivot_root"));
         assert!(calls.contains(&"setrlimit RLIMIT_NOFILE 1024 1024".to_string()));
         assert!(rootfs.path().join("dev/fd").symlink_metadata().is_ok());
@@ -304,7 +395,10 @@ mod tests {
         assert!(err.to_string().contains("recorded"), "{err}");
         let calls = sys.calls();
         assert_eq!(calls[0], "chdir /");
-        assert!(calls[1].starts_with("credentials 0:0 [] bounding=[\"CAP_CHOWN\""), "{calls:?}");
+        assert!(
+            calls[1].starts_with("credentials 0:0 [] bounding=[\"CAP_CHOWN\""),
+            "{calls:?}"
+        );
         assert_eq!(calls[2], "no_new_privs");
         assert_eq!(calls[3], "exec sh -c true");
     }

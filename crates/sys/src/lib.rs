@@ -10,7 +10,9 @@ pub use nix::mount::{MntFlags, MsFlags};
 pub use nix::sched::CloneFlags;
 pub use nix::sys::signal::Signal;
 pub use nix::unistd::Pid;
-pub use process::{clone_child, kill, pid_alive, wait_exit, ExitStatus};
+pub use process::{
+    can_administer, clone_child, kill, mkfifo, pid_alive, pipe, start_ticks, wait_exit, ExitStatus,
+};
 pub use syscall::{LinuxSyscall, RecordingSyscall, Syscall};
 
 /// A failed system call: which, on what, and the errno.
@@ -34,7 +36,10 @@ impl SysError {
 
     /// Whether the call failed for lack of privilege (EPERM or EACCES).
     pub fn is_permission(&self) -> bool {
-        matches!(self.errno, nix::errno::Errno::EPERM | nix::errno::Errno::EACCES)
+        matches!(
+            self.errno,
+            nix::errno::Errno::EPERM | nix::errno::Errno::EACCES
+        )
     }
 }
 

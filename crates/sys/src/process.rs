@@ -29,14 +29,13 @@ impl ExitStatus {
 /// call this from a single-threaded process (the runtime's CLI, or a helper it forks): in the
 /// child only the calling thread exists, and a lock another thread held stays held.
 pub fn clone_child(flags: CloneFlags, child: impl FnMut() -> isize) -> Result<Pid> {
-    let mut child = child;
     let mut stack = vec![0u8; 1024 * 1024];
     // SAFETY: without CLONE_VM the child runs on its own copy of this process's memory, so the
     // stack and the closure stay valid for it; SIGCHLD makes it a normal child that `waitpid`
     // can collect. The caller is single-threaded (see above), so no lock is held elsewhere.
     let pid = unsafe {
         nix::sched::clone(
-            Box::new(move || child()),
+            Box::new(child),
             &mut stack,
             flags,
             Some(Signal::SIGCHLD as i32),
@@ -72,4 +71,34 @@ pub fn pid_alive(pid: Pid) -> bool {
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
+}
+
+/// Whether this process may create namespaces and mount file systems (`CAP_SYS_ADMIN` in its
+/// effective set).
+pub fn can_administer() -> bool {
+    caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_ADMIN,
+    )
+    .unwrap_or(false)
+}
+
+/// A pipe whose ends close on exec: (read, write).
+pub fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SysError::new("pipe2", "", e))
+}
+
+/// Makes a FIFO at `path`.
+pub fn mkfifo(path: &std::path::Path) -> Result<()> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| SysError::new("mkfifo", path.display(), e))
+}
+
+/// The process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`), which
+/// tells a process from a later one that reused its pid.
+pub fn start_ticks(pid: Pid) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
 }

@@ -41,8 +41,13 @@ pub trait Syscall {
     fn set_rlimit(&self, resource: &str, soft: u64, hard: u64) -> Result<()>;
     /// Drops the bounding set to `sets.bounding`, keeps capabilities across the change of
     /// user, and becomes `uid`/`gid` with `groups`; then sets the other four sets.
-    fn set_credentials(&self, uid: u32, gid: u32, groups: &[u32], sets: &CapabilitySets)
-        -> Result<()>;
+    fn set_credentials(
+        &self,
+        uid: u32,
+        gid: u32,
+        groups: &[u32],
+        sets: &CapabilitySets,
+    ) -> Result<()>;
     fn set_no_new_privs(&self) -> Result<()>;
     /// Replaces this process with `args[0]` (looked up in `PATH` from `env`).
     fn exec(&self, args: &[String], env: &[String]) -> Result<Infallible>;
@@ -89,7 +94,10 @@ fn rlimit(name: &str) -> Result<nix::sys::resource::Resource> {
 
 fn cstrings(list: &[String]) -> Result<Vec<CString>> {
     list.iter()
-        .map(|s| CString::new(s.as_str()).map_err(|_| SysError::new("exec", s, nix::errno::Errno::EINVAL)))
+        .map(|s| {
+            CString::new(s.as_str())
+                .map_err(|_| SysError::new("exec", s, nix::errno::Errno::EINVAL))
+        })
         .collect()
 }
 
@@ -107,7 +115,8 @@ impl Syscall for LinuxSyscall {
     }
 
     fn umount(&self, target: &Path, flags: MntFlags) -> Result<()> {
-        nix::mount::umount2(target, flags).map_err(|e| SysError::new("umount2", target.display(), e))
+        nix::mount::umount2(target, flags)
+            .map_err(|e| SysError::new("umount2", target.display(), e))
     }
 
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<()> {
@@ -164,19 +173,37 @@ impl Syscall for LinuxSyscall {
             }
         }
         caps::securebits::set_keepcaps(true).map_err(|e| caps_err("keepcaps", e))?;
-        let groups: Vec<nix::unistd::Gid> =
-            groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+        let groups: Vec<nix::unistd::Gid> = groups
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
         nix::unistd::setgroups(&groups).map_err(|e| SysError::new("setgroups", gid, e))?;
-        let (g, u) = (nix::unistd::Gid::from_raw(gid), nix::unistd::Uid::from_raw(uid));
+        let (g, u) = (
+            nix::unistd::Gid::from_raw(gid),
+            nix::unistd::Uid::from_raw(uid),
+        );
         nix::unistd::setresgid(g, g, g).map_err(|e| SysError::new("setresgid", gid, e))?;
         nix::unistd::setresuid(u, u, u).map_err(|e| SysError::new("setresuid", uid, e))?;
-        caps::set(None, caps::CapSet::Permitted, &cap_set(&sets.permitted)?)
-            .map_err(|e| caps_err("capset permitted", e))?;
-        caps::set(None, caps::CapSet::Inheritable, &cap_set(&sets.inheritable)?)
-            .map_err(|e| caps_err("capset inheritable", e))?;
+        // Inheritable while the permitted set is still whole, then effective before permitted
+        // (effective must stay within permitted at every step).
+        caps::set(
+            None,
+            caps::CapSet::Inheritable,
+            &cap_set(&sets.inheritable)?,
+        )
+        .map_err(|e| caps_err("capset inheritable", e))?;
         caps::set(None, caps::CapSet::Effective, &cap_set(&sets.effective)?)
             .map_err(|e| caps_err("capset effective", e))?;
-        caps::set(None, caps::CapSet::Ambient, &cap_set(&sets.ambient)?)
+        caps::set(None, caps::CapSet::Permitted, &cap_set(&sets.permitted)?)
+            .map_err(|e| caps_err("capset permitted", e))?;
+        // The kernel raises an ambient capability only if it is permitted and inheritable.
+        let possible: caps::CapsHashSet = cap_set(&sets.ambient)?
+            .into_iter()
+            .filter(|c| {
+                sets.permitted.contains(&c.to_string()) && sets.inheritable.contains(&c.to_string())
+            })
+            .collect();
+        caps::set(None, caps::CapSet::Ambient, &possible)
             .map_err(|e| caps_err("capset ambient", e))?;
         Ok(())
     }
@@ -200,8 +227,9 @@ impl Syscall for LinuxSyscall {
             for dir in path.split(':').filter(|d| !d.is_empty()) {
                 let candidate = format!("{dir}/{}", args[0]);
                 if Path::new(&candidate).is_file() {
-                    let c = CString::new(candidate.clone())
-                        .map_err(|_| SysError::new("exec", &candidate, nix::errno::Errno::EINVAL))?;
+                    let c = CString::new(candidate.clone()).map_err(|_| {
+                        SysError::new("exec", &candidate, nix::errno::Errno::EINVAL)
+                    })?;
                     return nix::unistd::execve(&c, &argv, &envp)
                         .map_err(|e| SysError::new("execve", candidate, e));
                 }
@@ -220,7 +248,10 @@ pub struct RecordingSyscall {
 
 impl RecordingSyscall {
     fn note(&self, line: String) -> Result<()> {
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(line);
         Ok(())
     }
 
@@ -238,8 +269,10 @@ impl Syscall for RecordingSyscall {
         flags: MsFlags,
         data: Option<&str>,
     ) -> Result<()> {
+        let flags = format!("{flags:?}");
+        let flags = flags.trim_start_matches("MsFlags(").trim_end_matches(')');
         self.note(format!(
-            "mount {} {} {} {:?} {}",
+            "mount {} {} {} {} {}",
             source.map_or("-".into(), |s| s.display().to_string()),
             target.display(),
             fstype.unwrap_or("-"),
@@ -251,7 +284,11 @@ impl Syscall for RecordingSyscall {
         self.note(format!("umount {}", target.display()))
     }
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> Result<()> {
-        self.note(format!("pivot_root {} {}", new_root.display(), put_old.display()))
+        self.note(format!(
+            "pivot_root {} {}",
+            new_root.display(),
+            put_old.display()
+        ))
     }
     fn chdir(&self, path: &Path) -> Result<()> {
         self.note(format!("chdir {}", path.display()))
@@ -268,8 +305,17 @@ impl Syscall for RecordingSyscall {
     fn set_rlimit(&self, resource: &str, soft: u64, hard: u64) -> Result<()> {
         self.note(format!("setrlimit {resource} {soft} {hard}"))
     }
-    fn set_credentials(&self, uid: u32, gid: u32, groups: &[u32], sets: &CapabilitySets) -> Result<()> {
-        self.note(format!("credentials {uid}:{gid} {groups:?} bounding={:?}", sets.bounding))
+    fn set_credentials(
+        &self,
+        uid: u32,
+        gid: u32,
+        groups: &[u32],
+        sets: &CapabilitySets,
+    ) -> Result<()> {
+        self.note(format!(
+            "credentials {uid}:{gid} {groups:?} bounding={:?}",
+            sets.bounding
+        ))
     }
     fn set_no_new_privs(&self) -> Result<()> {
         self.note("no_new_privs".into())

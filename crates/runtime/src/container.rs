@@ -1,0 +1,390 @@
+//! Container lifecycle, as the OCI runtime commands define it: `create` starts the init in new
+//! namespaces and cgroups and leaves it waiting, `start` lets it exec the process, `state`,
+//! `kill`, `delete`; `run` is create, start, wait and delete in one. State lives in
+//! `ROOT/<id>/state.json`; `ROOT/<id>/exec.fifo` exists while the container is created and
+//! not yet started.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flotilla_sys::{ExitStatus, LinuxSyscall, Pid, Signal};
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::{self, Cgroup, Limits};
+use crate::{init, RuntimeError};
+
+/// What `state` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Running,
+    Stopped,
+}
+
+/// What is kept about a container between commands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub id: String,
+    pub pid: i32,
+    /// The init's start time, to tell it from a later process with the same pid.
+    pub start_ticks: u64,
+    pub bundle: PathBuf,
+    pub cgroup: Cgroup,
+}
+
+/// How a container run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub status: ExitStatus,
+    /// The kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+    /// CPU time the container's cgroup used, in nanoseconds.
+    pub cpu_ns: u64,
+}
+
+/// The runtime: where state lives and which cgroup tree to use.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    pub root: PathBuf,
+    pub cgroup_root: PathBuf,
+}
+
+fn valid_id(id: &str) -> Result<(), RuntimeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !id.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Spec(format!(
+            "container id {id:?}: use 1 to 128 of letters, digits, '-', '_' and '.'"
+        )))
+    }
+}
+
+fn limits(spec: &Spec) -> Limits {
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let memory = resources.and_then(|r| r.memory().as_ref());
+    let cpu = resources.and_then(|r| r.cpu().as_ref());
+    Limits {
+        memory_bytes: memory.and_then(|m| m.limit()),
+        cpu_shares: cpu.and_then(|c| c.shares()),
+        cpu_quota_us: cpu.and_then(|c| c.quota()),
+        cpu_period_us: cpu.and_then(|c| c.period()),
+        pids: resources.and_then(|r| r.pids().as_ref()).map(|p| p.limit()),
+    }
+}
+
+/// The container's init, in the child: every step, then the process. On failure the reason
+/// goes to the parent through `report`.
+fn init_main(
+    spec: &Spec,
+    rootfs: &Path,
+    joins: &[(PathBuf, flotilla_sys::CloneFlags)],
+    fifo: &Path,
+    report: &OwnedFd,
+) -> isize {
+    let sys = LinuxSyscall;
+    let mut out = fs::File::from(report.try_clone().expect("dup of the report pipe"));
+    let result = (|| -> Result<std::convert::Infallible, RuntimeError> {
+        for (path, kind) in joins {
+            flotilla_sys::Syscall::setns(&sys, path, *kind)?;
+        }
+        // Opened by path before pivot_root, reopened for writing through /proc after it.
+        let fifo_path = fs::File::options()
+            .read(true)
+            .custom_flags(O_PATH)
+            .open(fifo)
+            .map_err(|e| RuntimeError::Setup(format!("open {}: {e}", fifo.display())))?;
+        init::prepare_rootfs(&sys, spec, rootfs)?;
+        init::configure(&sys, spec)?;
+        out.write_all(b"ready\n")
+            .map_err(|e| RuntimeError::Setup(format!("report: {e}")))?;
+        // Blocks until `start` opens the FIFO for reading.
+        let mut go = fs::File::options()
+            .write(true)
+            .open(format!("/proc/self/fd/{}", fifo_path.as_raw_fd()))
+            .map_err(|e| RuntimeError::Setup(format!("open exec fifo: {e}")))?;
+        go.write_all(b"0")
+            .map_err(|e| RuntimeError::Setup(format!("exec fifo: {e}")))?;
+        drop(go);
+        drop(fifo_path);
+        init::exec(&sys, spec)
+    })();
+    let err = match result {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let _ = out.write_all(format!("error: {err}\n").as_bytes());
+    127
+}
+
+impl Runtime {
+    pub fn new(root: impl Into<PathBuf>) -> Runtime {
+        Runtime {
+            root: root.into(),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        }
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    fn load(&self, id: &str) -> Result<State, RuntimeError> {
+        valid_id(id)?;
+        let text = fs::read(self.dir(id).join("state.json"))
+            .map_err(|_| RuntimeError::NotFound(id.to_string()))?;
+        serde_json::from_slice(&text)
+            .map_err(|e| RuntimeError::Setup(format!("state of {id}: {e}")))
+    }
+
+    /// Starts the container's init, which waits for `start`. The calling process must be
+    /// single-threaded (see `flotilla_sys::clone_child`).
+    pub fn create(&self, id: &str, bundle: &Path) -> Result<State, RuntimeError> {
+        self.spawn(id, bundle).map(|(state, _)| state)
+    }
+
+    /// `create`, also returning the read end of the init's report pipe (after "ready", an
+    /// exec failure is written there).
+    fn spawn(&self, id: &str, bundle: &Path) -> Result<(State, fs::File), RuntimeError> {
+        valid_id(id)?;
+        if !flotilla_sys::can_administer() {
+            return Err(RuntimeError::Privilege);
+        }
+        let bundle = bundle
+            .canonicalize()
+            .map_err(|e| RuntimeError::Spec(format!("bundle {}: {e}", bundle.display())))?;
+        let spec = Spec::load(bundle.join("config.json"))
+            .map_err(|e| RuntimeError::Spec(format!("{}/config.json: {e}", bundle.display())))?;
+        let root = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_else(|| "rootfs".into());
+        let rootfs = bundle.join(root);
+        let rootfs = rootfs
+            .canonicalize()
+            .map_err(|e| RuntimeError::Spec(format!("root {}: {e}", rootfs.display())))?;
+        let (flags, joins) = init::namespaces(&spec)?;
+        let dir = self.dir(id);
+        fs::create_dir_all(&self.root)?;
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::Exists(id.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let cleanup = |cgroup: Option<&Cgroup>| {
+            if let Some(c) = cgroup {
+                let _ = c.remove();
+            }
+            let _ = fs::remove_dir_all(&dir);
+        };
+        let layout = match cgroups::detect(&self.cgroup_root) {
+            Ok(l) => l,
+            Err(e) => {
+                cleanup(None);
+                return Err(e.into());
+            }
+        };
+        let cgroup = Cgroup::new(layout, id);
+        if let Err(e) = cgroup.create(&limits(&spec)) {
+            cleanup(Some(&cgroup));
+            return Err(e.into());
+        }
+        let fifo = dir.join("exec.fifo");
+        let started = (|| -> Result<(State, fs::File), RuntimeError> {
+            flotilla_sys::mkfifo(&fifo)?;
+            let (read, write) = flotilla_sys::pipe()?;
+            let pid = flotilla_sys::clone_child(flags, || {
+                init_main(&spec, &rootfs, &joins, &fifo, &write)
+            })?;
+            drop(write);
+            let state = State {
+                id: id.to_string(),
+                pid: pid.as_raw(),
+                start_ticks: flotilla_sys::start_ticks(pid).unwrap_or(0),
+                bundle: bundle.clone(),
+                cgroup: cgroup.clone(),
+            };
+            let joined = cgroup.add(pid.as_raw());
+            let mut report = String::new();
+            let mut reader = fs::File::from(read);
+            let mut buf = [0u8; 1];
+            // Read up to the end of the first line: "ready", or the init's error.
+            while reader.read(&mut buf).unwrap_or(0) == 1 {
+                if buf[0] == b'\n' {
+                    break;
+                }
+                report.push(buf[0] as char);
+            }
+            if report != "ready" || joined.is_err() {
+                let _ = flotilla_sys::kill(pid, Signal::SIGKILL);
+                let _ = flotilla_sys::wait_exit(pid);
+                let reason = match joined {
+                    Err(e) => format!("cgroup: {e}"),
+                    Ok(()) if report.is_empty() => {
+                        "the container's init exited before it was ready".into()
+                    }
+                    Ok(()) => report.trim_start_matches("error: ").to_string(),
+                };
+                return Err(RuntimeError::Setup(reason));
+            }
+            Ok((state, reader))
+        })();
+        match started {
+            Ok((state, reader)) => {
+                fs::write(
+                    dir.join("state.json"),
+                    serde_json::to_vec(&state).expect("state serialises"),
+                )?;
+                Ok((state, reader))
+            }
+            Err(e) => {
+                cleanup(Some(&cgroup));
+                Err(e)
+            }
+        }
+    }
+
+    /// Lets a created container exec its process.
+    pub fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let state = self.load(id)?;
+        let fifo = self.dir(id).join("exec.fifo");
+        if !fifo.exists() {
+            return Err(RuntimeError::State(format!(
+                "container {id} was already started"
+            )));
+        }
+        let mut file = fs::File::options()
+            .read(true)
+            .custom_flags(O_NONBLOCK)
+            .open(&fifo)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut byte = [0u8; 1];
+        loop {
+            match file.read(&mut byte) {
+                Ok(1) => break,
+                _ if !self.alive(&state) => {
+                    return Err(RuntimeError::State(format!(
+                        "container {id} exited before it started"
+                    )))
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(RuntimeError::State(format!(
+                        "container {id} did not start within 10 s"
+                    )))
+                }
+                _ => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+        let _ = fs::remove_file(&fifo);
+        Ok(())
+    }
+
+    fn alive(&self, state: &State) -> bool {
+        let pid = Pid::from_raw(state.pid);
+        flotilla_sys::pid_alive(pid) && flotilla_sys::start_ticks(pid) == Some(state.start_ticks)
+    }
+
+    pub fn state(&self, id: &str) -> Result<(State, Status), RuntimeError> {
+        let state = self.load(id)?;
+        let status = if !self.alive(&state) {
+            Status::Stopped
+        } else if self.dir(id).join("exec.fifo").exists() {
+            Status::Created
+        } else {
+            Status::Running
+        };
+        Ok((state, status))
+    }
+
+    pub fn kill(&self, id: &str, signal: Signal) -> Result<(), RuntimeError> {
+        let (state, status) = self.state(id)?;
+        if status == Status::Stopped {
+            return Err(RuntimeError::State(format!(
+                "container {id} is not running"
+            )));
+        }
+        Ok(flotilla_sys::kill(Pid::from_raw(state.pid), signal)?)
+    }
+
+    /// Removes a stopped container (any with `force`, killing what runs): its processes,
+    /// cgroups and state.
+    pub fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
+        let (state, status) = self.state(id)?;
+        if status != Status::Stopped && !force {
+            return Err(RuntimeError::State(format!(
+                "container {id} is {status:?}; stop it first or delete with --force"
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut pids = state.cgroup.pids();
+            if self.alive(&state) {
+                pids.push(state.pid);
+            }
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                let _ = flotilla_sys::kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
+            if Instant::now() > deadline {
+                return Err(RuntimeError::State(format!(
+                    "processes of {id} survived SIGKILL for 10 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // An emptied cgroup may take a moment to be removable.
+        let mut removed = state.cgroup.remove();
+        while removed.is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            removed = state.cgroup.remove();
+        }
+        removed?;
+        fs::remove_dir_all(self.dir(id))?;
+        Ok(())
+    }
+
+    /// Create, start, wait for the process to end, delete. The exit status is the process's,
+    /// or 128 + the signal; an exec failure is an error.
+    pub fn run(&self, id: &str, bundle: &Path) -> Result<Exit, RuntimeError> {
+        let (state, mut report) = self.spawn(id, bundle)?;
+        if let Err(e) = self.start(id) {
+            let _ = self.delete(id, true);
+            return Err(e);
+        }
+        let status = flotilla_sys::wait_exit(Pid::from_raw(state.pid));
+        let mut failure = String::new();
+        let _ = report.read_to_string(&mut failure);
+        let oom_killed = state.cgroup.oom_kills() > 0;
+        let (cpu_ns, _) = state.cgroup.usage();
+        self.delete(id, true)?;
+        if let Some(reason) = failure.lines().find_map(|l| l.strip_prefix("error: ")) {
+            return Err(RuntimeError::Setup(reason.to_string()));
+        }
+        Ok(Exit {
+            status: status?,
+            oom_killed,
+            cpu_ns,
+        })
+    }
+}
+
+/// O_NONBLOCK: open a FIFO for reading without waiting for its writer.
+const O_NONBLOCK: i32 = 0o4000;
+/// O_PATH: a handle on the FIFO that opens nothing (so does not wait for a partner).
+const O_PATH: i32 = 0o10000000;

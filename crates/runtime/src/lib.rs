@@ -1,0 +1,32 @@
+//! The local runtime: containers from OCI bundles, in new namespaces and cgroups, with their
+//! lifecycle (create, start, state, kill, delete, run). Every system call goes through
+//! `flotilla-sys`.
+
+pub mod cgroups;
+pub mod container;
+pub mod init;
+pub mod mounts;
+
+pub use container::{Exit, Runtime, State, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the runtime needs CAP_SYS_ADMIN to create namespaces and mount file systems: run it as root")]
+    Privilege,
+    #[error("invalid spec: {0}")]
+    Spec(String),
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    #[error("container setup failed: {0}")]
+    Setup(String),
+    #[error("container {0} does not exist")]
+    NotFound(String),
+    #[error("container {0} already exists")]
+    Exists(String),
+    #[error("{0}")]
+    State(String),
+    #[error(transparent)]
+    Sys(#[from] flotilla_sys::SysError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,346 @@
+//! Issue 5: the runtime on OCI bundles of a busybox root file system, driven through
+//! `flotilla runtime` as root (as CI runs): isolation, exit codes and signals, memory, pids and
+//! CPU limits, and a clean host after 100 containers.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use flotilla_tests::{busybox_bundle, runtime_cli};
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the runtime tests need root (CI runs them as root)"
+    );
+}
+
+/// A container id unique to this test run (cgroups are host-wide).
+fn id(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+#[test]
+fn a_container_sees_only_itself() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let script = "echo pid=$$; echo host=$(hostname); \
+        echo procs=$(ls /proc | grep -c '^[0-9]'); \
+        echo links=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ,); \
+        echo hostmounts=$(grep -c ' /work\\| /var/cache' /proc/mounts); \
+        echo root=$(ls / | tr '\\n' ,); echo caps=$(grep CapEff /proc/self/status | cut -f2); \
+        echo write >/proc/sys/kernel/hostname 2>/dev/null && echo sysctl=written || echo sysctl=refused";
+    let bundle = busybox_bundle(dir.path(), &["sh", "-c", script], |_| {});
+    let state = tempfile::tempdir().unwrap();
+    let (code, out, err) = runtime_cli(
+        state.path(),
+        &["run", "--bundle", bundle.to_str().unwrap(), &id("iso")],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "pid=1", "{out}");
+    assert_eq!(lines[1], "host=box", "{out}");
+    let procs: usize = lines[2].trim_start_matches("procs=").parse().unwrap();
+    assert!(procs <= 4, "host processes visible: {out}");
+    assert_eq!(
+        lines[3], "links=lo,",
+        "only loopback in a new network namespace: {out}"
+    );
+    assert_eq!(lines[4], "hostmounts=0", "{out}");
+    assert_eq!(lines[5], "root=bin,dev,etc,proc,sys,tmp,", "{out}");
+    // The Kubernetes default set: no CAP_SYS_ADMIN (bit 21).
+    let caps = u64::from_str_radix(lines[6].trim_start_matches("caps="), 16).unwrap();
+    assert_eq!(caps & (1 << 21), 0, "{out}");
+    assert_ne!(caps, 0, "{out}");
+    assert_eq!(lines[7], "sysctl=refused", "/proc/sys is read-only: {out}");
+}
+
+#[test]
+fn exit_codes_and_signals_are_reported() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(dir.path(), &["sh", "-c", "exit 7"], |_| {});
+    let (code, _, err) = runtime_cli(
+        state.path(),
+        &["run", "--bundle", bundle.to_str().unwrap(), &id("exit7")],
+    );
+    assert_eq!(code, Some(7), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(dir.path(), &["sleep", "60"], |_| {});
+    let name = id("killed");
+    let mut run = std::process::Command::new(flotilla_tests::flotilla_bin())
+        .args([
+            "runtime",
+            "--root",
+            state.path().to_str().unwrap(),
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &name,
+        ])
+        .spawn()
+        .unwrap();
+    let running = eventually(Duration::from_secs(20), || {
+        runtime_cli(state.path(), &["state", &name])
+            .1
+            .contains("\"running\"")
+    });
+    assert!(running, "the container never ran");
+    let (code, _, err) = runtime_cli(state.path(), &["kill", &name, "KILL"]);
+    assert_eq!(code, Some(0), "{err}");
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(137), "128 + SIGKILL");
+    let (code, _, err) = runtime_cli(state.path(), &["state", &name]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("does not exist"),
+        "run deletes what it ran: {err}"
+    );
+    // A missing program is an error naming it, not an exit code.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(dir.path(), &["no-such-program"], |_| {});
+    let (code, _, err) = runtime_cli(
+        state.path(),
+        &["run", "--bundle", bundle.to_str().unwrap(), &id("noexec")],
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("execve(no-such-program): ENOENT"), "{err}");
+}
+
+#[test]
+fn memory_pids_and_cpu_limits_hold() {
+    require_root();
+    let state = tempfile::tempdir().unwrap();
+    // Memory: 32 MiB, and dd asks for a 64 MiB buffer.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(
+        dir.path(),
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        |c| {
+            c["linux"]["resources"] = serde_json::json!({"memory": {"limit": 32 << 20}});
+        },
+    );
+    let report = dir.path().join("report.json");
+    let (code, _, err) = runtime_cli(
+        state.path(),
+        &[
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+            &id("oom"),
+        ],
+    );
+    assert_eq!(code, Some(137), "{err}");
+    assert!(err.contains("OOMKilled"), "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["oomKilled"], true);
+
+    // Pids: a fork bomb in a container limited to 16 processes. The inner shell forks
+    // sleeps until a fork fails (fatal for it); the outer one then sleeps.
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = "sh -c 'while :; do sleep 60 & done' 2>/dev/null; sleep 60";
+    let bundle = busybox_bundle(dir.path(), &["sh", "-c", bomb], |c| {
+        c["linux"]["resources"] = serde_json::json!({"pids": {"limit": 16}});
+    });
+    let name = id("pids");
+    let (code, _, err) = runtime_cli(
+        state.path(),
+        &["create", "--bundle", bundle.to_str().unwrap(), &name],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = runtime_cli(state.path(), &["start", &name]);
+    assert_eq!(code, Some(0), "{err}");
+    // The cgroup's pids files, wherever this host keeps them (v1 or v2).
+    let pids_dir = ["/sys/fs/cgroup/pids/flotilla", "/sys/fs/cgroup/flotilla"]
+        .iter()
+        .map(|d| Path::new(d).join(&name))
+        .find(|d| d.join("pids.max").exists())
+        .expect("the container's pids cgroup");
+    let refused = eventually(Duration::from_secs(20), || {
+        let events = std::fs::read_to_string(pids_dir.join("pids.events")).unwrap_or_default();
+        events
+            .lines()
+            .any(|l| l.starts_with("max ") && l != "max 0")
+    });
+    assert!(refused, "the fork bomb was never refused a fork");
+    let current: u32 = std::fs::read_to_string(pids_dir.join("pids.current"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        (2..=16).contains(&current),
+        "{current} processes under a limit of 16"
+    );
+    let (code, _, err) = runtime_cli(state.path(), &["delete", "--force", &name]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!pids_dir.exists(), "delete removes the cgroup");
+
+    // CPU: a quota of half a CPU over 2 s of busy looping is about 1 s of CPU.
+    let dir = tempfile::tempdir().unwrap();
+    // (The loop runs as a child: pid 1 would ignore the SIGTERM that ends it.)
+    let spin = "sh -c 'while :; do :; done' & sleep 2; kill $!; wait";
+    let bundle = busybox_bundle(dir.path(), &["sh", "-c", spin], |c| {
+        c["linux"]["resources"] = serde_json::json!({"cpu": {"quota": 50000, "period": 100000}});
+    });
+    let report = dir.path().join("cpu.json");
+    let started = Instant::now();
+    let (_, _, err) = runtime_cli(
+        state.path(),
+        &[
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+            &id("cpu"),
+        ],
+    );
+    let wall = started.elapsed().as_secs_f64();
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap_or_default())
+        .unwrap_or_else(|_| panic!("no report: {err}"));
+    let cpu = r["cpuNanoseconds"].as_u64().unwrap() as f64 / 1e9;
+    // The loop ran about 2 s; half a CPU of that is 1 s.
+    assert!(
+        (0.9..=1.1).contains(&cpu),
+        "used {cpu:.3} s of CPU in {wall:.2} s with a 0.5 CPU quota"
+    );
+}
+
+/// What a leak would leave on the host: processes of our bundles (found by `marker` in their
+/// command line), the network namespaces they hold, cgroups named `many-…`, and mounts naming
+/// `marker`. (Other tests run at the same time, so only what is ours is counted.)
+fn host_traces(marker: &str) -> (usize, BTreeSet<String>, usize, usize) {
+    let mut processes = 0;
+    let mut netns = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(marker) {
+            processes += 1;
+            if let Ok(ns) = std::fs::read_link(entry.path().join("ns/net")) {
+                netns.insert(ns.display().to_string());
+            }
+        }
+    }
+    let mut cgroups = 0;
+    for controller in ["memory", "cpu", "cpuacct", "pids", "cpuset"] {
+        if let Ok(dirs) = std::fs::read_dir(
+            Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join("flotilla"),
+        ) {
+            cgroups += dirs
+                .flatten()
+                .filter(|d| d.file_name().to_string_lossy().starts_with("many-"))
+                .count();
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(marker))
+        .count();
+    (processes, netns, cgroups, mounts)
+}
+
+#[test]
+fn a_hundred_containers_killed_and_deleted_leave_nothing_behind() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    // A sleep long enough to be running for the whole test, and unique enough to find.
+    let marker = format!("{}", 900_000 + std::process::id());
+    let bundle = busybox_bundle(dir.path(), &["sleep", &marker], |_| {});
+    let b = bundle.to_str().unwrap();
+    let ids: Vec<String> = (0..100)
+        .map(|i| format!("many-{}-{i}", std::process::id()))
+        .collect();
+    for id in &ids {
+        let (code, _, err) = runtime_cli(state.path(), &["create", "--bundle", b, id]);
+        assert_eq!(code, Some(0), "create {id}: {err}");
+        let (code, _, err) = runtime_cli(state.path(), &["start", id]);
+        assert_eq!(code, Some(0), "start {id}: {err}");
+    }
+    let (processes, netns, cgroups, _) = host_traces(&marker);
+    assert_eq!(processes, 100, "every container runs");
+    assert_eq!(netns.len(), 100, "each has its own network namespace");
+    assert_eq!(cgroups, 100 * 5);
+    for id in &ids {
+        let (code, _, err) = runtime_cli(state.path(), &["kill", id, "KILL"]);
+        assert_eq!(code, Some(0), "kill {id}: {err}");
+    }
+    for id in &ids {
+        let stopped = eventually(Duration::from_secs(10), || {
+            runtime_cli(state.path(), &["state", id])
+                .1
+                .contains("\"stopped\"")
+        });
+        assert!(stopped, "{id} still runs after SIGKILL");
+        let (code, _, err) = runtime_cli(state.path(), &["delete", id]);
+        assert_eq!(code, Some(0), "delete {id}: {err}");
+    }
+    let (processes, netns, cgroups, mounts) = host_traces(&marker);
+    assert_eq!(
+        (processes, netns.len(), cgroups, mounts),
+        (0, 0, 0, 0),
+        "processes, network namespaces, cgroups, mounts left"
+    );
+    assert_eq!(
+        std::fs::read_dir(state.path()).unwrap().count(),
+        0,
+        "state left"
+    );
+}
+
+#[test]
+fn without_root_the_runtime_names_the_missing_privilege() {
+    require_root();
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(dir.path(), &["true"], |_| {});
+    let state = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        state.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let out = std::process::Command::new(flotilla_tests::flotilla_bin())
+        .args([
+            "runtime",
+            "--root",
+            state.path().to_str().unwrap(),
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "nobody",
+        ])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("needs CAP_SYS_ADMIN") && err.contains("run it as root"),
+        "{err}"
+    );
+}
