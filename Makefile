@@ -5,7 +5,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= /var/cache/flotilla/target
 CARGO ?= cargo
 # Debian packages: clang/libclang for RocksDB's bindings; protoc and etcd for the etcd side of the benchmark.
-DEB_PACKAGES := build-essential clang libclang-dev protobuf-compiler etcd-server etcd-client stress-ng iproute2 nftables
+DEB_PACKAGES := build-essential clang libclang-dev protobuf-compiler etcd-server etcd-client stress-ng iproute2 nftables busybox-static runc crun
 UP_DIR ?= $(CURDIR)/.flotilla
 
 # RocksDB's C++ is compiled once per machine, optimised, into a static archive outside cargo's
@@ -69,3 +69,4 @@ bench: rocksdb
 	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" store --json bench-store.json
 	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" membership --json bench-membership.json
 	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" api --json bench-api.json
+	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" runtime --json bench-runtime.json

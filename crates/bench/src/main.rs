@@ -4,6 +4,7 @@ mod api;
 mod etcd;
 mod load;
 mod membership;
+mod runtime;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -27,10 +28,17 @@ enum Command {
     Api(api::ApiArgs),
     /// Failure detection: kill -9 a node, time until every live node agrees it is dead.
     Membership(membership::MembershipArgs),
+    /// Container start: run-to-exit of /bin/true under Flotilla's runtime, runc and crun.
+    Runtime(runtime::RuntimeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Without threads: it re-executes itself in a private mount namespace.
+    let cli = match cli.command {
+        Command::Runtime(args) => return runtime::run(args),
+        command => Cli { command },
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -38,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Command::Store(args) => runtime.block_on(store::run(args)),
         Command::Api(args) => runtime.block_on(api::run(args)),
         Command::Membership(args) => runtime.block_on(membership::run(args)),
+        Command::Runtime(_) => unreachable!("run before the async runtime starts"),
     }
 }
