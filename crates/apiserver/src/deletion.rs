@@ -16,7 +16,7 @@ use flotilla_store::{Command, Engine, Proposer, StoreError};
 use serde_json::{json, Value};
 
 use crate::objects::{query_param, Target};
-use crate::writes::{current, store_failure, WriteError};
+use crate::writes::{current, kept_changing, store_failure, WriteError};
 
 /// What happens to an object's dependents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,14 +224,7 @@ pub async fn delete(
             Err(e) => return Err(store_failure(r, name, e)),
         }
     }
-    Err(WriteError::new(
-        409,
-        "Conflict",
-        format!(
-            "Operation cannot be fulfilled on {} \"{name}\": the object kept changing",
-            r.plural
-        ),
-    ))
+    Err(kept_changing(r, name))
 }
 
 fn with_version(mut object: Value, revision: u64) -> Value {

@@ -7,7 +7,7 @@ use flotilla_store::{Command, Engine, Proposer};
 use serde_json::{json, Value};
 
 use crate::objects::Target;
-use crate::writes::{apply_patch, current, store_failure, WriteError};
+use crate::writes::{apply_patch, current, kept_changing, store_failure, WriteError};
 
 /// Parses `…/namespaces/NS/PLURAL/NAME/SUB` and `…/PLURAL/NAME/SUB` for a declared subresource.
 pub fn parse<'a>(segments: &[&'a str]) -> Option<(Target<'a>, &'a str)> {
@@ -200,14 +200,7 @@ pub async fn handle(
             Err(e) => return Err(store_failure(r, name, e)),
         }
     }
-    Err(WriteError::new(
-        409,
-        "Conflict",
-        format!(
-            "Operation cannot be fulfilled on {} \"{name}\": the object kept changing",
-            r.plural
-        ),
-    ))
+    Err(kept_changing(r, name))
 }
 
 #[cfg(test)]

@@ -76,6 +76,18 @@ pub(crate) fn store_failure(r: &Resource, name: &str, e: StoreError) -> WriteErr
     }
 }
 
+/// A write retried on conflicts until it gave up: 409.
+pub(crate) fn kept_changing(r: &Resource, name: &str) -> WriteError {
+    WriteError::new(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object kept changing",
+            r.plural
+        ),
+    )
+}
+
 fn invalid(r: &Resource, name: &str, causes: Vec<FieldError>) -> WriteError {
     let list: Vec<String> = causes
         .iter()

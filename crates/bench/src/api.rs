@@ -410,22 +410,35 @@ async fn api_fanout(kube: &[kube::Client], watchers: usize, changes: usize) -> R
         writer
             .create(&PostParams::default(), &config_map(&format!("change-{c}")))
             .await?;
-        let mut got = 0;
-        while got < watchers {
-            let (n, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-                .await
-                .context("a watcher never saw a change")?
-                .context("every watcher ended")?;
-            if n == c {
-                got += 1;
-                hist.record(at.duration_since(t0).as_micros().max(1) as u64)?;
-            }
-        }
+        deliveries(&mut rx, watchers, c, t0, &mut hist).await?;
     }
     for t in tasks {
         t.abort();
     }
     Ok(latency(&hist))
+}
+
+/// Waits until `watchers` deliveries of change `c` (made at `t0`) have arrived on `rx`,
+/// recording each one's latency.
+async fn deliveries(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(usize, Instant)>,
+    watchers: usize,
+    c: usize,
+    t0: Instant,
+    hist: &mut Histogram<u64>,
+) -> Result<()> {
+    let mut got = 0;
+    while got < watchers {
+        let (n, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .context("a watcher never saw a change")?
+            .context("every watcher ended")?;
+        if n == c {
+            got += 1;
+            hist.record(at.duration_since(t0).as_micros().max(1) as u64)?;
+        }
+    }
+    Ok(())
 }
 
 /// The same with etcd: `watchers` watches on one prefix, `changes` puts.
@@ -469,17 +482,7 @@ async fn etcd_fanout(endpoints: &[String], watchers: usize, changes: usize) -> R
         let t0 = Instant::now();
         kv.put(format!("/fanout/change-{c}"), "x".repeat(256), None)
             .await?;
-        let mut got = 0;
-        while got < watchers {
-            let (n, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-                .await
-                .context("an etcd watcher never saw a change")?
-                .context("every etcd watcher ended")?;
-            if n == c {
-                got += 1;
-                hist.record(at.duration_since(t0).as_micros().max(1) as u64)?;
-            }
-        }
+        deliveries(&mut rx, watchers, c, t0, &mut hist).await?;
     }
     for t in tasks {
         t.abort();

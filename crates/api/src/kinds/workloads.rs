@@ -109,6 +109,17 @@ fn validate_template(
             "`selector` does not match template `labels`",
         ));
     }
+    template_spec(template, path, restart_policies, errors);
+}
+
+/// The template's pod spec at `path.template.spec`: present, valid, and with one of
+/// `restart_policies`.
+fn template_spec(
+    template: &PodTemplateSpec,
+    path: &str,
+    restart_policies: &[&str],
+    errors: &mut Vec<FieldError>,
+) {
     let at = format!("{path}.template.spec");
     match &template.spec {
         Some(spec) => {
@@ -293,25 +304,11 @@ fn validate_job_spec(spec: &JobSpec, path: &str, errors: &mut Vec<FieldError>) {
     // A job without a selector gets one from its uid at creation (see `Job::default`); a job
     // template's selector is made when each job is.
     let selector = spec.selector.as_ref();
-    let at = format!("{path}.template.spec");
     match selector {
         Some(s) if !selector_is_empty(s) => {
             validate_template(Some(s), &spec.template, path, JOB_RESTART_POLICIES, errors)
         }
-        _ => match &spec.template.spec {
-            Some(pod) => {
-                validate_spec(pod, &at, errors);
-                let policy = pod.restart_policy.as_deref().unwrap_or("");
-                if !JOB_RESTART_POLICIES.contains(&policy) {
-                    errors.push(FieldError::not_supported(
-                        format!("{at}.restartPolicy"),
-                        policy,
-                        JOB_RESTART_POLICIES,
-                    ));
-                }
-            }
-            None => errors.push(FieldError::required(at)),
-        },
+        _ => template_spec(&spec.template, path, JOB_RESTART_POLICIES, errors),
     }
 }
 
