@@ -234,7 +234,10 @@ fn host_traces(marker: &str) -> (usize, BTreeSet<String>, usize, usize) {
             continue;
         }
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(marker) {
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        // The containers' processes, and the log shims (forked from `create ID`).
+        let shim = cmdline.contains(&format!("many-{}-", std::process::id()));
+        if cmdline.contains(marker) || shim {
             processes += 1;
             if let Ok(ns) = std::fs::read_link(entry.path().join("ns/net")) {
                 netns.insert(ns.display().to_string());
@@ -281,8 +284,12 @@ fn a_hundred_containers_killed_and_deleted_leave_nothing_behind() {
         assert_eq!(code, Some(0), "start {id}: {err}");
     }
     let (processes, netns, cgroups, _) = host_traces(&marker);
-    assert_eq!(processes, 100, "every container runs");
-    assert_eq!(netns.len(), 100, "each has its own network namespace");
+    assert_eq!(processes, 200, "every container runs, with its log shim");
+    assert_eq!(
+        netns.len(),
+        101,
+        "each has its own network namespace (the shims share the host's)"
+    );
     assert_eq!(cgroups, 100 * 5);
     for id in &ids {
         let (code, _, err) = runtime_cli(state.path(), &["kill", id, "KILL"]);
@@ -343,4 +350,72 @@ fn without_root_the_runtime_names_the_missing_privilege() {
         err.contains("needs CAP_SYS_ADMIN") && err.contains("run it as root"),
         "{err}"
     );
+}
+
+#[test]
+fn logs_follow_a_running_container_and_survive_its_exit() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    // "second" only after a file appears, so a follower is attached while it runs.
+    let script =
+        "echo first; echo to-stderr >&2; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo second";
+    let bundle = busybox_bundle(dir.path(), &["sh", "-c", script], |_| {});
+    let name = id("logs");
+    let (code, _, err) = runtime_cli(
+        state.path(),
+        &["create", "--bundle", bundle.to_str().unwrap(), &name],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = runtime_cli(state.path(), &["start", &name]);
+    assert_eq!(code, Some(0), "{err}");
+    let follower = std::process::Command::new(flotilla_tests::flotilla_bin())
+        .args([
+            "runtime",
+            "--root",
+            state.path().to_str().unwrap(),
+            "logs",
+            "--follow",
+            &name,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen_first = eventually(Duration::from_secs(10), || {
+        runtime_cli(state.path(), &["logs", &name])
+            .1
+            .contains("first")
+    });
+    assert!(seen_first, "the log never showed the first line");
+    let (_, running, _) = runtime_cli(state.path(), &["state", &name]);
+    assert!(running.contains("\"running\""), "{running}");
+    std::fs::write(dir.path().join("rootfs/tmp/go"), "").unwrap();
+    let out = follower.wait_with_output().unwrap();
+    let followed = String::from_utf8_lossy(&out.stdout);
+    let mut lines: Vec<&str> = followed.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["first", "second", "to-stderr"],
+        "follow ends with the container: {followed}"
+    );
+    // After the exit: still there, with timestamps on request.
+    let (_, stopped, _) = runtime_cli(state.path(), &["state", &name]);
+    assert!(stopped.contains("\"stopped\""), "{stopped}");
+    let (code, stamped, _) = runtime_cli(state.path(), &["logs", "--timestamps", &name]);
+    assert_eq!(code, Some(0));
+    let second = stamped
+        .lines()
+        .find(|l| l.ends_with(" second"))
+        .expect("second line");
+    let ts = second.split(' ').next().unwrap();
+    assert!(
+        ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "{second}"
+    );
+    let (code, _, err) = runtime_cli(state.path(), &["delete", &name]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = runtime_cli(state.path(), &["logs", &name]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("does not exist"), "{err}");
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use flotilla_runtime::Runtime;
+use flotilla_runtime::{Runtime, RuntimeError, Status};
 use flotilla_sys::Signal;
 
 #[derive(clap::Args)]
@@ -46,6 +46,16 @@ enum RuntimeCommand {
         #[arg(default_value = "TERM")]
         signal: String,
     },
+    /// Print a created container's output (stdout and stderr, in order).
+    Logs {
+        /// Keep printing new output until the container has stopped.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Prefix each line with the time it was written (RFC 3339, nanoseconds).
+        #[arg(long)]
+        timestamps: bool,
+        id: String,
+    },
     /// Remove a stopped container (with --force, a running one too).
     Delete {
         #[arg(long, short = 'f')]
@@ -66,6 +76,25 @@ fn signal(name: &str) -> Result<Signal, String> {
     };
     full.parse::<Signal>()
         .map_err(|_| format!("unknown signal {name:?}"))
+}
+
+/// Prints the log from the start; with `follow`, then what comes until the container stops.
+fn logs(rt: &Runtime, id: &str, follow: bool, timestamps: bool) -> Result<(), RuntimeError> {
+    let path = rt.log_path(id)?;
+    let mut offset = 0;
+    loop {
+        // Whether the log was complete before this read: then the read got everything.
+        let done = flotilla_runtime::logs::done_path(&path).exists();
+        let (lines, next) = flotilla_runtime::logs::read_from(&path, offset, timestamps)?;
+        for l in lines {
+            println!("{l}");
+        }
+        offset = next;
+        if !follow || done || rt.state(id)?.1 == Status::Stopped && !path.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -114,6 +143,11 @@ pub fn run(args: RuntimeArgs) -> ExitCode {
             Err(e) => return fail(e),
         },
         RuntimeCommand::Delete { force, id } => rt.delete(&id, force),
+        RuntimeCommand::Logs {
+            follow,
+            timestamps,
+            id,
+        } => logs(&rt, &id, follow, timestamps),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

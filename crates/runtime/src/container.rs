@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -92,10 +92,14 @@ fn init_main(
     joins: &[(PathBuf, flotilla_sys::CloneFlags)],
     fifo: &Path,
     report: &OwnedFd,
+    output: Option<(&OwnedFd, &OwnedFd)>,
 ) -> isize {
     let sys = LinuxSyscall;
     let mut out = fs::File::from(report.try_clone().expect("dup of the report pipe"));
     let result = (|| -> Result<std::convert::Infallible, RuntimeError> {
+        if let Some((out, err)) = output {
+            flotilla_sys::redirect_output(out.as_fd(), err.as_fd())?;
+        }
         for (path, kind) in joins {
             flotilla_sys::Syscall::setns(&sys, path, *kind)?;
         }
@@ -140,6 +144,12 @@ impl Runtime {
         self.root.join(id)
     }
 
+    /// Where a created container's output is logged (until it is deleted).
+    pub fn log_path(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        self.load(id)?;
+        Ok(crate::logs::path(&self.dir(id)))
+    }
+
     fn load(&self, id: &str) -> Result<State, RuntimeError> {
         valid_id(id)?;
         let text = fs::read(self.dir(id).join("state.json"))
@@ -150,13 +160,19 @@ impl Runtime {
 
     /// Starts the container's init, which waits for `start`. The calling process must be
     /// single-threaded (see `flotilla_sys::clone_child`).
+    /// The process's stdout and stderr go to its log (see [`crate::logs`]).
     pub fn create(&self, id: &str, bundle: &Path) -> Result<State, RuntimeError> {
-        self.spawn(id, bundle).map(|(state, _)| state)
+        self.spawn(id, bundle, true).map(|(state, _)| state)
     }
 
     /// `create`, also returning the read end of the init's report pipe (after "ready", an
     /// exec failure is written there).
-    fn spawn(&self, id: &str, bundle: &Path) -> Result<(State, fs::File), RuntimeError> {
+    fn spawn(
+        &self,
+        id: &str,
+        bundle: &Path,
+        logs: bool,
+    ) -> Result<(State, fs::File), RuntimeError> {
         valid_id(id)?;
         if !flotilla_sys::can_administer() {
             return Err(RuntimeError::Privilege);
@@ -207,10 +223,29 @@ impl Runtime {
         let started = (|| -> Result<(State, fs::File), RuntimeError> {
             flotilla_sys::mkfifo(&fifo)?;
             let (read, write) = flotilla_sys::pipe()?;
+            let output = if logs {
+                let writer = crate::logs::Writer::open(crate::logs::path(&dir), LOG_MAX_BYTES)?;
+                Some((flotilla_sys::pipe()?, flotilla_sys::pipe()?, writer))
+            } else {
+                None
+            };
+            let ends = output.as_ref().map(|((_, ow), (_, ew), _)| (ow, ew));
             let pid = flotilla_sys::clone_child(flags, || {
-                init_main(&spec, &rootfs, &joins, &fifo, &write)
+                init_main(&spec, &rootfs, &joins, &fifo, &write, ends)
             })?;
             drop(write);
+            if let Some(((out_r, out_w), (err_r, err_w), writer)) = output {
+                // The shim: its own session, no terminal or caller's output held open, and
+                // only the read ends of the container's pipes.
+                flotilla_sys::fork_child(move || {
+                    drop((out_w, err_w));
+                    let _ = flotilla_sys::new_session();
+                    if let Ok(null) = fs::File::options().write(true).open("/dev/null") {
+                        let _ = flotilla_sys::redirect_output(null.as_fd(), null.as_fd());
+                    }
+                    crate::logs::shim(out_r, err_r, writer)
+                })?;
+            }
             let state = State {
                 id: id.to_string(),
                 pid: pid.as_raw(),
@@ -362,7 +397,7 @@ impl Runtime {
     /// Create, start, wait for the process to end, delete. The exit status is the process's,
     /// or 128 + the signal; an exec failure is an error.
     pub fn run(&self, id: &str, bundle: &Path) -> Result<Exit, RuntimeError> {
-        let (state, mut report) = self.spawn(id, bundle)?;
+        let (state, mut report) = self.spawn(id, bundle, false)?;
         if let Err(e) = self.start(id) {
             let _ = self.delete(id, true);
             return Err(e);
@@ -383,6 +418,9 @@ impl Runtime {
         })
     }
 }
+
+/// A container's log is rotated past this size.
+const LOG_MAX_BYTES: u64 = 10 * 1024 * 1024;
 
 /// O_NONBLOCK: open a FIFO for reading without waiting for its writer.
 const O_NONBLOCK: i32 = 0o4000;

@@ -1,10 +1,11 @@
 //! The local runtime: containers from OCI bundles, in new namespaces and cgroups, with their
-//! lifecycle (create, start, state, kill, delete, run). Every system call goes through
+//! lifecycle (create, start, state, kill, delete, run) and logs. Every system call goes through
 //! `flotilla-sys`.
 
 pub mod cgroups;
 pub mod container;
 pub mod init;
+pub mod logs;
 pub mod mounts;
 
 pub use container::{Exit, Runtime, State, Status};

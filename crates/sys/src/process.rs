@@ -102,3 +102,35 @@ pub fn start_ticks(pid: Pid) -> Option<u64> {
     let (_, rest) = stat.rsplit_once(')')?;
     rest.split_whitespace().nth(19)?.parse().ok()
 }
+
+/// Forks; the child runs `child` and exits with its result, the parent gets the child's pid.
+/// As with [`clone_child`], call it from a single-threaded process.
+pub fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {
+    // SAFETY: the caller is single-threaded (see above), so the child's copy of the process
+    // holds no lock another thread took; the child leaves through `exit` and never returns
+    // into the caller's code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child),
+        Ok(nix::unistd::ForkResult::Child) => {
+            let code = child();
+            std::process::exit(code)
+        }
+        Err(e) => Err(SysError::new("fork", "", e)),
+    }
+}
+
+/// Makes `out` and `err` this process's stdout and stderr (a container's log pipes).
+pub fn redirect_output(
+    out: std::os::fd::BorrowedFd<'_>,
+    err: std::os::fd::BorrowedFd<'_>,
+) -> Result<()> {
+    nix::unistd::dup2_stdout(out).map_err(|e| SysError::new("dup2", "stdout", e))?;
+    nix::unistd::dup2_stderr(err).map_err(|e| SysError::new("dup2", "stderr", e))
+}
+
+/// Starts a new session, leaving the caller's terminal and process group.
+pub fn new_session() -> Result<()> {
+    nix::unistd::setsid()
+        .map(|_| ())
+        .map_err(|e| SysError::new("setsid", "", e))
+}

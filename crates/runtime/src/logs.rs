@@ -1,0 +1,219 @@
+//! Container logs as the kubelet keeps them (the CRI format): one line per line of output,
+//! `TIMESTAMP STREAM TAG MESSAGE`, the timestamp RFC 3339 with nanoseconds, the stream
+//! `stdout` or `stderr`, the tag `F` for a full line or `P` for a part of a longer one (cut
+//! every 16 KiB). A shim process, forked at `create`, reads the container's stdout and stderr
+//! pipes and appends to `container.log`, which it rotates to `container.log.1` past a size.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::SystemTime;
+
+/// Longest part of a line written as one log line.
+const MAX_PART: usize = 16 * 1024;
+
+/// The log file of a container in its state directory.
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join("container.log")
+}
+
+/// One log line.
+pub fn format_line(at: SystemTime, stream: &str, partial: bool, message: &[u8]) -> Vec<u8> {
+    let mut line = format!(
+        "{} {stream} {} ",
+        humantime::format_rfc3339_nanos(at),
+        if partial { "P" } else { "F" }
+    )
+    .into_bytes();
+    line.extend_from_slice(message);
+    line.push(b'\n');
+    line
+}
+
+/// Present once the shim has copied everything (the container closed its output).
+pub fn done_path(log: &Path) -> PathBuf {
+    let mut p = log.as_os_str().to_owned();
+    p.push(".done");
+    PathBuf::from(p)
+}
+
+/// Appends lines to a log file, rotating it past `max_bytes`.
+pub struct Writer {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_bytes: u64,
+}
+
+impl Writer {
+    pub fn open(path: PathBuf, max_bytes: u64) -> std::io::Result<Writer> {
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(Writer {
+            path,
+            file,
+            size,
+            max_bytes,
+        })
+    }
+
+    pub fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if self.size + line.len() as u64 > self.max_bytes && self.size > 0 {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            fs::rename(&self.path, old)?;
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            self.size = 0;
+        }
+        self.file.write_all(line)?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+}
+
+/// Reads `pipe` and sends each line (or 16 KiB part) of it, tagged with `stream`.
+fn pump(pipe: OwnedFd, stream: &'static str, tx: mpsc::Sender<Vec<u8>>) {
+    let mut reader = BufReader::new(File::from(pipe));
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&chunk[..n]);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let _ = tx.send(format_line(
+                SystemTime::now(),
+                stream,
+                false,
+                &line[..line.len() - 1],
+            ));
+        }
+        while pending.len() >= MAX_PART {
+            let part: Vec<u8> = pending.drain(..MAX_PART).collect();
+            let _ = tx.send(format_line(SystemTime::now(), stream, true, &part));
+        }
+    }
+    if !pending.is_empty() {
+        let _ = tx.send(format_line(SystemTime::now(), stream, false, &pending));
+    }
+}
+
+/// The shim's work: copy both pipes into the log until the container has closed them.
+pub fn shim(stdout: OwnedFd, stderr: OwnedFd, mut writer: Writer) -> i32 {
+    let (tx, rx) = mpsc::channel();
+    let out = {
+        let tx = tx.clone();
+        std::thread::spawn(move || pump(stdout, "stdout", tx))
+    };
+    let err = std::thread::spawn(move || pump(stderr, "stderr", tx));
+    for line in rx {
+        if writer.write(&line).is_err() {
+            return 1;
+        }
+    }
+    let _ = out.join();
+    let _ = err.join();
+    match File::create(done_path(&writer.path)) {
+        Ok(_) => 0,
+        Err(_) => 1,
+    }
+}
+
+/// The messages of the log from byte `offset`, each with its timestamp if `timestamps`
+/// (parts joined into their line), and the offset after the last complete line.
+pub fn read_from(
+    path: &Path,
+    offset: u64,
+    timestamps: bool,
+) -> std::io::Result<(Vec<String>, u64)> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut reader = BufReader::new(file);
+    let mut out = Vec::new();
+    let mut consumed = offset;
+    let mut partial = String::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 || !line.ends_with('\n') {
+            break;
+        }
+        consumed += n as u64;
+        let mut fields = line.trim_end_matches('\n').splitn(4, ' ');
+        let (Some(ts), Some(_stream), Some(tag)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let message = fields.next().unwrap_or("");
+        partial.push_str(message);
+        if tag == "P" {
+            continue;
+        }
+        let text = std::mem::take(&mut partial);
+        out.push(if timestamps {
+            format!("{ts} {text}")
+        } else {
+            text
+        });
+    }
+    Ok((out, consumed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_written_in_cri_format_rotated_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = path(dir.path());
+        let mut w = Writer::open(log.clone(), 200).unwrap();
+        let at =
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(1_764_560_000_123_456_789);
+        let line = format_line(at, "stdout", false, b"hello");
+        assert_eq!(
+            String::from_utf8(line.clone()).unwrap(),
+            "2025-12-01T03:33:20.123456789Z stdout F hello\n"
+        );
+        w.write(&format_line(at, "stdout", true, b"long ")).unwrap();
+        w.write(&format_line(at, "stderr", false, b"line")).unwrap();
+        let (msgs, end) = read_from(&log, 0, false).unwrap();
+        assert_eq!(msgs, ["long line"]);
+        let (stamped, _) = read_from(&log, 0, true).unwrap();
+        assert_eq!(stamped, ["2025-12-01T03:33:20.123456789Z long line"]);
+        w.write(&line).unwrap();
+        let (more, _) = read_from(&log, end, false).unwrap();
+        assert_eq!(more, ["hello"]);
+        // Past 200 bytes the file is rotated.
+        for _ in 0..4 {
+            w.write(&line).unwrap();
+        }
+        assert!(dir.path().join("container.log.1").exists());
+        assert!(fs::metadata(&log).unwrap().len() <= 200);
+    }
+
+    #[test]
+    fn the_shim_copies_both_pipes_until_they_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out_r, out_w) = flotilla_sys::pipe().unwrap();
+        let (err_r, err_w) = flotilla_sys::pipe().unwrap();
+        let writer = Writer::open(path(dir.path()), 1 << 20).unwrap();
+        let shim = std::thread::spawn(move || shim(out_r, err_r, writer));
+        File::from(out_w).write_all(b"one\ntwo").unwrap();
+        File::from(err_w).write_all(b"oops\n").unwrap();
+        assert_eq!(shim.join().unwrap(), 0);
+        assert!(done_path(&path(dir.path())).exists());
+        let (mut msgs, _) = read_from(&path(dir.path()), 0, false).unwrap();
+        msgs.sort();
+        assert_eq!(msgs, ["one", "oops", "two"]);
+    }
+}
