@@ -419,3 +419,44 @@ fn logs_follow_a_running_container_and_survive_its_exit() {
     assert_eq!(code, Some(1));
     assert!(err.contains("does not exist"), "{err}");
 }
+
+#[test]
+fn exec_runs_inside_a_running_container_with_its_output_and_exit_code() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(dir.path(), &["sleep", "60"], |_| {});
+    let name = id("exec");
+    let (code, _, err) = runtime_cli(
+        state.path(),
+        &["create", "--bundle", bundle.to_str().unwrap(), &name],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = runtime_cli(state.path(), &["start", &name]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = runtime_cli(
+        state.path(),
+        &[
+            "exec",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "echo $(hostname) $(cat /proc/1/cmdline | tr '\\0' ' '); exit 5",
+        ],
+    );
+    assert_eq!(code, Some(5), "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        "box sleep 60",
+        "the container's hostname and pid 1"
+    );
+    let (code, _, err) = runtime_cli(state.path(), &["exec", &name, "--", "no-such-program"]);
+    assert_eq!(code, Some(127));
+    assert!(err.contains("execve(no-such-program): ENOENT"), "{err}");
+    let (code, _, err) = runtime_cli(state.path(), &["delete", "--force", &name]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = runtime_cli(state.path(), &["exec", &name, "--", "true"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("does not exist"), "{err}");
+}

@@ -46,6 +46,13 @@ enum RuntimeCommand {
         #[arg(default_value = "TERM")]
         signal: String,
     },
+    /// Run a command in a running container; exits with its status.
+    Exec {
+        id: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Print a created container's output (stdout and stderr, in order).
     Logs {
         /// Keep printing new output until the container has stopped.
@@ -143,6 +150,12 @@ pub fn run(args: RuntimeArgs) -> ExitCode {
             Err(e) => return fail(e),
         },
         RuntimeCommand::Delete { force, id } => rt.delete(&id, force),
+        RuntimeCommand::Exec { id, command } => {
+            return match rt.exec(&id, &command) {
+                Ok(status) => ExitCode::from(status.code().clamp(0, 255) as u8),
+                Err(e) => fail(e),
+            }
+        }
         RuntimeCommand::Logs {
             follow,
             timestamps,

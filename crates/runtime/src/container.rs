@@ -394,6 +394,69 @@ impl Runtime {
         Ok(())
     }
 
+    /// Runs `args` inside a running container: in its namespaces and cgroups, with its
+    /// environment, working directory, user and capabilities; waits for it and returns how it
+    /// ended. stdin, stdout and stderr are the caller's. The calling process must be
+    /// single-threaded (it forks).
+    pub fn exec(&self, id: &str, args: &[String]) -> Result<ExitStatus, RuntimeError> {
+        let (state, status) = self.state(id)?;
+        if status != Status::Running {
+            return Err(RuntimeError::State(format!(
+                "container {id} is not running"
+            )));
+        }
+        if args.is_empty() {
+            return Err(RuntimeError::Spec("exec needs a command".into()));
+        }
+        let spec = Spec::load(state.bundle.join("config.json")).map_err(|e| {
+            RuntimeError::Spec(format!("{}/config.json: {e}", state.bundle.display()))
+        })?;
+        let mut process_spec = spec.clone();
+        if let Some(p) = process_spec.process_mut() {
+            p.set_args(Some(args.to_vec()));
+        }
+        let pid = state.pid;
+        let cgroup = state.cgroup.clone();
+        // A child joins the namespaces (the mount namespace last, while host paths still
+        // resolve) and forks the command, which is then inside the pid namespace too.
+        let child = flotilla_sys::fork_child(move || {
+            let sys = LinuxSyscall;
+            let joined = (|| -> Result<flotilla_sys::Pid, RuntimeError> {
+                cgroup.add(std::process::id() as i32)?;
+                for (ns, kind) in [
+                    ("ipc", flotilla_sys::CloneFlags::CLONE_NEWIPC),
+                    ("uts", flotilla_sys::CloneFlags::CLONE_NEWUTS),
+                    ("net", flotilla_sys::CloneFlags::CLONE_NEWNET),
+                    ("pid", flotilla_sys::CloneFlags::CLONE_NEWPID),
+                    ("mnt", flotilla_sys::CloneFlags::CLONE_NEWNS),
+                ] {
+                    flotilla_sys::Syscall::setns(
+                        &sys,
+                        Path::new(&format!("/proc/{pid}/ns/{ns}")),
+                        kind,
+                    )?;
+                }
+                Ok(flotilla_sys::fork_child(|| {
+                    match init::exec(&sys, &process_spec) {
+                        Ok(never) => match never {},
+                        Err(e) => {
+                            eprintln!("flotilla: error: exec in {}: {e}", pid);
+                            127
+                        }
+                    }
+                })?)
+            })();
+            match joined.and_then(|p| Ok(flotilla_sys::wait_exit(p)?)) {
+                Ok(status) => status.code(),
+                Err(e) => {
+                    eprintln!("flotilla: error: {e}");
+                    126
+                }
+            }
+        })?;
+        Ok(flotilla_sys::wait_exit(child)?)
+    }
+
     /// Create, start, wait for the process to end, delete. The exit status is the process's,
     /// or 128 + the signal; an exec failure is an error.
     pub fn run(&self, id: &str, bundle: &Path) -> Result<Exit, RuntimeError> {
