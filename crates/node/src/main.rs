@@ -226,7 +226,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before any thread exists: creating a container clones this process.
     let cli = match cli.command {
-        Command::Runtime(args) => return runtime_cli::run(args),
+        Command::Runtime(args) => {
+            let code = runtime_cli::run(args);
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            // Skips the exit handlers: RocksDB's C++ static destructors cost every container
+            // command a little, and nothing is left to flush.
+            flotilla_sys::exit_now(code)
+        }
         command => Cli { command },
     };
     flotilla_util::init_tracing("info,openraft=error,h2=warn,tower=warn");

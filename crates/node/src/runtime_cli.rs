@@ -3,7 +3,6 @@
 //! this process, which must then be single-threaded.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Subcommand;
 use flotilla_runtime::{Runtime, RuntimeError, Status};
@@ -104,12 +103,13 @@ fn logs(rt: &Runtime, id: &str, follow: bool, timestamps: bool) -> Result<(), Ru
     }
 }
 
-fn fail(message: impl std::fmt::Display) -> ExitCode {
+fn fail(message: impl std::fmt::Display) -> i32 {
     eprintln!("flotilla: error: {message}");
-    ExitCode::FAILURE
+    1
 }
 
-pub fn run(args: RuntimeArgs) -> ExitCode {
+/// Runs the command; returns the process's exit code.
+pub fn run(args: RuntimeArgs) -> i32 {
     let rt = Runtime::new(&args.root);
     let result = match args.command {
         RuntimeCommand::Create { bundle, id } => rt.create(&id, &bundle).map(|_| ()),
@@ -130,7 +130,7 @@ pub fn run(args: RuntimeArgs) -> ExitCode {
                             return fail(format!("--report {}: {e}", path.display()));
                         }
                     }
-                    ExitCode::from(exit.status.code().clamp(0, 255) as u8)
+                    exit.status.code().clamp(0, 255)
                 }
                 Err(e) => fail(e),
             }
@@ -152,7 +152,7 @@ pub fn run(args: RuntimeArgs) -> ExitCode {
         RuntimeCommand::Delete { force, id } => rt.delete(&id, force),
         RuntimeCommand::Exec { id, command } => {
             return match rt.exec(&id, &command) {
-                Ok(status) => ExitCode::from(status.code().clamp(0, 255) as u8),
+                Ok(status) => status.code().clamp(0, 255),
                 Err(e) => fail(e),
             }
         }
@@ -163,7 +163,7 @@ pub fn run(args: RuntimeArgs) -> ExitCode {
         } => logs(&rt, &id, follow, timestamps),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => fail(e),
     }
 }

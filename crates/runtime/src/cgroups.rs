@@ -37,7 +37,8 @@ pub struct Cgroup {
     pub relative: PathBuf,
 }
 
-const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "cpuset"];
+/// The v1 controllers a container gets a directory in (no cpuset: no cpuset limits yet).
+const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
 
 /// Finds the layout under `root` (`/sys/fs/cgroup` on a real host).
 pub fn detect(root: &Path) -> io::Result<Layout> {
@@ -129,20 +130,6 @@ impl Cgroup {
             Layout::V1(root) => {
                 for c in V1_CONTROLLERS {
                     fs::create_dir_all(root.join(c).join(&self.relative))?;
-                }
-                // A new cpuset has no CPUs or memory nodes: copy them down from the root.
-                let cpuset_root = root.join("cpuset");
-                let mut dir = cpuset_root.clone();
-                for part in self.relative.iter() {
-                    let parent = dir.clone();
-                    dir = dir.join(part);
-                    for f in ["cpuset.cpus", "cpuset.mems"] {
-                        let current = fs::read_to_string(dir.join(f)).unwrap_or_default();
-                        if current.trim().is_empty() {
-                            let value = fs::read_to_string(parent.join(f))?;
-                            write(&dir.join(f), value.trim())?;
-                        }
-                    }
                 }
                 let memory = self.v1("memory").expect("v1");
                 if let Some(m) = limits.memory_bytes {

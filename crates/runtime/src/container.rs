@@ -84,13 +84,21 @@ fn limits(spec: &Spec) -> Limits {
     }
 }
 
+/// How the init learns that it may exec the process.
+enum Go<'a> {
+    /// `start`, in another process, reads the FIFO (`create` then `start`).
+    Fifo(&'a Path),
+    /// The parent writes a byte on this pipe (`run`, which starts at once).
+    Pipe(&'a OwnedFd),
+}
+
 /// The container's init, in the child: every step, then the process. On failure the reason
 /// goes to the parent through `report`.
 fn init_main(
     spec: &Spec,
     rootfs: &Path,
     joins: &[(PathBuf, flotilla_sys::CloneFlags)],
-    fifo: &Path,
+    go: Go<'_>,
     report: &OwnedFd,
     output: Option<(&OwnedFd, &OwnedFd)>,
 ) -> isize {
@@ -104,24 +112,38 @@ fn init_main(
             flotilla_sys::Syscall::setns(&sys, path, *kind)?;
         }
         // Opened by path before pivot_root, reopened for writing through /proc after it.
-        let fifo_path = fs::File::options()
-            .read(true)
-            .custom_flags(O_PATH)
-            .open(fifo)
-            .map_err(|e| RuntimeError::Setup(format!("open {}: {e}", fifo.display())))?;
+        let fifo_path = match go {
+            Go::Fifo(fifo) => Some(
+                fs::File::options()
+                    .read(true)
+                    .custom_flags(O_PATH)
+                    .open(fifo)
+                    .map_err(|e| RuntimeError::Setup(format!("open {}: {e}", fifo.display())))?,
+            ),
+            Go::Pipe(_) => None,
+        };
         init::prepare_rootfs(&sys, spec, rootfs)?;
         init::configure(&sys, spec)?;
         out.write_all(b"ready\n")
             .map_err(|e| RuntimeError::Setup(format!("report: {e}")))?;
-        // Blocks until `start` opens the FIFO for reading.
-        let mut go = fs::File::options()
-            .write(true)
-            .open(format!("/proc/self/fd/{}", fifo_path.as_raw_fd()))
-            .map_err(|e| RuntimeError::Setup(format!("open exec fifo: {e}")))?;
-        go.write_all(b"0")
-            .map_err(|e| RuntimeError::Setup(format!("exec fifo: {e}")))?;
-        drop(go);
-        drop(fifo_path);
+        match (go, fifo_path) {
+            (Go::Pipe(pipe), _) => {
+                let mut byte = [0u8; 1];
+                let mut r = fs::File::from(pipe.try_clone()?);
+                r.read_exact(&mut byte)
+                    .map_err(|e| RuntimeError::Setup(format!("start pipe: {e}")))?;
+            }
+            (Go::Fifo(_), Some(fifo_path)) => {
+                // Blocks until `start` opens the FIFO for reading.
+                let mut go = fs::File::options()
+                    .write(true)
+                    .open(format!("/proc/self/fd/{}", fifo_path.as_raw_fd()))
+                    .map_err(|e| RuntimeError::Setup(format!("open exec fifo: {e}")))?;
+                go.write_all(b"0")
+                    .map_err(|e| RuntimeError::Setup(format!("exec fifo: {e}")))?;
+            }
+            (Go::Fifo(_), None) => unreachable!("opened above"),
+        }
         init::exec(&sys, spec)
     })();
     let err = match result {
@@ -162,17 +184,20 @@ impl Runtime {
     /// single-threaded (see `flotilla_sys::clone_child`).
     /// The process's stdout and stderr go to its log (see [`crate::logs`]).
     pub fn create(&self, id: &str, bundle: &Path) -> Result<State, RuntimeError> {
-        self.spawn(id, bundle, true).map(|(state, _)| state)
+        self.spawn(id, bundle, true).map(|(state, _, _)| state)
     }
 
     /// `create`, also returning the read end of the init's report pipe (after "ready", an
-    /// exec failure is written there).
+    /// exec failure is written there). With `detached` (`create`), the output goes to the log
+    /// and `start` lets the init go through the FIFO; without, the output is the caller's and
+    /// the init goes when a byte is written on the returned pipe (`run`).
     fn spawn(
         &self,
         id: &str,
         bundle: &Path,
-        logs: bool,
-    ) -> Result<(State, fs::File), RuntimeError> {
+        detached: bool,
+    ) -> Result<(State, fs::File, Option<fs::File>), RuntimeError> {
+        let logs = detached;
         valid_id(id)?;
         if !flotilla_sys::can_administer() {
             return Err(RuntimeError::Privilege);
@@ -220,8 +245,13 @@ impl Runtime {
             return Err(e.into());
         }
         let fifo = dir.join("exec.fifo");
-        let started = (|| -> Result<(State, fs::File), RuntimeError> {
-            flotilla_sys::mkfifo(&fifo)?;
+        let started = (|| -> Result<(State, fs::File, Option<fs::File>), RuntimeError> {
+            let go_pipe = if detached {
+                flotilla_sys::mkfifo(&fifo)?;
+                None
+            } else {
+                Some(flotilla_sys::pipe()?)
+            };
             let (read, write) = flotilla_sys::pipe()?;
             let output = if logs {
                 let writer = crate::logs::Writer::open(crate::logs::path(&dir), LOG_MAX_BYTES)?;
@@ -230,10 +260,19 @@ impl Runtime {
                 None
             };
             let ends = output.as_ref().map(|((_, ow), (_, ew), _)| (ow, ew));
+            let go = match &go_pipe {
+                Some((r, _)) => Go::Pipe(r),
+                None => Go::Fifo(&fifo),
+            };
             let pid = flotilla_sys::clone_child(flags, || {
-                init_main(&spec, &rootfs, &joins, &fifo, &write, ends)
+                let go = match &go {
+                    Go::Pipe(r) => Go::Pipe(r),
+                    Go::Fifo(f) => Go::Fifo(f),
+                };
+                init_main(&spec, &rootfs, &joins, go, &write, ends)
             })?;
             drop(write);
+            let go_writer = go_pipe.map(|(_, w)| fs::File::from(w));
             if let Some(((out_r, out_w), (err_r, err_w), writer)) = output {
                 // The shim: its own session, no terminal or caller's output held open, and
                 // only the read ends of the container's pipes.
@@ -276,15 +315,15 @@ impl Runtime {
                 };
                 return Err(RuntimeError::Setup(reason));
             }
-            Ok((state, reader))
+            Ok((state, reader, go_writer))
         })();
         match started {
-            Ok((state, reader)) => {
+            Ok((state, reader, go_writer)) => {
                 fs::write(
                     dir.join("state.json"),
                     serde_json::to_vec(&state).expect("state serialises"),
                 )?;
-                Ok((state, reader))
+                Ok((state, reader, go_writer))
             }
             Err(e) => {
                 cleanup(Some(&cgroup));
@@ -460,8 +499,11 @@ impl Runtime {
     /// Create, start, wait for the process to end, delete. The exit status is the process's,
     /// or 128 + the signal; an exec failure is an error.
     pub fn run(&self, id: &str, bundle: &Path) -> Result<Exit, RuntimeError> {
-        let (state, mut report) = self.spawn(id, bundle, false)?;
-        if let Err(e) = self.start(id) {
+        let (state, mut report, go) = self.spawn(id, bundle, false)?;
+        let started = go
+            .ok_or_else(|| RuntimeError::State("no start pipe".into()))
+            .and_then(|mut go| Ok(go.write_all(b"0")?));
+        if let Err(e) = started {
             let _ = self.delete(id, true);
             return Err(e);
         }
