@@ -20,6 +20,17 @@ fn id(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
 
+/// `create` then `start`, each asserted to succeed.
+fn create_and_start(state: &Path, bundle: &Path, name: &str) {
+    let (code, _, err) = runtime_cli(
+        state,
+        &["create", "--bundle", bundle.to_str().unwrap(), name],
+    );
+    assert_eq!(code, Some(0), "create {name}: {err}");
+    let (code, _, err) = runtime_cli(state, &["start", name]);
+    assert_eq!(code, Some(0), "start {name}: {err}");
+}
+
 fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -158,13 +169,7 @@ fn memory_pids_and_cpu_limits_hold() {
         c["linux"]["resources"] = serde_json::json!({"pids": {"limit": 16}});
     });
     let name = id("pids");
-    let (code, _, err) = runtime_cli(
-        state.path(),
-        &["create", "--bundle", bundle.to_str().unwrap(), &name],
-    );
-    assert_eq!(code, Some(0), "{err}");
-    let (code, _, err) = runtime_cli(state.path(), &["start", &name]);
-    assert_eq!(code, Some(0), "{err}");
+    create_and_start(state.path(), &bundle, &name);
     // The cgroup's pids files, wherever this host keeps them (v1 or v2).
     let pids_dir = ["/sys/fs/cgroup/pids/flotilla", "/sys/fs/cgroup/flotilla"]
         .iter()
@@ -273,15 +278,11 @@ fn a_hundred_containers_killed_and_deleted_leave_nothing_behind() {
     // A sleep long enough to be running for the whole test, and unique enough to find.
     let marker = format!("{}", 900_000 + std::process::id());
     let bundle = busybox_bundle(dir.path(), &["sleep", &marker], |_| {});
-    let b = bundle.to_str().unwrap();
     let ids: Vec<String> = (0..100)
         .map(|i| format!("many-{}-{i}", std::process::id()))
         .collect();
     for id in &ids {
-        let (code, _, err) = runtime_cli(state.path(), &["create", "--bundle", b, id]);
-        assert_eq!(code, Some(0), "create {id}: {err}");
-        let (code, _, err) = runtime_cli(state.path(), &["start", id]);
-        assert_eq!(code, Some(0), "start {id}: {err}");
+        create_and_start(state.path(), &bundle, id);
     }
     let (processes, netns, cgroups, _) = host_traces(&marker);
     assert_eq!(processes, 200, "every container runs, with its log shim");
@@ -362,13 +363,7 @@ fn logs_follow_a_running_container_and_survive_its_exit() {
         "echo first; echo to-stderr >&2; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo second";
     let bundle = busybox_bundle(dir.path(), &["sh", "-c", script], |_| {});
     let name = id("logs");
-    let (code, _, err) = runtime_cli(
-        state.path(),
-        &["create", "--bundle", bundle.to_str().unwrap(), &name],
-    );
-    assert_eq!(code, Some(0), "{err}");
-    let (code, _, err) = runtime_cli(state.path(), &["start", &name]);
-    assert_eq!(code, Some(0), "{err}");
+    create_and_start(state.path(), &bundle, &name);
     let follower = std::process::Command::new(flotilla_tests::flotilla_bin())
         .args([
             "runtime",
@@ -427,13 +422,7 @@ fn exec_runs_inside_a_running_container_with_its_output_and_exit_code() {
     let state = tempfile::tempdir().unwrap();
     let bundle = busybox_bundle(dir.path(), &["sleep", "60"], |_| {});
     let name = id("exec");
-    let (code, _, err) = runtime_cli(
-        state.path(),
-        &["create", "--bundle", bundle.to_str().unwrap(), &name],
-    );
-    assert_eq!(code, Some(0), "{err}");
-    let (code, _, err) = runtime_cli(state.path(), &["start", &name]);
-    assert_eq!(code, Some(0), "{err}");
+    create_and_start(state.path(), &bundle, &name);
     let (code, out, err) = runtime_cli(
         state.path(),
         &[
