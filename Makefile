@@ -16,7 +16,7 @@ ROCKSDB_PREFIX ?= /var/cache/flotilla/rocksdb-$(ROCKSDB_VERSION)-release
 export ROCKSDB_LIB_DIR := $(ROCKSDB_PREFIX)
 export ROCKSDB_STATIC := 1
 
-.PHONY: deps rocksdb build test lint up down bench
+.PHONY: deps rocksdb build test lint up down bench busybox-image
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -40,6 +40,12 @@ $(ROCKSDB_PREFIX)/librocksdb.a:
 	rm -rf "$(ROCKSDB_PREFIX)/build"
 	# rustc bundles the archive into librocksdb-sys's rlib: drop any built against an older one.
 	$(CARGO) clean -p librocksdb-sys
+
+# A busybox image as an OCI archive (and a docker-save one), made from Debian's busybox-static.
+busybox-image: deps
+	sh deploy/busybox-image.sh "$(CARGO_TARGET_DIR)/busybox-oci.tar"
+	sh deploy/busybox-image.sh "$(CARGO_TARGET_DIR)/busybox-docker.tar" docker
+	@echo "flotilla image import $(CARGO_TARGET_DIR)/busybox-oci.tar --name busybox"
 
 build: rocksdb
 	$(CARGO) build --workspace --all-targets

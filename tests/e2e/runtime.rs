@@ -449,3 +449,106 @@ fn exec_runs_inside_a_running_container_with_its_output_and_exit_code() {
     assert_eq!(code, Some(1));
     assert!(err.contains("does not exist"), "{err}");
 }
+
+#[test]
+fn images_import_from_oci_and_docker_archives_and_corruption_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/busybox-image.sh");
+    let build = |out: &Path, kind: &str| {
+        let status = std::process::Command::new("sh")
+            .arg(&script)
+            .arg(out)
+            .arg(kind)
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the busybox image failed");
+    };
+    let (oci, docker) = (dir.path().join("oci.tar"), dir.path().join("docker.tar"));
+    build(&oci, "oci");
+    build(&docker, "docker");
+    let store = dir.path().join("store");
+    let image = |args: &[&str]| {
+        let out = std::process::Command::new(flotilla_tests::flotilla_bin())
+            .args(["image", "--root", store.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = image(&["import", oci.to_str().unwrap(), "--name", "busybox:oci"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("busybox:oci sha256:"), "{out}");
+    // The layer's digest, from the imported manifest.
+    let manifest = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("blobs/sha256").join(&manifest)).unwrap())
+            .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, _, err) = image(&[
+        "import",
+        docker.to_str().unwrap(),
+        "--name",
+        "busybox:docker",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, listed, _) = image(&["ls"]);
+    assert!(
+        listed.contains("busybox:oci") && listed.contains("busybox:docker"),
+        "{listed}"
+    );
+    // Both archives hold the same layer and config: stored once.
+    let blobs = std::fs::read_dir(store.join("blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        blobs, 4,
+        "the layer and the config are shared; two manifests"
+    );
+    // Corrupt the layer inside the OCI archive: the import is refused, naming the blob.
+    let mut bytes = std::fs::read(&oci).unwrap();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == b"root:x:0")
+        .expect("the passwd file in the layer");
+    bytes[at] = b'R';
+    std::fs::write(&oci, &bytes).unwrap();
+    let (code, _, err) = image(&["import", oci.to_str().unwrap(), "--name", "corrupt"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!(
+            "blob {layer} is corrupt: its content hashes to sha256:"
+        )),
+        "{err}"
+    );
+    let (_, listed, _) = image(&["ls"]);
+    assert!(!listed.contains("corrupt"), "{listed}");
+    let (code, _, err) = image(&["rm", "busybox:oci"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        std::fs::read_dir(store.join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        3,
+        "the shared layer stays"
+    );
+    let (code, _, err) = image(&["rm", "busybox:docker"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        std::fs::read_dir(store.join("blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

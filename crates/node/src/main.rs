@@ -17,6 +17,7 @@ use flotilla_raft::{NodeConfig, RaftNode};
 mod admin;
 mod client;
 mod gossip;
+mod image_cli;
 mod kubeconfig;
 mod leave;
 mod runtime_cli;
@@ -106,6 +107,8 @@ enum Command {
     Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Run containers from OCI bundles, as runc and crun do.
     Runtime(runtime_cli::RuntimeArgs),
+    /// The node's image store: import archives, list and remove images.
+    Image(image_cli::ImageArgs),
 }
 
 #[derive(clap::Args)]
@@ -254,6 +257,7 @@ fn main() -> ExitCode {
         Command::Up(args) => runtime.block_on(up::run(args)),
         Command::Leave(args) => runtime.block_on(leave::run(args)),
         Command::Kubeconfig(args) => kubeconfig::run(args),
+        Command::Image(args) => image_cli::run(args),
         Command::Runtime(_) => unreachable!("handled before the async runtime starts"),
     };
     match result {

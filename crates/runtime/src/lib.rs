@@ -4,6 +4,7 @@
 
 pub mod cgroups;
 pub mod container;
+pub mod images;
 pub mod init;
 pub mod logs;
 pub mod mounts;
@@ -26,6 +27,8 @@ pub enum RuntimeError {
     Exists(String),
     #[error("{0}")]
     State(String),
+    #[error("image: {0}")]
+    Image(String),
     #[error(transparent)]
     Sys(#[from] flotilla_sys::SysError),
     #[error(transparent)]
