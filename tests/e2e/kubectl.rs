@@ -56,28 +56,24 @@ async fn kubectl_reads_version_and_discovery_from_every_node() {
         }
 
         // Reading objects: the Node objects every node registers, through each node's API.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let server = |i: usize| format!("https://{}:6443", lab.addr(i));
-        loop {
+        let listed = flotilla_tests::wait_until_blocking(std::time::Duration::from_secs(30), || {
             let (ok, out, err) = kubectl(&kubeconfig, cache.path(), &server(0), &["get", "nodes"]);
             assert!(ok, "kubectl get nodes: {err}");
             let names: Vec<&str> = out.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
-            if names == ["n1", "n2", "n3"] {
-                assert!(out.starts_with("NAME"), "{out}");
-                // NAME STATUS ROLES AGE VERSION, as Kubernetes prints nodes; AGE is a duration.
-                assert!(out.lines().next().unwrap().split_whitespace().eq(["NAME", "STATUS", "ROLES", "AGE", "VERSION"]), "{out}");
-                let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
-                assert_eq!(row[1..3], ["Ready", "<none>"], "{out}");
-                let age = row[3];
-                assert!(
-                    age.ends_with('s') && age[..age.len() - 1].chars().all(|c| c.is_ascii_digit()),
-                    "AGE {age:?}:\n{out}"
-                );
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "nodes never all listed:\n{out}");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+            (names == ["n1", "n2", "n3"]).then_some(out)
+        });
+        let out = listed.expect("nodes never all listed");
+        assert!(out.starts_with("NAME"), "{out}");
+        // NAME STATUS ROLES AGE VERSION, as Kubernetes prints nodes; AGE is a duration.
+        assert!(out.lines().next().unwrap().split_whitespace().eq(["NAME", "STATUS", "ROLES", "AGE", "VERSION"]), "{out}");
+        let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row[1..3], ["Ready", "<none>"], "{out}");
+        let age = row[3];
+        assert!(
+            age.ends_with('s') && age[..age.len() - 1].chars().all(|c| c.is_ascii_digit()),
+            "AGE {age:?}:\n{out}"
+        );
         for i in 0..3 {
             let (ok, out, err) = kubectl(&kubeconfig, cache.path(), &server(i), &["get", "node", "n2", "-o", "json"]);
             assert!(ok, "get node n2 via node {i}: {err}");

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use flotilla_tests::{Cluster, Kubectl, Options};
+use flotilla_tests::{eventually, Cluster, Kubectl, Options};
 use serde_json::Value;
 
 const APP: &str = r#"apiVersion: v1
@@ -95,20 +95,6 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
-}
-
-/// Polls `f` every 100 ms until it returns true or `timeout` passes.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flotilla_tests::{busybox_bundle, runtime_cli};
+use flotilla_tests::{busybox_bundle, eventually, runtime_cli};
 
 fn require_root() {
     assert!(
@@ -29,17 +29,6 @@ fn create_and_start(state: &Path, bundle: &Path, name: &str) {
     assert_eq!(code, Some(0), "create {name}: {err}");
     let (code, _, err) = runtime_cli(state, &["start", name]);
     assert_eq!(code, Some(0), "start {name}: {err}");
-}
-
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    f()
 }
 
 #[test]

@@ -12,7 +12,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use flotilla_lab::LabNet;
 use flotilla_pki::{Credential, Kubeconfig};
 use flotilla_rpc::{StoreClient, Tls};
-pub use flotilla_util::wait_until;
+pub use flotilla_util::{wait_until, wait_until_blocking};
+
+/// Whether `check` holds within `timeout`, polled from a blocking thread.
+pub fn eventually(timeout: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    wait_until_blocking(timeout, || check().then_some(())).is_some()
+}
 
 /// The `flotilla` binary under test: `$FLOTILLA_BIN`, or the one built beside this test binary.
 pub fn flotilla_bin() -> PathBuf {

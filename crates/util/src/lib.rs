@@ -16,6 +16,31 @@ pub fn init_tracing(default_filter: &str) {
         .try_init();
 }
 
+/// The pauses between polls: 10 ms, doubling up to 200 ms, until `timeout` has passed.
+struct Pauses {
+    deadline: Instant,
+    pause: Duration,
+}
+
+impl Pauses {
+    fn new(timeout: Duration) -> Pauses {
+        Pauses {
+            deadline: Instant::now() + timeout,
+            pause: Duration::from_millis(10),
+        }
+    }
+
+    /// The next pause, or `None` once the deadline has passed.
+    fn next(&mut self) -> Option<Duration> {
+        if Instant::now() >= self.deadline {
+            return None;
+        }
+        let pause = self.pause;
+        self.pause = (self.pause * 2).min(Duration::from_millis(200));
+        Some(pause)
+    }
+}
+
 /// Polls `check` until it returns `Some`, or gives up after `timeout` with `None`.
 /// The interval starts at 10 ms and doubles up to 200 ms.
 pub async fn wait_until<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
@@ -23,17 +48,26 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(10);
+    let mut pauses = Pauses::new(timeout);
     loop {
         if let Some(v) = check().await {
             return Some(v);
         }
-        if Instant::now() >= deadline {
-            return None;
+        tokio::time::sleep(pauses.next()?).await;
+    }
+}
+
+/// [`wait_until`] for a synchronous `check` on a thread that may block (tests driving CLIs).
+pub fn wait_until_blocking<T>(
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let mut pauses = Pauses::new(timeout);
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
+        std::thread::sleep(pauses.next()?);
     }
 }
 
