@@ -11,6 +11,7 @@ mod layers;
 mod learner_read;
 mod membership;
 mod partition;
+mod pods;
 mod rewatch;
 mod runtime;
 mod snapshot;

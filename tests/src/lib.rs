@@ -601,20 +601,14 @@ pub async fn kube_client(kubeconfig: &Path, addr: &str) -> Result<kube::Client> 
     Ok(kube::Client::try_from(config)?)
 }
 
-/// An OCI bundle in `dir` running `args` in a busybox root file system (Debian's
-/// `busybox-static`, which `make deps` installs), with the usual mounts and namespaces;
-/// `tweak` edits the `config.json` before it is written.
-pub fn busybox_bundle(
-    dir: &Path,
-    args: &[&str],
-    tweak: impl FnOnce(&mut serde_json::Value),
-) -> PathBuf {
+/// A busybox root file system at `dir` (Debian's `busybox-static`, which `make deps`
+/// installs): the binary, a link per applet, and `/etc/passwd`.
+pub fn busybox_rootfs(rootfs: &Path) {
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.exists(),
         "/bin/busybox is missing: `make deps` installs Debian's busybox-static"
     );
-    let rootfs = dir.join("rootfs");
     let bin = rootfs.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     for d in ["proc", "sys", "dev", "etc", "tmp"] {
@@ -632,6 +626,26 @@ pub fn busybox_bundle(
         "root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
     )
     .unwrap();
+}
+
+/// An OCI bundle in `dir` running `args` in a busybox root file system, with the usual
+/// mounts and namespaces; `tweak` edits the `config.json` before it is written.
+pub fn busybox_bundle(
+    dir: &Path,
+    args: &[&str],
+    tweak: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    busybox_rootfs(&dir.join("rootfs"));
+    spec_bundle(dir, args, tweak)
+}
+
+/// An OCI bundle in `dir` of only a `config.json` (for a container whose root is an image).
+pub fn spec_bundle(
+    dir: &Path,
+    args: &[&str],
+    tweak: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let mut config = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {

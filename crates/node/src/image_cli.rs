@@ -16,7 +16,8 @@ pub struct ImageArgs {
 
 #[derive(Subcommand)]
 enum ImageCommand {
-    /// Import an OCI image archive or a `docker save` archive; every blob is verified.
+    /// Import an OCI image archive, a `docker save` archive (every blob is verified) or a root
+    /// file system directory (one layer).
     Import {
         path: PathBuf,
         /// The name to give it (`busybox:1.36`).

@@ -1,11 +1,14 @@
-//! `flotilla runtime create|start|run|state|kill|delete`: the runtime on OCI bundles, as
-//! `runc` and `crun` take them. Runs without the async runtime: creating a container clones
+//! `flotilla runtime create|start|run|state|kill|delete|exec|logs`: the runtime on OCI
+//! bundles, as `runc` and `crun` take them, optionally in a pod sandbox
+//! (`flotilla runtime sandbox create|state|delete`) and from an image of the node's store. Runs without the async runtime: creating a container clones
 //! this process, which must then be single-threaded.
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use flotilla_runtime::{Runtime, RuntimeError, Status};
+use flotilla_runtime::ipam::Cidr;
+use flotilla_runtime::net::PodNetwork;
+use flotilla_runtime::{CreateOptions, Runtime, RuntimeError, SandboxConfig, Status};
 use flotilla_sys::Signal;
 
 #[derive(clap::Args)]
@@ -17,6 +20,69 @@ pub struct RuntimeArgs {
     command: RuntimeCommand,
 }
 
+/// Where a container's namespaces and root come from besides its bundle.
+#[derive(clap::Args)]
+struct Placement {
+    /// Join this pod sandbox's network, IPC and UTS namespaces.
+    #[arg(long, value_name = "ID")]
+    sandbox: Option<String>,
+    /// Use this image of the node's store as the root (an overlay with the container's own
+    /// writable layer) instead of the bundle's root.path.
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
+    /// The image store.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/flotilla/images")]
+    images: PathBuf,
+}
+
+impl Placement {
+    fn options(self) -> CreateOptions {
+        CreateOptions {
+            sandbox: self.sandbox,
+            image: self.image.map(|i| (self.images, i)),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum SandboxCommand {
+    /// Create a pod sandbox: network, IPC and UTS namespaces, a veth into the bridge and an
+    /// address from the pod CIDR. Prints it as JSON.
+    Create {
+        #[arg(long)]
+        hostname: Option<String>,
+        /// The node's bridge (created if missing, with the CIDR's first address).
+        #[arg(long, default_value = "flt0")]
+        bridge: String,
+        /// The node's pod CIDR.
+        #[arg(long, value_name = "CIDR", default_value = "10.244.0.0/24", value_parser = parse_cidr)]
+        pod_cidr: Cidr,
+        /// Where addresses are allocated (default: /run/flotilla/ipam/BRIDGE).
+        #[arg(long, value_name = "DIR")]
+        ipam_dir: Option<PathBuf>,
+        /// A name server for /etc/resolv.conf (repeatable; default: the host's file).
+        #[arg(long, value_name = "IP")]
+        dns: Vec<std::net::Ipv4Addr>,
+        /// A search domain for /etc/resolv.conf (repeatable).
+        #[arg(long, value_name = "DOMAIN")]
+        search: Vec<String>,
+        id: String,
+    },
+    /// The sandbox as JSON.
+    State { id: String },
+    /// Remove a sandbox: its veth, namespaces and address (with --force, its running
+    /// containers too).
+    Delete {
+        #[arg(long, short = 'f')]
+        force: bool,
+        id: String,
+    },
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse()
+}
+
 #[derive(Subcommand)]
 enum RuntimeCommand {
     /// Create a container from an OCI bundle; its process waits for `start`.
@@ -24,6 +90,8 @@ enum RuntimeCommand {
         /// The bundle: `config.json` and the root file system it names.
         #[arg(long, short = 'b', default_value = ".")]
         bundle: PathBuf,
+        #[command(flatten)]
+        placement: Placement,
         id: String,
     },
     /// Start a created container's process.
@@ -35,6 +103,8 @@ enum RuntimeCommand {
         /// Also write how it ended as JSON (exit code, OOM kill, CPU time) to this file.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        #[command(flatten)]
+        placement: Placement,
         id: String,
     },
     /// The container's state as OCI JSON.
@@ -68,6 +138,9 @@ enum RuntimeCommand {
         force: bool,
         id: String,
     },
+    /// Pod sandboxes.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
 }
 
 fn signal(name: &str) -> Result<Signal, String> {
@@ -103,6 +176,39 @@ fn logs(rt: &Runtime, id: &str, follow: bool, timestamps: bool) -> Result<(), Ru
     }
 }
 
+fn sandbox(rt: &Runtime, command: SandboxCommand) -> Result<(), RuntimeError> {
+    let print = |s: &flotilla_runtime::Sandbox| {
+        println!("{}", serde_json::to_string_pretty(s).expect("JSON"));
+    };
+    match command {
+        SandboxCommand::Create {
+            hostname,
+            bridge,
+            pod_cidr,
+            ipam_dir,
+            dns,
+            search,
+            id,
+        } => {
+            let config = SandboxConfig {
+                hostname: hostname.unwrap_or_else(|| id.clone()),
+                ipam_dir: ipam_dir
+                    .unwrap_or_else(|| PathBuf::from("/run/flotilla/ipam").join(&bridge)),
+                network: PodNetwork {
+                    bridge,
+                    cidr: pod_cidr,
+                },
+                dns,
+                search,
+            };
+            print(&rt.create_sandbox(&id, &config)?);
+        }
+        SandboxCommand::State { id } => print(&rt.sandbox(&id)?),
+        SandboxCommand::Delete { force, id } => rt.delete_sandbox(&id, force)?,
+    }
+    Ok(())
+}
+
 fn fail(message: impl std::fmt::Display) -> i32 {
     eprintln!("flotilla: error: {message}");
     1
@@ -112,10 +218,21 @@ fn fail(message: impl std::fmt::Display) -> i32 {
 pub fn run(args: RuntimeArgs) -> i32 {
     let rt = Runtime::new(&args.root);
     let result = match args.command {
-        RuntimeCommand::Create { bundle, id } => rt.create(&id, &bundle).map(|_| ()),
+        RuntimeCommand::Create {
+            bundle,
+            placement,
+            id,
+        } => rt
+            .create_with(&id, &bundle, &placement.options())
+            .map(|_| ()),
         RuntimeCommand::Start { id } => rt.start(&id),
-        RuntimeCommand::Run { bundle, report, id } => {
-            return match rt.run(&id, &bundle) {
+        RuntimeCommand::Run {
+            bundle,
+            report,
+            placement,
+            id,
+        } => {
+            return match rt.run_with(&id, &bundle, &placement.options()) {
                 Ok(exit) => {
                     if exit.oom_killed {
                         eprintln!("flotilla: container {id} was OOM-killed (OOMKilled)");
@@ -161,6 +278,7 @@ pub fn run(args: RuntimeArgs) -> i32 {
             timestamps,
             id,
         } => logs(&rt, &id, follow, timestamps),
+        RuntimeCommand::Sandbox(command) => sandbox(&rt, command),
     };
     match result {
         Ok(()) => 0,

@@ -36,6 +36,29 @@ pub struct State {
     pub start_ticks: u64,
     pub bundle: PathBuf,
     pub cgroup: Cgroup,
+    /// The sandbox whose namespaces it joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    /// The image store whose image is mounted as its root (`ROOT/<id>/rootfs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_store: Option<PathBuf>,
+}
+
+/// Where a container's root and namespaces come from, beyond its bundle.
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    /// Join this sandbox's network, IPC and UTS namespaces and use its `/etc` files.
+    pub sandbox: Option<String>,
+    /// The root is this image (name or manifest digest) of the store at the path, as an
+    /// overlay with the container's own upper layer, instead of the bundle's `root.path`.
+    pub image: Option<(PathBuf, String)>,
+}
+
+/// The image store's lease on layers for the container in `dir`: unique per container
+/// directory, whichever runtime root it is in.
+fn lease(dir: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes()))
 }
 
 /// How a container run ended.
@@ -55,7 +78,7 @@ pub struct Runtime {
     pub cgroup_root: PathBuf,
 }
 
-fn valid_id(id: &str) -> Result<(), RuntimeError> {
+pub(crate) fn valid_id(id: &str) -> Result<(), RuntimeError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id
@@ -172,7 +195,7 @@ impl Runtime {
         Ok(crate::logs::path(&self.dir(id)))
     }
 
-    fn load(&self, id: &str) -> Result<State, RuntimeError> {
+    pub(crate) fn load(&self, id: &str) -> Result<State, RuntimeError> {
         valid_id(id)?;
         let text = fs::read(self.dir(id).join("state.json"))
             .map_err(|_| RuntimeError::NotFound(id.to_string()))?;
@@ -184,7 +207,18 @@ impl Runtime {
     /// single-threaded (see `flotilla_sys::clone_child`).
     /// The process's stdout and stderr go to its log (see [`crate::logs`]).
     pub fn create(&self, id: &str, bundle: &Path) -> Result<State, RuntimeError> {
-        self.spawn(id, bundle, true).map(|(state, _, _)| state)
+        self.create_with(id, bundle, &CreateOptions::default())
+    }
+
+    /// `create`, in a sandbox or from an image.
+    pub fn create_with(
+        &self,
+        id: &str,
+        bundle: &Path,
+        options: &CreateOptions,
+    ) -> Result<State, RuntimeError> {
+        self.spawn(id, bundle, true, options)
+            .map(|(state, _, _)| state)
     }
 
     /// `create`, also returning the read end of the init's report pipe (after "ready", an
@@ -196,6 +230,7 @@ impl Runtime {
         id: &str,
         bundle: &Path,
         detached: bool,
+        options: &CreateOptions,
     ) -> Result<(State, fs::File, Option<fs::File>), RuntimeError> {
         let logs = detached;
         valid_id(id)?;
@@ -205,19 +240,32 @@ impl Runtime {
         let bundle = bundle
             .canonicalize()
             .map_err(|e| RuntimeError::Spec(format!("bundle {}: {e}", bundle.display())))?;
-        let spec = Spec::load(bundle.join("config.json"))
+        let mut spec = Spec::load(bundle.join("config.json"))
             .map_err(|e| RuntimeError::Spec(format!("{}/config.json: {e}", bundle.display())))?;
-        let root = spec
-            .root()
-            .as_ref()
-            .map(|r| r.path().clone())
-            .unwrap_or_else(|| "rootfs".into());
-        let rootfs = bundle.join(root);
-        let rootfs = rootfs
-            .canonicalize()
-            .map_err(|e| RuntimeError::Spec(format!("root {}: {e}", rootfs.display())))?;
+        if let Some(sandbox) = &options.sandbox {
+            self.sandbox(sandbox)?.join(&mut spec)?;
+        }
+        let bundle_root =
+            match &options.image {
+                Some(_) => None,
+                None => {
+                    let root = spec
+                        .root()
+                        .as_ref()
+                        .map(|r| r.path().clone())
+                        .unwrap_or_else(|| "rootfs".into());
+                    let rootfs = bundle.join(root);
+                    Some(rootfs.canonicalize().map_err(|e| {
+                        RuntimeError::Spec(format!("root {}: {e}", rootfs.display()))
+                    })?)
+                }
+            };
         let (flags, joins) = init::namespaces(&spec)?;
         let dir = self.dir(id);
+        let store = options
+            .image
+            .as_ref()
+            .map(|(root, _)| crate::images::ImageStore::new(root));
         fs::create_dir_all(&self.root)?;
         match fs::create_dir(&dir) {
             Ok(()) => {}
@@ -230,8 +278,32 @@ impl Runtime {
             if let Some(c) = cgroup {
                 let _ = c.remove();
             }
+            if let Some(store) = &store {
+                let _ = store.unmount_rootfs(&dir, &lease(&dir));
+            }
             let _ = fs::remove_dir_all(&dir);
         };
+        let rootfs = match (&store, &options.image, bundle_root) {
+            (Some(store), Some((_, image)), _) => {
+                match store.mount_rootfs(image, &dir, &lease(&dir)) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        cleanup(None);
+                        return Err(e);
+                    }
+                }
+            }
+            (_, _, Some(r)) => r,
+            _ => unreachable!("a root from the image or the bundle"),
+        };
+        // What `exec` later starts from: the spec as changed by the options.
+        if let Err(e) = fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec(&spec).expect("spec serialises"),
+        ) {
+            cleanup(None);
+            return Err(e.into());
+        }
         let layout = match cgroups::detect(&self.cgroup_root) {
             Ok(l) => l,
             Err(e) => {
@@ -291,6 +363,8 @@ impl Runtime {
                 start_ticks: flotilla_sys::start_ticks(pid).unwrap_or(0),
                 bundle: bundle.clone(),
                 cgroup: cgroup.clone(),
+                sandbox: options.sandbox.clone(),
+                image_store: options.image.as_ref().map(|(root, _)| root.clone()),
             };
             let joined = cgroup.add(pid.as_raw());
             let mut report = String::new();
@@ -429,7 +503,11 @@ impl Runtime {
             removed = state.cgroup.remove();
         }
         removed?;
-        fs::remove_dir_all(self.dir(id))?;
+        let dir = self.dir(id);
+        if let Some(root) = &state.image_store {
+            crate::images::ImageStore::new(root).unmount_rootfs(&dir, &lease(&dir))?;
+        }
+        fs::remove_dir_all(dir)?;
         Ok(())
     }
 
@@ -447,9 +525,8 @@ impl Runtime {
         if args.is_empty() {
             return Err(RuntimeError::Spec("exec needs a command".into()));
         }
-        let spec = Spec::load(state.bundle.join("config.json")).map_err(|e| {
-            RuntimeError::Spec(format!("{}/config.json: {e}", state.bundle.display()))
-        })?;
+        let spec = Spec::load(self.dir(id).join("config.json"))
+            .map_err(|e| RuntimeError::Spec(format!("{id}/config.json: {e}")))?;
         let mut process_spec = spec.clone();
         if let Some(p) = process_spec.process_mut() {
             p.set_args(Some(args.to_vec()));
@@ -499,7 +576,17 @@ impl Runtime {
     /// Create, start, wait for the process to end, delete. The exit status is the process's,
     /// or 128 + the signal; an exec failure is an error.
     pub fn run(&self, id: &str, bundle: &Path) -> Result<Exit, RuntimeError> {
-        let (state, mut report, go) = self.spawn(id, bundle, false)?;
+        self.run_with(id, bundle, &CreateOptions::default())
+    }
+
+    /// `run`, in a sandbox or from an image.
+    pub fn run_with(
+        &self,
+        id: &str,
+        bundle: &Path,
+        options: &CreateOptions,
+    ) -> Result<Exit, RuntimeError> {
+        let (state, mut report, go) = self.spawn(id, bundle, false, options)?;
         let started = go
             .ok_or_else(|| RuntimeError::State("no start pipe".into()))
             .and_then(|mut go| Ok(go.write_all(b"0")?));

@@ -1,6 +1,6 @@
 //! The node's image store: content-addressed blobs (`blobs/sha256/<hex>`, as in an OCI image
 //! layout) and names (`refs.json`: name → manifest digest). Imports read an OCI image archive
-//! or a `docker save` archive; every blob is checked against its digest before it is kept, and
+//! or a `docker save` archive, or make one layer of a root file system directory; every blob is checked against its digest before it is kept, and
 //! a mismatch refuses the whole import, naming the digest. Removing the last name of an image
 //! removes the blobs nothing else uses.
 
@@ -28,14 +28,14 @@ pub struct Image {
 }
 
 pub struct ImageStore {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
-fn digest_of(bytes: &[u8]) -> String {
+pub(crate) fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-fn bad(message: String) -> RuntimeError {
+pub(crate) fn bad(message: String) -> RuntimeError {
     RuntimeError::Image(message)
 }
 
@@ -72,7 +72,7 @@ impl ImageStore {
         ImageStore { root: root.into() }
     }
 
-    fn blob_path(&self, digest: &str) -> Result<PathBuf, RuntimeError> {
+    pub(crate) fn blob_path(&self, digest: &str) -> Result<PathBuf, RuntimeError> {
         let hex = digest
             .strip_prefix("sha256:")
             .filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
@@ -80,7 +80,7 @@ impl ImageStore {
         Ok(self.root.join("blobs/sha256").join(hex))
     }
 
-    fn refs(&self) -> BTreeMap<String, String> {
+    pub(crate) fn refs(&self) -> BTreeMap<String, String> {
         fs::read(self.root.join("refs.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -132,6 +132,10 @@ impl ImageStore {
         if name.is_empty() || name.contains(char::is_whitespace) {
             return Err(bad(format!("image name {name:?} is not valid")));
         }
+        if path.is_dir() {
+            let manifest = self.import_dir(path)?;
+            return self.name(name, manifest);
+        }
         let files = read_archive(path)?;
         let manifest = if files.contains_key("oci-layout") {
             self.import_oci(&files)?
@@ -143,10 +147,60 @@ impl ImageStore {
                 path.display()
             )));
         };
+        self.name(name, manifest)
+    }
+
+    fn name(&self, name: &str, manifest: String) -> Result<String, RuntimeError> {
         let mut refs = self.refs();
         refs.insert(name.to_string(), manifest.clone());
         self.save_refs(&refs)?;
         Ok(manifest)
+    }
+
+    /// A root file system directory: one uncompressed layer of everything under it (symlinks
+    /// kept as links), a config with the usual `PATH`.
+    fn import_dir(&self, dir: &Path) -> Result<String, RuntimeError> {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.follow_symlinks(false);
+        builder
+            .append_dir_all(".", dir)
+            .map_err(|e| bad(format!("{}: {e}", dir.display())))?;
+        let layer = builder
+            .into_inner()
+            .map_err(|e| bad(format!("{}: {e}", dir.display())))?;
+        let layer_digest = digest_of(&layer);
+        let config = serde_json::to_vec(&json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        }))
+        .expect("config serialises");
+        self.store_manifest(&config, &[(layer_digest, &layer)])
+    }
+
+    /// Keeps a config and layers (checked already) and an OCI manifest naming them; returns
+    /// the manifest's digest.
+    fn store_manifest(
+        &self,
+        config: &[u8],
+        layers: &[(String, &Vec<u8>)],
+    ) -> Result<String, RuntimeError> {
+        let config_digest = digest_of(config);
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": {"mediaType": CONFIG, "digest": config_digest, "size": config.len()},
+            "layers": layers.iter().map(|(d, b)| json!({"mediaType": LAYER_TAR, "digest": d, "size": b.len()})).collect::<Vec<_>>(),
+        });
+        let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serialises");
+        let manifest_digest = digest_of(&manifest_bytes);
+        self.put(&config_digest, config)?;
+        for (d, b) in layers {
+            self.put(d, b)?;
+        }
+        self.put(&manifest_digest, &manifest_bytes)?;
+        Ok(manifest_digest)
     }
 
     fn import_oci(&self, files: &BTreeMap<String, Vec<u8>>) -> Result<String, RuntimeError> {
@@ -242,24 +296,11 @@ impl ImageStore {
             }
             layers.push((digest, bytes));
         }
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": MANIFEST,
-            "config": {"mediaType": CONFIG, "digest": config_digest, "size": config.len()},
-            "layers": layers.iter().map(|(d, b)| json!({"mediaType": LAYER_TAR, "digest": d, "size": b.len()})).collect::<Vec<_>>(),
-        });
-        let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serialises");
-        let manifest_digest = digest_of(&manifest_bytes);
-        self.put(&config_digest, config)?;
-        for (d, b) in &layers {
-            self.put(d, b)?;
-        }
-        self.put(&manifest_digest, &manifest_bytes)?;
-        Ok(manifest_digest)
+        self.store_manifest(config, &layers)
     }
 
     /// The blobs an image's manifest names, with itself.
-    fn blobs_of(&self, manifest: &str) -> Result<Vec<(String, u64)>, RuntimeError> {
+    pub(crate) fn blobs_of(&self, manifest: &str) -> Result<Vec<(String, u64)>, RuntimeError> {
         let bytes = self.blob(manifest)?;
         let m: Value =
             serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest {manifest}: {e}")))?;
@@ -294,8 +335,8 @@ impl ImageStore {
         }
         self.save_refs(&refs)?;
         let mut used = BTreeSet::new();
-        for manifest in refs.values() {
-            used.extend(self.blobs_of(manifest)?.into_iter().map(|(d, _)| d));
+        for manifest in self.manifests_in_use() {
+            used.extend(self.blobs_of(&manifest)?.into_iter().map(|(d, _)| d));
         }
         let dir = self.root.join("blobs/sha256");
         for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -304,7 +345,7 @@ impl ImageStore {
                 fs::remove_file(entry.path())?;
             }
         }
-        Ok(())
+        self.collect_layers()
     }
 }
 

@@ -1,15 +1,21 @@
-//! The local runtime: containers from OCI bundles, in new namespaces and cgroups, with their
-//! lifecycle (create, start, state, kill, delete, run) and logs. Every system call goes through
-//! `flotilla-sys`.
+//! The local runtime: containers from OCI bundles or images, in new namespaces and cgroups,
+//! with their lifecycle (create, start, state, kill, delete, run), logs and exec; pod
+//! sandboxes (shared namespaces, veth, address) and the image store. Every system call goes
+//! through `flotilla-sys`.
 
 pub mod cgroups;
 pub mod container;
 pub mod images;
 pub mod init;
+pub mod ipam;
+pub mod layers;
 pub mod logs;
 pub mod mounts;
+pub mod net;
+pub mod sandbox;
 
-pub use container::{Exit, Runtime, State, Status};
+pub use container::{CreateOptions, Exit, Runtime, State, Status};
+pub use sandbox::{Sandbox, SandboxConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -3,6 +3,7 @@
 //! capabilities, rlimits), behind the [`Syscall`] trait so that the code driving them can be
 //! tested with [`RecordingSyscall`] instead of a kernel.
 
+pub mod fs;
 pub mod process;
 pub mod syscall;
 
