@@ -260,52 +260,79 @@ fn host_traces(marker: &str) -> (usize, BTreeSet<String>, usize, usize) {
 }
 
 #[test]
-fn a_hundred_containers_killed_and_deleted_leave_nothing_behind() {
+fn a_hundred_pods_killed_and_deleted_leave_nothing_behind() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let store = crate::pods::busybox_store(dir.path());
+    let net = crate::pods::TestNet::new(3);
     // A sleep long enough to be running for the whole test, and unique enough to find.
     let marker = format!("{}", 900_000 + std::process::id());
-    let bundle = busybox_bundle(dir.path(), &["sleep", &marker], |_| {});
     let ids: Vec<String> = (0..100)
         .map(|i| format!("many-{}-{i}", std::process::id()))
         .collect();
+    // Each container in a sandbox of its own (a network namespace, a veth, an address) with
+    // the busybox image as its root (an overlay mount).
     for id in &ids {
-        create_and_start(state.path(), &bundle, id);
+        net.sandbox(&state, id, id);
+        crate::pods::start_in_pod(&state, &store, "busybox", id, id, &["sleep", &marker]);
     }
+    let ours = state.to_str().unwrap();
     let (processes, netns, cgroups, _) = host_traces(&marker);
     assert_eq!(processes, 200, "every container runs, with its log shim");
     assert_eq!(
         netns.len(),
         101,
-        "each has its own network namespace (the shims share the host's)"
+        "each pod has its own network namespace (the shims share the host's)"
     );
     assert_eq!(cgroups, 100 * 4);
+    assert_eq!(net.ports(), 100, "a veth per pod on the bridge");
+    // Per pod: the overlay root and the three namespace bind mounts.
+    assert_eq!(host_traces(ours).3, 400);
     for id in &ids {
-        let (code, _, err) = runtime_cli(state.path(), &["kill", id, "KILL"]);
+        let (code, _, err) = runtime_cli(&state, &["kill", id, "KILL"]);
         assert_eq!(code, Some(0), "kill {id}: {err}");
     }
     for id in &ids {
         let stopped = eventually(Duration::from_secs(10), || {
-            runtime_cli(state.path(), &["state", id])
+            runtime_cli(&state, &["state", id])
                 .1
                 .contains("\"stopped\"")
         });
         assert!(stopped, "{id} still runs after SIGKILL");
-        let (code, _, err) = runtime_cli(state.path(), &["delete", id]);
+        let (code, _, err) = runtime_cli(&state, &["delete", id]);
         assert_eq!(code, Some(0), "delete {id}: {err}");
+        let (code, _, err) = runtime_cli(&state, &["sandbox", "delete", id]);
+        assert_eq!(code, Some(0), "sandbox delete {id}: {err}");
     }
-    let (processes, netns, cgroups, mounts) = host_traces(&marker);
+    let (processes, netns, cgroups, _) = host_traces(&marker);
     assert_eq!(
-        (processes, netns.len(), cgroups, mounts),
+        (processes, netns.len(), cgroups, host_traces(ours).3),
         (0, 0, 0, 0),
         "processes, network namespaces, cgroups, mounts left"
     );
-    assert_eq!(
-        std::fs::read_dir(state.path()).unwrap().count(),
-        0,
-        "state left"
-    );
+    assert_eq!(net.ports(), 0, "veths left on the bridge");
+    // The host ends are named after the pods' addresses (`flt` + hex): none of ours is left.
+    let prefix = {
+        let octets: Vec<u8> = net.cidr.split(['.', '/']).take(3).map(|o| o.parse().unwrap()).collect();
+        format!("flt{:02x}{:02x}{:02x}", octets[0], octets[1], octets[2])
+    };
+    let links: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(links.is_empty(), "veths left: {links:?}");
+    assert_eq!(std::fs::read_dir(net.ipam.path()).unwrap().count(), 0, "addresses left");
+    let left: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("bundle-") && n != ".sandboxes")
+        .collect();
+    assert!(left.is_empty(), "state left: {left:?}");
+    assert_eq!(std::fs::read_dir(state.join(".sandboxes")).unwrap().count(), 0, "sandboxes left");
 }
 
 #[test]
