@@ -479,3 +479,63 @@ fn containers_from_an_image_share_its_layers_and_write_only_their_own() {
         "a mount is left: {mounts}"
     );
 }
+
+#[test]
+fn exec_with_a_terminal_gets_one_of_the_containers_own_and_relays_input() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bundle = flotilla_tests::busybox_bundle(&dir.path().join("b"), &["sleep", "600"], |_| {});
+    let id = format!("tty-{}", std::process::id());
+    let (code, _, err) = runtime_cli(
+        &state,
+        &["create", "--bundle", bundle.to_str().unwrap(), &id],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = runtime_cli(&state, &["start", &id]);
+    assert_eq!(code, Some(0), "{err}");
+    // The command's stdin is a terminal of the container's devpts, its exit code comes back.
+    let (code, out, err) = runtime_cli(
+        &state,
+        &[
+            "exec",
+            "-t",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "tty; test -t 0 && echo stdin-is-a-tty; exit 3",
+        ],
+    );
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(out.contains("/dev/pts/0\r\n"), "{out:?}");
+    assert!(out.contains("stdin-is-a-tty\r\n"), "{out:?}");
+    // Input typed into an interactive shell reaches it; its end is end-of-file.
+    let mut shell = Command::new(flotilla_tests::flotilla_bin())
+        .args([
+            "runtime",
+            "--root",
+            state.to_str().unwrap(),
+            "exec",
+            "-t",
+            &id,
+            "--",
+            "sh",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo sum=$((40+2))\nexit 4\n")
+        .unwrap();
+    let done = shell.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&done.stdout);
+    assert_eq!(done.status.code(), Some(4), "{out}");
+    assert!(out.contains("sum=42"), "{out:?}");
+    let (code, _, err) = runtime_cli(&state, &["delete", "--force", &id]);
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -314,7 +314,12 @@ fn a_hundred_pods_killed_and_deleted_leave_nothing_behind() {
     assert_eq!(net.ports(), 0, "veths left on the bridge");
     // The host ends are named after the pods' addresses (`flt` + hex): none of ours is left.
     let prefix = {
-        let octets: Vec<u8> = net.cidr.split(['.', '/']).take(3).map(|o| o.parse().unwrap()).collect();
+        let octets: Vec<u8> = net
+            .cidr
+            .split(['.', '/'])
+            .take(3)
+            .map(|o| o.parse().unwrap())
+            .collect();
         format!("flt{:02x}{:02x}{:02x}", octets[0], octets[1], octets[2])
     };
     let links: Vec<String> = std::fs::read_dir("/sys/class/net")
@@ -324,7 +329,11 @@ fn a_hundred_pods_killed_and_deleted_leave_nothing_behind() {
         .filter(|n| n.starts_with(&prefix))
         .collect();
     assert!(links.is_empty(), "veths left: {links:?}");
-    assert_eq!(std::fs::read_dir(net.ipam.path()).unwrap().count(), 0, "addresses left");
+    assert_eq!(
+        std::fs::read_dir(net.ipam.path()).unwrap().count(),
+        0,
+        "addresses left"
+    );
     let left: Vec<_> = std::fs::read_dir(&state)
         .unwrap()
         .flatten()
@@ -332,7 +341,11 @@ fn a_hundred_pods_killed_and_deleted_leave_nothing_behind() {
         .filter(|n| !n.starts_with("bundle-") && n != ".sandboxes")
         .collect();
     assert!(left.is_empty(), "state left: {left:?}");
-    assert_eq!(std::fs::read_dir(state.join(".sandboxes")).unwrap().count(), 0, "sandboxes left");
+    assert_eq!(
+        std::fs::read_dir(state.join(".sandboxes")).unwrap().count(),
+        0,
+        "sandboxes left"
+    );
 }
 
 #[test]

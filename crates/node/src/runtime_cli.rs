@@ -117,6 +117,9 @@ enum RuntimeCommand {
     },
     /// Run a command in a running container; exits with its status.
     Exec {
+        /// Give the command a terminal (the container's), relayed to this one.
+        #[arg(long, short = 't')]
+        tty: bool,
         id: String,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
@@ -267,11 +270,19 @@ pub fn run(args: RuntimeArgs) -> i32 {
             Err(e) => return fail(e),
         },
         RuntimeCommand::Delete { force, id } => rt.delete(&id, force),
-        RuntimeCommand::Exec { id, command } => {
-            return match rt.exec(&id, &command) {
+        RuntimeCommand::Exec { tty, id, command } => {
+            let stdin = std::io::stdin();
+            let saved = tty
+                .then(|| flotilla_sys::tty::raw_mode(std::os::fd::AsFd::as_fd(&stdin)))
+                .flatten();
+            let result = rt.exec(&id, &command, tty);
+            if let Some(saved) = &saved {
+                flotilla_sys::tty::restore_mode(std::os::fd::AsFd::as_fd(&stdin), saved);
+            }
+            return match result {
                 Ok(status) => status.code().clamp(0, 255),
                 Err(e) => fail(e),
-            }
+            };
         }
         RuntimeCommand::Logs {
             follow,

@@ -513,9 +513,10 @@ impl Runtime {
 
     /// Runs `args` inside a running container: in its namespaces and cgroups, with its
     /// environment, working directory, user and capabilities; waits for it and returns how it
-    /// ended. stdin, stdout and stderr are the caller's. The calling process must be
-    /// single-threaded (it forks).
-    pub fn exec(&self, id: &str, args: &[String]) -> Result<ExitStatus, RuntimeError> {
+    /// ended. stdin, stdout and stderr are the caller's; with `tty`, the command gets a new
+    /// terminal of the container's devpts instead (as its controlling terminal), relayed to
+    /// and from them. The calling process must be single-threaded (it forks).
+    pub fn exec(&self, id: &str, args: &[String], tty: bool) -> Result<ExitStatus, RuntimeError> {
         let (state, status) = self.state(id)?;
         if status != Status::Running {
             return Err(RuntimeError::State(format!(
@@ -530,6 +531,12 @@ impl Runtime {
         let mut process_spec = spec.clone();
         if let Some(p) = process_spec.process_mut() {
             p.set_args(Some(args.to_vec()));
+            p.set_terminal(Some(tty));
+            let mut env = p.env().clone().unwrap_or_default();
+            if tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+                env.push("TERM=xterm".into());
+                p.set_env(Some(env));
+            }
         }
         let pid = state.pid;
         let cgroup = state.cgroup.clone();
@@ -552,15 +559,34 @@ impl Runtime {
                         kind,
                     )?;
                 }
-                Ok(flotilla_sys::fork_child(|| {
-                    match init::exec(&sys, &process_spec) {
+                // The terminal comes from the container's own /dev/ptmx.
+                let pty = if tty {
+                    Some(flotilla_sys::tty::open_pty()?)
+                } else {
+                    None
+                };
+                let slave = pty.as_ref().map(|(_, slave)| slave.clone());
+                let command = flotilla_sys::fork_child(|| {
+                    let started = match &slave {
+                        Some(slave) => flotilla_sys::tty::attach_terminal(slave)
+                            .map_err(RuntimeError::from)
+                            .and_then(|()| init::exec(&sys, &process_spec)),
+                        None => init::exec(&sys, &process_spec),
+                    };
+                    match started {
                         Ok(never) => match never {},
                         Err(e) => {
                             eprintln!("flotilla: error: exec in {}: {e}", pid);
                             127
                         }
                     }
-                })?)
+                })?;
+                if let Some((master, _)) = &pty {
+                    let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+                    flotilla_sys::tty::copy_window_size(stdin.as_fd(), master.as_fd());
+                    flotilla_sys::tty::relay(master, stdin.as_fd(), stdout.as_fd())?;
+                }
+                Ok(command)
             })();
             match joined.and_then(|p| Ok(flotilla_sys::wait_exit(p)?)) {
                 Ok(status) => status.code(),

@@ -6,6 +6,7 @@
 pub mod fs;
 pub mod process;
 pub mod syscall;
+pub mod tty;
 
 pub use nix::mount::{MntFlags, MsFlags};
 pub use nix::sched::CloneFlags;
