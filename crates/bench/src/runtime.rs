@@ -116,16 +116,7 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
     let rows: Vec<Row> = runtimes
         .iter()
         .zip(times)
-        .map(|((name, _), mut t)| {
-            t.sort_by(f64::total_cmp);
-            Row {
-                runtime: name.clone(),
-                runs: t.len(),
-                median_ms: t[t.len() / 2],
-                p90_ms: t[(t.len() * 9 / 10).min(t.len() - 1)],
-                min_ms: t[0],
-            }
-        })
+        .map(|((name, _), t)| row(name, t))
         .collect();
     println!(
         "\nrun of /bin/true to exit, {} runs each, interleaved",
@@ -149,12 +140,197 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
             f / r
         );
     }
+    let pods = pod_start(args.runs, &flotilla, &runtimes[2].1[0], dir.path())?;
+    println!(
+        "\npod start with networking (sandbox: namespaces, veth into a bridge, address, route; then a container of /bin/true run to exit), {} runs each, interleaved",
+        args.runs
+    );
+    println!(
+        "{:<22} {:>10} {:>8} {:>8}",
+        "how", "median ms", "p90 ms", "min ms"
+    );
+    for r in &pods {
+        println!(
+            "{:<22} {:>10.1} {:>8.1} {:>8.1}",
+            r.runtime, r.median_ms, r.p90_ms, r.min_ms
+        );
+    }
+    println!(
+        "flotilla / (ip + crun) median: {:.2}x; network only, library / ip x7: {:.2}x",
+        pods[0].median_ms / pods[1].median_ms,
+        pods[2].median_ms / pods[3].median_ms
+    );
+    let mut rows = rows;
+    rows.extend(pods);
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
 }
+
+fn row(name: &str, mut t: Vec<f64>) -> Row {
+    t.sort_by(f64::total_cmp);
+    Row {
+        runtime: name.to_string(),
+        runs: t.len(),
+        median_ms: t[t.len() / 2],
+        p90_ms: t[(t.len() * 9 / 10).min(t.len() - 1)],
+        min_ms: t[0],
+    }
+}
+
+/// Runs `cmd`, failing with its stderr; returns how long it took in ms.
+fn timed(cmd: &[String]) -> Result<f64> {
+    let started = Instant::now();
+    let out = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("run {}", cmd[0]))?;
+    let took = started.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}): {}",
+            cmd.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(took)
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// A pod with networking, started two ways, interleaved: `flotilla runtime sandbox create` then
+/// `run --sandbox` (netlink in-process), and what a shell CNI plugin and crun do: a named
+/// network namespace and the veth, addresses and route by seven `ip` commands, then `crun run`
+/// in that namespace. Both use the same bridge, and are torn down (untimed) after each run.
+/// Then the network alone: `Runtime::create_sandbox` called in-process (what the agent pays)
+/// against the seven commands.
+fn pod_start(runs: usize, flotilla: &Path, crun: &str, dir: &Path) -> Result<Vec<Row>> {
+    const BRIDGE: &str = "fltbench0";
+    const CIDR: &str = "10.250.0.0/24";
+    let flotilla = flotilla.display().to_string();
+    let state = dir.join("pods");
+    let ipam = dir.join("ipam");
+    let bundle = flotilla_tests::busybox_bundle(&dir.join("pod-bundle"), &["/bin/true"], |_| {});
+    // For crun: the network namespace `ip netns add` makes.
+    let crun_bundle = flotilla_tests::busybox_bundle(
+        &dir.join("crun-bundle"),
+        &["/bin/true"],
+        |c| {
+            c["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "network", "path": "/run/netns/flbench"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]);
+        },
+    );
+    let rt = |args: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            flotilla.clone(),
+            "runtime".into(),
+            "--root".into(),
+            state.display().to_string(),
+        ];
+        v.extend(strings(args));
+        v
+    };
+    let ipam_dir = ipam.display().to_string();
+    let create = |id: &str| {
+        rt(&[
+            "sandbox",
+            "create",
+            "--bridge",
+            BRIDGE,
+            "--pod-cidr",
+            CIDR,
+            "--ipam-dir",
+            &ipam_dir,
+            id,
+        ])
+    };
+    // The bridge exists before either is timed.
+    timed(&create("warm"))?;
+    timed(&rt(&["sandbox", "delete", "warm"]))?;
+    let ip = |args: &str| -> Vec<String> {
+        std::iter::once("ip".to_string())
+            .chain(args.split_whitespace().map(str::to_string))
+            .collect()
+    };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut library, mut ip_only) = (Vec::new(), Vec::new());
+    let runtime = flotilla_runtime::Runtime::new(&state);
+    let config = flotilla_runtime::SandboxConfig {
+        hostname: "bench".into(),
+        network: flotilla_runtime::net::PodNetwork {
+            bridge: BRIDGE.into(),
+            cidr: CIDR.parse().map_err(anyhow::Error::msg)?,
+        },
+        ipam_dir: ipam.clone(),
+        dns: Vec::new(),
+        search: Vec::new(),
+    };
+    for n in 0..runs {
+        // The network alone: the library call the agent makes, against the seven commands.
+        let id = format!("lib-{n}-{}", std::process::id());
+        let started = Instant::now();
+        runtime.create_sandbox(&id, &config)?;
+        library.push(started.elapsed().as_secs_f64() * 1000.0);
+        runtime.delete_sandbox(&id, false)?;
+        let mut t = 0.0;
+        for step in NETWORK_STEPS {
+            t += timed(&ip(&step.replace("BRIDGE", BRIDGE)))?;
+        }
+        ip_only.push(t);
+        timed(&ip("link del flbenchv"))?;
+        timed(&ip("netns del flbench"))?;
+
+        let id = format!("pod-{n}-{}", std::process::id());
+        let bundle_s = bundle.display().to_string();
+        let t = timed(&create(&id))?
+            + timed(&rt(&["run", "--sandbox", &id, "--bundle", &bundle_s, &id]))?;
+        ours.push(t);
+        timed(&rt(&["sandbox", "delete", &id]))?;
+
+        let mut t = 0.0;
+        for step in NETWORK_STEPS {
+            t += timed(&ip(&step.replace("BRIDGE", BRIDGE)))?;
+        }
+        let crun_state = dir.join("crun-state").display().to_string();
+        t += timed(&strings(&[
+            crun,
+            "--root",
+            &crun_state,
+            "run",
+            "--bundle",
+            &crun_bundle.display().to_string(),
+            &id,
+        ]))?;
+        theirs.push(t);
+        timed(&ip("link del flbenchv"))?;
+        timed(&ip("netns del flbench"))?;
+    }
+    let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
+    Ok(vec![
+        row("flotilla sandbox+run", ours),
+        row("ip x7 + crun run", theirs),
+        row("sandbox (library call)", library),
+        row("ip x7 (network only)", ip_only),
+    ])
+}
+
+/// A pod's network by `ip`, as a shell CNI plugin would set it up.
+const NETWORK_STEPS: [&str; 7] = [
+    "netns add flbench",
+    "link add flbenchv type veth peer name eth0 netns flbench",
+    "link set flbenchv master BRIDGE up",
+    "-n flbench addr add 10.250.0.250/24 dev eth0",
+    "-n flbench link set eth0 up",
+    "-n flbench link set lo up",
+    "-n flbench route add default via 10.250.0.1",
+];
 
 fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
