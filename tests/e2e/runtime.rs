@@ -118,6 +118,39 @@ fn exit_codes_and_signals_are_reported() {
     );
     assert_eq!(code, Some(1));
     assert!(err.contains("execve(no-such-program): ENOENT"), "{err}");
+
+    // Created (detached) containers: their shim reaps them and keeps how they ended, for
+    // `wait` and `state`, after the commands that made them have exited.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(dir.path(), &["sh", "-c", "exit 7"], |_| {});
+    let name = id("wait7");
+    create_and_start(state.path(), &bundle, &name);
+    let (code, out, err) = runtime_cli(state.path(), &["wait", &name]);
+    assert_eq!((code, out.as_str()), (Some(0), "7\n"), "{err}");
+    let (_, out, _) = runtime_cli(state.path(), &["state", &name]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (json["status"].as_str(), json["exitCode"].as_i64()),
+        (Some("stopped"), Some(7)),
+        "{out}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = busybox_bundle(dir.path(), &["sleep", "60"], |_| {});
+    let name = id("waitkill");
+    create_and_start(state.path(), &bundle, &name);
+    let (_, out, _) = runtime_cli(state.path(), &["state", &name]);
+    assert!(
+        out.contains("\"running\"") && !out.contains("exitCode"),
+        "{out}"
+    );
+    let (code, _, err) = runtime_cli(state.path(), &["kill", &name, "KILL"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = runtime_cli(state.path(), &["wait", &name]);
+    assert_eq!((code, out.as_str()), (Some(0), "137\n"), "{err}");
+    for name in [id("wait7"), name] {
+        let (code, _, err) = runtime_cli(state.path(), &["delete", &name]);
+        assert_eq!(code, Some(0), "{err}");
+    }
 }
 
 #[test]

@@ -107,8 +107,10 @@ enum RuntimeCommand {
         placement: Placement,
         id: String,
     },
-    /// The container's state as OCI JSON.
+    /// The container's state as OCI JSON (with `exitCode`, `oomKilled` once it has ended).
     State { id: String },
+    /// Wait for a created container to end; print its exit code (128 + signal if killed).
+    Wait { id: String },
     /// Send a signal (default TERM) to the container's process.
     Kill {
         id: String,
@@ -255,15 +257,26 @@ pub fn run(args: RuntimeArgs) -> i32 {
                 Err(e) => fail(e),
             }
         }
-        RuntimeCommand::State { id } => rt.state(&id).map(|(state, status)| {
-            let json = serde_json::json!({
+        RuntimeCommand::State { id } => rt.state(&id).and_then(|(state, status)| {
+            let mut json = serde_json::json!({
                 "ociVersion": "1.0.2",
                 "id": state.id,
                 "status": status,
                 "pid": state.pid,
                 "bundle": state.bundle,
             });
+            if let Some(exit) = rt.exit(&id)? {
+                json["exitCode"] = exit.status.code().into();
+                json["oomKilled"] = exit.oom_killed.into();
+            }
             println!("{}", serde_json::to_string_pretty(&json).expect("JSON"));
+            Ok(())
+        }),
+        RuntimeCommand::Wait { id } => rt.wait(&id).map(|exit| {
+            if exit.oom_killed {
+                eprintln!("flotilla: container {id} was OOM-killed (OOMKilled)");
+            }
+            println!("{}", exit.status.code());
         }),
         RuntimeCommand::Kill { id, signal: name } => match signal(&name) {
             Ok(s) => rt.kill(&id, s),

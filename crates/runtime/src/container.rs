@@ -39,6 +39,9 @@ pub struct State {
     /// The sandbox whose namespaces it joined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
+    /// The shim that reaps a detached container and records its exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shim: Option<i32>,
     /// The image store whose image is mounted as its root (`ROOT/<id>/rootfs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_store: Option<PathBuf>,
@@ -325,38 +328,81 @@ impl Runtime {
                 Some(flotilla_sys::pipe()?)
             };
             let (read, write) = flotilla_sys::pipe()?;
-            let output = if logs {
+            let (output, writer) = if logs {
                 let writer = crate::logs::Writer::open(crate::logs::path(&dir), LOG_MAX_BYTES)?;
-                Some((flotilla_sys::pipe()?, flotilla_sys::pipe()?, writer))
+                (
+                    Some((flotilla_sys::pipe()?, flotilla_sys::pipe()?)),
+                    Some(writer),
+                )
             } else {
-                None
+                (None, None)
             };
-            let ends = output.as_ref().map(|((_, ow), (_, ew), _)| (ow, ew));
+            let ends = output.as_ref().map(|((_, ow), (_, ew))| (ow, ew));
             let go = match &go_pipe {
                 Some((r, _)) => Go::Pipe(r),
                 None => Go::Fifo(&fifo),
             };
-            let pid = flotilla_sys::clone_child(flags, || {
-                let go = match &go {
-                    Go::Pipe(r) => Go::Pipe(r),
-                    Go::Fifo(f) => Go::Fifo(f),
-                };
-                init_main(&spec, &rootfs, &joins, go, &write, ends)
-            })?;
+            let start_init = || {
+                flotilla_sys::clone_child(flags, || {
+                    let go = match &go {
+                        Go::Pipe(r) => Go::Pipe(r),
+                        Go::Fifo(f) => Go::Fifo(f),
+                    };
+                    init_main(&spec, &rootfs, &joins, go, &write, ends)
+                })
+            };
+            let (pid, shim) = match (&output, writer) {
+                (Some(((out_r, _), (err_r, _))), Some(writer)) => {
+                    // Detached, the init is a child of the shim, which copies its output to
+                    // the log, reaps it and records how it ended (`exit.json`): it outlives
+                    // this command. It has its own session and holds no terminal.
+                    let (pid_r, pid_w) = flotilla_sys::pipe()?;
+                    let exit_path = dir.join(EXIT_FILE);
+                    let shim = flotilla_sys::fork_child(|| {
+                        let _ = flotilla_sys::new_session();
+                        if let Ok(null) = fs::File::options().write(true).open("/dev/null") {
+                            let _ = flotilla_sys::redirect_output(null.as_fd(), null.as_fd());
+                        }
+                        let mut to_parent = fs::File::from(pid_w);
+                        let pid = match start_init() {
+                            Ok(pid) => pid,
+                            Err(e) => {
+                                let _ = writeln!(to_parent, "error: {e}");
+                                return 1;
+                            }
+                        };
+                        let _ = writeln!(to_parent, "{pid}");
+                        drop(to_parent);
+                        let out_r = out_r.try_clone().expect("dup of the output pipe");
+                        let err_r = err_r.try_clone().expect("dup of the error pipe");
+                        // Only the read ends stay open here, so the log ends with the output.
+                        if let Some((ow, ew)) = ends {
+                            let _ = (nix_close(ow), nix_close(ew));
+                        }
+                        let _ = nix_close(&write);
+                        crate::logs::shim(out_r, err_r, writer);
+                        let status = flotilla_sys::wait_exit(pid);
+                        record_exit(&exit_path, status, &cgroup);
+                        0
+                    })?;
+                    let mut from_shim = fs::File::from(pid_r);
+                    let line = read_line(&mut from_shim);
+                    let pid = match line.parse::<i32>() {
+                        Ok(pid) => Pid::from_raw(pid),
+                        Err(_) => {
+                            let _ = flotilla_sys::wait_exit(shim);
+                            return Err(RuntimeError::Setup(
+                                line.trim_start_matches("error: ").to_string(),
+                            ));
+                        }
+                    };
+                    (pid, Some(shim))
+                }
+                _ => (start_init()?, None),
+            };
             drop(write);
+            drop(output);
             let go_writer = go_pipe.map(|(_, w)| fs::File::from(w));
-            if let Some(((out_r, out_w), (err_r, err_w), writer)) = output {
-                // The shim: its own session, no terminal or caller's output held open, and
-                // only the read ends of the container's pipes.
-                flotilla_sys::fork_child(move || {
-                    drop((out_w, err_w));
-                    let _ = flotilla_sys::new_session();
-                    if let Ok(null) = fs::File::options().write(true).open("/dev/null") {
-                        let _ = flotilla_sys::redirect_output(null.as_fd(), null.as_fd());
-                    }
-                    crate::logs::shim(out_r, err_r, writer)
-                })?;
-            }
             let state = State {
                 id: id.to_string(),
                 pid: pid.as_raw(),
@@ -364,22 +410,16 @@ impl Runtime {
                 bundle: bundle.clone(),
                 cgroup: cgroup.clone(),
                 sandbox: options.sandbox.clone(),
+                shim: shim.map(|p| p.as_raw()),
                 image_store: options.image.as_ref().map(|(root, _)| root.clone()),
             };
             let joined = cgroup.add(pid.as_raw());
-            let mut report = String::new();
             let mut reader = fs::File::from(read);
-            let mut buf = [0u8; 1];
-            // Read up to the end of the first line: "ready", or the init's error.
-            while reader.read(&mut buf).unwrap_or(0) == 1 {
-                if buf[0] == b'\n' {
-                    break;
-                }
-                report.push(buf[0] as char);
-            }
+            // The first line: "ready", or the init's error.
+            let report = read_line(&mut reader);
             if report != "ready" || joined.is_err() {
                 let _ = flotilla_sys::kill(pid, Signal::SIGKILL);
-                let _ = flotilla_sys::wait_exit(pid);
+                let _ = flotilla_sys::wait_exit(shim.unwrap_or(pid));
                 let reason = match joined {
                     Err(e) => format!("cgroup: {e}"),
                     Ok(()) if report.is_empty() => {
@@ -456,6 +496,51 @@ impl Runtime {
             Status::Running
         };
         Ok((state, status))
+    }
+
+    /// How a created container ended, once it has (`None` while it runs).
+    pub fn exit(&self, id: &str) -> Result<Option<Exit>, RuntimeError> {
+        self.load(id)?;
+        let Ok(bytes) = fs::read(self.dir(id).join(EXIT_FILE)) else {
+            return Ok(None);
+        };
+        let r: ExitRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| RuntimeError::Setup(format!("{id}/{EXIT_FILE}: {e}")))?;
+        let status = match r.signal.and_then(|s| Signal::try_from(s).ok()) {
+            Some(s) => ExitStatus::Signaled(s),
+            None => ExitStatus::Exited(r.code),
+        };
+        Ok(Some(Exit {
+            status,
+            oom_killed: r.oom_killed,
+            cpu_ns: r.cpu_ns,
+        }))
+    }
+
+    /// Waits until a created container has ended; returns how.
+    pub fn wait(&self, id: &str) -> Result<Exit, RuntimeError> {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(exit) = self.exit(id)? {
+                return Ok(exit);
+            }
+            let (state, status) = self.state(id)?;
+            // Stopped, and its shim gone too without a record: nobody will write one.
+            if status == Status::Stopped
+                && state
+                    .shim
+                    .is_some_and(|p| !flotilla_sys::pid_alive(Pid::from_raw(p)))
+            {
+                if let Some(exit) = self.exit(id)? {
+                    return Ok(exit);
+                }
+                return Err(RuntimeError::State(format!(
+                    "container {id} stopped and its exit was not recorded"
+                )));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
     }
 
     pub fn kill(&self, id: &str, signal: Signal) -> Result<(), RuntimeError> {
@@ -634,6 +719,58 @@ impl Runtime {
             oom_killed,
             cpu_ns,
         })
+    }
+}
+
+/// Reads up to the end of a line (not beyond, so what follows stays in the pipe).
+fn read_line(file: &mut fs::File) -> String {
+    let mut line = String::new();
+    let mut buf = [0u8; 1];
+    while file.read(&mut buf).unwrap_or(0) == 1 {
+        if buf[0] == b'\n' {
+            break;
+        }
+        line.push(buf[0] as char);
+    }
+    line
+}
+
+/// Closes a descriptor this process holds through a borrowed handle (in the shim, whose copies
+/// of the container's write ends must go for its log to end).
+fn nix_close(fd: &OwnedFd) -> Result<(), RuntimeError> {
+    Ok(flotilla_sys::close_raw(fd.as_raw_fd())?)
+}
+
+/// How a detached container ended, as its shim records it.
+#[derive(Serialize, Deserialize)]
+struct ExitRecord {
+    #[serde(rename = "exitCode")]
+    code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signal: Option<i32>,
+    #[serde(rename = "oomKilled")]
+    oom_killed: bool,
+    #[serde(rename = "cpuNanoseconds")]
+    cpu_ns: u64,
+}
+
+const EXIT_FILE: &str = "exit.json";
+
+fn record_exit(path: &Path, status: flotilla_sys::Result<ExitStatus>, cgroup: &Cgroup) {
+    let (code, signal) = match status {
+        Ok(ExitStatus::Exited(c)) => (c, None),
+        Ok(ExitStatus::Signaled(s)) => (128 + s as i32, Some(s as i32)),
+        Err(_) => (255, None),
+    };
+    let record = ExitRecord {
+        code,
+        signal,
+        oom_killed: cgroup.oom_kills() > 0,
+        cpu_ns: cgroup.usage().0,
+    };
+    let tmp = path.with_extension("tmp");
+    if fs::write(&tmp, serde_json::to_vec(&record).expect("exit serialises")).is_ok() {
+        let _ = fs::rename(tmp, path);
     }
 }
 

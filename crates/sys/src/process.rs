@@ -89,6 +89,12 @@ pub fn pipe() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SysError::new("pipe2", "", e))
 }
 
+/// Closes the descriptor `fd` of this process (one whose owner will not drop it here: a
+/// forked child's copy).
+pub fn close_raw(fd: std::os::fd::RawFd) -> Result<()> {
+    nix::unistd::close(fd).map_err(|e| SysError::new("close", fd, e))
+}
+
 /// Makes a FIFO at `path`.
 pub fn mkfifo(path: &std::path::Path) -> Result<()> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
