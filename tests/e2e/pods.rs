@@ -539,3 +539,52 @@ fn exec_with_a_terminal_gets_one_of_the_containers_own_and_relays_input() {
     let (code, _, err) = runtime_cli(&state, &["delete", "--force", &id]);
     assert_eq!(code, Some(0), "{err}");
 }
+
+#[test]
+fn a_root_file_system_directory_imports_as_an_image_and_runs() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    std::fs::write(rootfs.join("etc/greeting"), "from a directory\n").unwrap();
+    std::os::unix::fs::symlink("/etc/greeting", rootfs.join("greeting")).unwrap();
+    let store = dir.path().join("images");
+    let (code, out, err) = image_cli(
+        &store,
+        &["import", rootfs.to_str().unwrap(), "--name", "fromdir"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("fromdir sha256:"), "{out}");
+    let state = dir.path().join("state");
+    let bundle = spec_bundle(
+        &dir.path().join("b"),
+        &["sh", "-c", "cat /greeting; readlink /greeting"],
+        |_| {},
+    );
+    let (code, out, err) = runtime_cli(
+        &state,
+        &[
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--image",
+            "fromdir",
+            "--images",
+            store.to_str().unwrap(),
+            &format!("fromdir-{}", std::process::id()),
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out, "from a directory\n/etc/greeting\n",
+        "files and symlinks kept"
+    );
+    assert_eq!(
+        layer_dirs(&store).len(),
+        1,
+        "the image's one layer stays unpacked for the next container"
+    );
+    let (code, _, err) = image_cli(&store, &["rm", "fromdir"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(layer_dirs(&store).len(), 0, "and goes with the image");
+}
