@@ -39,7 +39,10 @@ fn main() -> anyhow::Result<()> {
         Command::Runtime(args) => return runtime::run(args),
         command => Cli { command },
     };
+    // One worker: the load generator takes as little as it can of the cores both systems
+    // under test share with it.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
     match cli.command {

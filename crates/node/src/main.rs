@@ -116,6 +116,10 @@ struct NodeArgs {
     /// This node's name, unique in the cluster.
     #[arg(long)]
     name: String,
+    /// Threads of the node's async runtime (default: half the cores, at least one; the node
+    /// shares its machine with the pods it runs).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
     /// Where the node keeps its state (RocksDB, snapshots).
     #[arg(long)]
     data_dir: PathBuf,
@@ -225,6 +229,18 @@ impl NodeArgs {
     }
 }
 
+/// The node's runtime threads: the flag, else `TOKIO_WORKER_THREADS`, else half the cores.
+/// Every thread more than the work needs costs wake-ups and context switches, which on a
+/// machine shared with pods (or with other nodes, as in `flotilla up`) take CPU from both.
+fn node_worker_threads(flag: Option<u16>) -> usize {
+    let env = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    flag.map(usize::from).or(env).unwrap_or((cores / 2).max(1))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before any thread exists: creating a container clones this process.
@@ -239,10 +255,11 @@ fn main() -> ExitCode {
         command => Cli { command },
     };
     flotilla_util::init_tracing("info,openraft=error,h2=warn,tower=warn");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Node(args) = &cli.command {
+        builder.worker_threads(node_worker_threads(args.worker_threads));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("flotilla: error: cannot start the async runtime: {err}");

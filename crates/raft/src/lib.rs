@@ -10,6 +10,7 @@ mod members;
 mod membership;
 mod network;
 mod node;
+mod propose;
 mod seed;
 mod service;
 mod snapshot;

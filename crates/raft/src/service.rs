@@ -224,6 +224,21 @@ struct StoreService {
     node: Arc<RaftNode>,
 }
 
+/// The commands of batched proposals; an empty one refuses the whole batch.
+fn commands_from_pb(
+    proposals: Vec<pb::ProposeRequest>,
+) -> Result<Vec<flotilla_store::Command>, Status> {
+    proposals
+        .into_iter()
+        .map(|p| match command_from_pb(p.ops) {
+            Some(c) if !c.ops.is_empty() => Ok(c),
+            _ => Err(Status::invalid_argument(
+                "a batched proposal is empty or has an empty operation",
+            )),
+        })
+        .collect()
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -257,20 +272,14 @@ impl Store for StoreService {
         &self,
         req: Request<pb::ProposeForwardedRequest>,
     ) -> Result<Response<pb::ProposeForwardedResponse>, Status> {
-        let mut commands = Vec::new();
-        for proposal in req.into_inner().proposals {
-            match command_from_pb(proposal.ops) {
-                Some(c) if !c.ops.is_empty() => commands.push(c),
-                _ => {
-                    return Err(Status::invalid_argument(
-                        "a forwarded proposal is empty or has an empty operation",
-                    ))
-                }
-            }
-        }
-        // Each proposal reaches the Raft core when first polled, so the batch keeps its order.
-        let results = futures::future::join_all(commands.into_iter().map(|command| async {
-            match self.node.propose_local(command).await {
+        let commands = commands_from_pb(req.into_inner().proposals)?;
+        // One message to the Raft core for the batch, which keeps its order.
+        let results = self
+            .node
+            .propose_local_many(commands)
+            .await
+            .into_iter()
+            .map(|answer| match answer {
                 Ok(Some(revision)) => pb::ProposeResponse {
                     revision,
                     error: None,
@@ -285,9 +294,32 @@ impl Store for StoreService {
                     revision: 0,
                     error: Some(error_to_pb(&e)),
                 },
-            }
-        }))
-        .await;
+            })
+            .collect();
+        Ok(Response::new(pb::ProposeForwardedResponse { results }))
+    }
+
+    async fn propose_many(
+        &self,
+        req: Request<pb::ProposeForwardedRequest>,
+    ) -> Result<Response<pb::ProposeForwardedResponse>, Status> {
+        let commands = commands_from_pb(req.into_inner().proposals)?;
+        let results = self
+            .node
+            .propose_many(commands)
+            .await
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(revision) => pb::ProposeResponse {
+                    revision,
+                    error: None,
+                },
+                Err(e) => pb::ProposeResponse {
+                    revision: 0,
+                    error: Some(error_to_pb(&e)),
+                },
+            })
+            .collect();
         Ok(Response::new(pb::ProposeForwardedResponse { results }))
     }
 

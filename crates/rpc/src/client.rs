@@ -5,6 +5,7 @@ use std::time::Duration;
 use flotilla_store::{Command, Event, Listing, Record, Revision, StoreError};
 use tonic::transport::Channel;
 
+use crate::batch::Batcher;
 use crate::convert::{command_to_pb, error_from_pb, event_from_pb, record_from_pb};
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient;
@@ -36,12 +37,16 @@ impl ClientError {
     }
 }
 
-/// A client of one node, addressed as `host:port`. Connects lazily; cheap to clone.
+/// A client of one node, addressed as `host:port`. Connects lazily; cheap to clone (clones
+/// share one connection and one proposal queue). Proposals made concurrently go to the node
+/// in batches (`ProposeMany`, see [`crate::batch`]), each still its own entry and revision.
 #[derive(Clone)]
 pub struct StoreClient {
     addr: String,
+    timeout: Duration,
     store: PbStoreClient<Channel>,
     cluster: ClusterClient<Channel>,
+    batcher: std::sync::Arc<std::sync::Mutex<Option<Batcher>>>,
 }
 
 fn check(error: Option<pb::StoreError>) -> Result<(), ClientError> {
@@ -62,10 +67,38 @@ impl StoreClient {
             })?;
         Ok(Self {
             addr: addr.to_string(),
+            timeout,
             store: PbStoreClient::new(channel.clone())
-                .max_decoding_message_size(crate::MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
             cluster: ClusterClient::new(channel),
+            batcher: Default::default(),
         })
+    }
+
+    /// The proposal queue, started on first use (on the caller's runtime), restarted if that
+    /// runtime has gone.
+    fn batcher(&self) -> Batcher {
+        let mut slot = self.batcher.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = slot.as_ref().filter(|b| !b.is_closed()) {
+            return b.clone();
+        }
+        let store = self.store.clone();
+        let batcher = Batcher::start(
+            move |proposals| {
+                let mut store = store.clone();
+                Box::pin(async move {
+                    let resp = store
+                        .propose_many(pb::ProposeForwardedRequest { proposals })
+                        .await?;
+                    Ok(resp.into_inner().results)
+                })
+            },
+            self.timeout,
+            tokio_util::sync::CancellationToken::new(),
+        );
+        *slot = Some(batcher.clone());
+        batcher
     }
 
     pub fn addr(&self) -> &str {
@@ -81,14 +114,10 @@ impl StoreClient {
 
     pub async fn propose(&self, command: &Command) -> Result<Revision, ClientError> {
         let resp = self
-            .store
-            .clone()
-            .propose(pb::ProposeRequest {
-                ops: command_to_pb(command),
-            })
+            .batcher()
+            .propose(command_to_pb(command))
             .await
-            .map_err(|s| self.rpc(s))?
-            .into_inner();
+            .map_err(|s| self.rpc(s))?;
         check(resp.error)?;
         Ok(resp.revision)
     }

@@ -6,6 +6,7 @@ pub mod pb {
     tonic::include_proto!("flotilla.v1");
 }
 
+pub mod batch;
 mod client;
 mod convert;
 pub mod tls;
