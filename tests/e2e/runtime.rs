@@ -529,18 +529,7 @@ fn images_import_from_oci_and_docker_archives_and_corruption_is_named() {
     build(&oci, "oci");
     build(&docker, "docker");
     let store = dir.path().join("store");
-    let image = |args: &[&str]| {
-        let out = std::process::Command::new(flotilla_tests::flotilla_bin())
-            .args(["image", "--root", store.to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let image = |args: &[&str]| crate::pods::image_cli(&store, args);
     let (code, out, err) = image(&["import", oci.to_str().unwrap(), "--name", "busybox:oci"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.starts_with("busybox:oci sha256:"), "{out}");

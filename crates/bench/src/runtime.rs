@@ -122,16 +122,7 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
         "\nrun of /bin/true to exit, {} runs each, interleaved",
         args.runs
     );
-    println!(
-        "{:<10} {:>10} {:>8} {:>8}",
-        "runtime", "median ms", "p90 ms", "min ms"
-    );
-    for r in &rows {
-        println!(
-            "{:<10} {:>10.1} {:>8.1} {:>8.1}",
-            r.runtime, r.median_ms, r.p90_ms, r.min_ms
-        );
-    }
+    print_table("runtime", &rows);
     let by = |name: &str| rows.iter().find(|r| r.runtime == name).map(|r| r.median_ms);
     if let (Some(f), Some(c), Some(r)) = (by("flotilla"), by("crun"), by("runc")) {
         println!(
@@ -145,16 +136,7 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
         "\npod start with networking (sandbox: namespaces, veth into a bridge, address, route; then a container of /bin/true run to exit), {} runs each, interleaved",
         args.runs
     );
-    println!(
-        "{:<22} {:>10} {:>8} {:>8}",
-        "how", "median ms", "p90 ms", "min ms"
-    );
-    for r in &pods {
-        println!(
-            "{:<22} {:>10.1} {:>8.1} {:>8.1}",
-            r.runtime, r.median_ms, r.p90_ms, r.min_ms
-        );
-    }
+    print_table("how", &pods);
     println!(
         "flotilla / (ip + crun) median: {:.2}x; network only, library / ip x7: {:.2}x",
         pods[0].median_ms / pods[1].median_ms,
@@ -167,6 +149,25 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn print_table(first: &str, rows: &[Row]) {
+    let width = rows
+        .iter()
+        .map(|r| r.runtime.len())
+        .max()
+        .unwrap_or(0)
+        .max(first.len());
+    println!(
+        "{first:<width$} {:>10} {:>8} {:>8}",
+        "median ms", "p90 ms", "min ms"
+    );
+    for r in rows {
+        println!(
+            "{:<width$} {:>10.1} {:>8.1} {:>8.1}",
+            r.runtime, r.median_ms, r.p90_ms, r.min_ms
+        );
+    }
 }
 
 fn row(name: &str, mut t: Vec<f64>) -> Row {

@@ -1,10 +1,12 @@
-//! Raft log storage on RocksDB. Appends, votes and truncations are written with `sync` so that
-//! an acknowledged entry survives a crash; the RocksDB calls run on the blocking pool.
+//! Raft log storage on RocksDB. Votes and truncations are written with `sync`; appends are
+//! written at once (so readers see them) and made durable in groups by a sync thread, which
+//! tells openraft an append is flushed only after the write-ahead log holding it is synced, so
+//! an acknowledged entry survives a crash. Other RocksDB calls run on the blocking pool.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
@@ -18,11 +20,40 @@ use crate::types::{decode, encode, io_err, Entry, LogId, TypeConfig, Vote};
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
+    syncer: mpsc::Sender<IOFlushed<TypeConfig>>,
+}
+
+/// The sync thread: waits for appends' callbacks, syncs the write-ahead log once for all that
+/// have queued up (every one was written before it was queued), then completes them in order.
+/// It ends when every `LogStore` clone is gone.
+fn start_syncer(db: Arc<Db>) -> mpsc::Sender<IOFlushed<TypeConfig>> {
+    let (tx, rx) = mpsc::channel::<IOFlushed<TypeConfig>>();
+    let spawned = std::thread::Builder::new()
+        .name("raft-log-sync".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut flushed = vec![first];
+                flushed.extend(rx.try_iter());
+                let synced = db.db.flush_wal(true);
+                for callback in flushed {
+                    callback.io_completed(match &synced {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(io_err("sync raft log", e)),
+                    });
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the thread, the channel is closed and appends sync themselves.
+        tracing::warn!("cannot start the raft log sync thread: {e}");
+    }
+    tx
 }
 
 impl LogStore {
     pub fn new(db: Arc<Db>) -> Self {
-        Self { db }
+        let syncer = start_syncer(Arc::clone(&db));
+        Self { db, syncer }
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -145,13 +176,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry));
         }
-        let result = self.write(batch, true).await;
-        let reply = match &result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-        };
-        callback.io_completed(reply);
-        result
+        // Written now, without a sync (a memtable insert and a write to the WAL file); the
+        // sync thread makes it durable and only then reports it flushed.
+        self.db
+            .db
+            .write_opt(batch, &WriteOptions::default())
+            .map_err(|e| io_err("write raft log", e))?;
+        if let Err(mpsc::SendError(callback)) = self.syncer.send(callback) {
+            let synced = self.db.db.flush_wal(true);
+            callback.io_completed(synced.map_err(|e| io_err("sync raft log", e)));
+        }
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {

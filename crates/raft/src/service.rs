@@ -224,6 +224,19 @@ struct StoreService {
     node: Arc<RaftNode>,
 }
 
+fn propose_response(answer: Result<flotilla_store::Revision, StoreError>) -> pb::ProposeResponse {
+    match answer {
+        Ok(revision) => pb::ProposeResponse {
+            revision,
+            error: None,
+        },
+        Err(e) => pb::ProposeResponse {
+            revision: 0,
+            error: Some(error_to_pb(&e)),
+        },
+    }
+}
+
 /// The commands of batched proposals; an empty one refuses the whole batch.
 fn commands_from_pb(
     proposals: Vec<pb::ProposeRequest>,
@@ -255,17 +268,9 @@ impl Store for StoreService {
                 "a proposal needs at least one operation",
             ));
         }
-        let result = self.node.propose(command).await;
-        Ok(Response::new(match result {
-            Ok(revision) => pb::ProposeResponse {
-                revision,
-                error: None,
-            },
-            Err(e) => pb::ProposeResponse {
-                revision: 0,
-                error: Some(error_to_pb(&e)),
-            },
-        }))
+        Ok(Response::new(propose_response(
+            self.node.propose(command).await,
+        )))
     }
 
     async fn propose_forwarded(
@@ -279,21 +284,12 @@ impl Store for StoreService {
             .propose_local_many(commands)
             .await
             .into_iter()
-            .map(|answer| match answer {
-                Ok(Some(revision)) => pb::ProposeResponse {
-                    revision,
-                    error: None,
-                },
-                Ok(None) => pb::ProposeResponse {
-                    revision: 0,
-                    error: Some(error_to_pb(&StoreError::NotLeader {
+            .map(|answer| {
+                propose_response(answer.and_then(|revision| {
+                    revision.ok_or_else(|| StoreError::NotLeader {
                         reason: "the forwarded-to node is no longer the leader".into(),
-                    })),
-                },
-                Err(e) => pb::ProposeResponse {
-                    revision: 0,
-                    error: Some(error_to_pb(&e)),
-                },
+                    })
+                }))
             })
             .collect();
         Ok(Response::new(pb::ProposeForwardedResponse { results }))
@@ -309,16 +305,7 @@ impl Store for StoreService {
             .propose_many(commands)
             .await
             .into_iter()
-            .map(|answer| match answer {
-                Ok(revision) => pb::ProposeResponse {
-                    revision,
-                    error: None,
-                },
-                Err(e) => pb::ProposeResponse {
-                    revision: 0,
-                    error: Some(error_to_pb(&e)),
-                },
-            })
+            .map(propose_response)
             .collect();
         Ok(Response::new(pb::ProposeForwardedResponse { results }))
     }
