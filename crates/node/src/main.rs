@@ -116,8 +116,8 @@ struct NodeArgs {
     /// This node's name, unique in the cluster.
     #[arg(long)]
     name: String,
-    /// Threads of the node's async runtime (default: half the cores, at least one; the node
-    /// shares its machine with the pods it runs).
+    /// Threads of the node's async runtime (default: `TOKIO_WORKER_THREADS`, else one per
+    /// core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
     /// Where the node keeps its state (RocksDB, snapshots).
@@ -229,16 +229,10 @@ impl NodeArgs {
     }
 }
 
-/// The node's runtime threads: the flag, else `TOKIO_WORKER_THREADS`, else half the cores.
-/// Every thread more than the work needs costs wake-ups and context switches, which on a
-/// machine shared with pods (or with other nodes, as in `flotilla up`) take CPU from both.
-fn node_worker_threads(flag: Option<u16>) -> usize {
-    let env = std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    flag.map(usize::from).or(env).unwrap_or((cores / 2).max(1))
+/// The node's runtime threads: the flag, else tokio's default (`TOKIO_WORKER_THREADS`, else
+/// one per core).
+fn node_worker_threads(flag: Option<u16>) -> Option<usize> {
+    flag.map(usize::from)
 }
 
 fn main() -> ExitCode {
@@ -257,7 +251,9 @@ fn main() -> ExitCode {
     flotilla_util::init_tracing("info,openraft=error,h2=warn,tower=warn");
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Command::Node(args) = &cli.command {
-        builder.worker_threads(node_worker_threads(args.worker_threads));
+        if let Some(n) = node_worker_threads(args.worker_threads) {
+            builder.worker_threads(n);
+        }
     }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,

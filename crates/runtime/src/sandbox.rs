@@ -93,6 +93,24 @@ impl Sandbox {
     }
 }
 
+/// A hostname the kernel and resolvers take: 1 to 63 of letters, digits, '-' and '.', not
+/// starting or ending with '-' or '.'.
+fn valid_hostname(name: &str) -> Result<(), RuntimeError> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Spec(format!(
+            "hostname {name:?}: use 1 to 63 of letters, digits, '-' and '.', starting and ending with a letter or digit"
+        )))
+    }
+}
+
 fn resolv_conf(config: &SandboxConfig) -> String {
     if config.dns.is_empty() {
         return fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -155,6 +173,7 @@ impl Runtime {
         config: &SandboxConfig,
     ) -> Result<Sandbox, RuntimeError> {
         crate::container::valid_id(id)?;
+        valid_hostname(&config.hostname)?;
         if !flotilla_sys::can_administer() {
             return Err(RuntimeError::Privilege);
         }
@@ -282,4 +301,35 @@ fn ids(dir: &Path) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_are_checked_before_anything_is_made() {
+        for good in ["web-0", "a", "pod.example"] {
+            assert!(valid_hostname(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", "a-", "has space", "under_score", &"x".repeat(64)] {
+            let err = valid_hostname(bad).unwrap_err().to_string();
+            assert!(err.contains("hostname"), "{bad}: {err}");
+        }
+        // Refused before a directory, an address or a namespace exists.
+        let dir = tempfile::tempdir().unwrap();
+        let rt = Runtime::new(dir.path().join("rt"));
+        let config = SandboxConfig {
+            hostname: "bad name".into(),
+            network: PodNetwork {
+                bridge: "fltunit0".into(),
+                cidr: "10.9.9.0/24".parse().unwrap(),
+            },
+            ipam_dir: dir.path().join("ipam"),
+            dns: Vec::new(),
+            search: Vec::new(),
+        };
+        assert!(rt.create_sandbox("p", &config).is_err());
+        assert!(!dir.path().join("rt").exists() && !dir.path().join("ipam").exists());
+    }
 }
