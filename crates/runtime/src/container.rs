@@ -42,6 +42,9 @@ pub struct State {
     /// The shim that reaps a detached container and records its exit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shim: Option<i32>,
+    /// The shim's start time, to tell it from a later process with the same pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shim_start_ticks: Option<u64>,
     /// The image store whose image is mounted as its root (`ROOT/<id>/rootfs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_store: Option<PathBuf>,
@@ -411,6 +414,7 @@ impl Runtime {
                 cgroup: cgroup.clone(),
                 sandbox: options.sandbox.clone(),
                 shim: shim.map(|p| p.as_raw()),
+                shim_start_ticks: shim.and_then(flotilla_sys::start_ticks),
                 image_store: options.image.as_ref().map(|(root, _)| root.clone()),
             };
             let joined = cgroup.add(pid.as_raw());
@@ -481,6 +485,14 @@ impl Runtime {
         Ok(())
     }
 
+    /// Whether the container's shim still runs (it ends right after recording the exit).
+    fn shim_alive(&self, state: &State) -> bool {
+        state.shim.is_some_and(|p| {
+            let pid = Pid::from_raw(p);
+            flotilla_sys::pid_alive(pid) && flotilla_sys::start_ticks(pid) == state.shim_start_ticks
+        })
+    }
+
     fn alive(&self, state: &State) -> bool {
         let pid = Pid::from_raw(state.pid);
         flotilla_sys::pid_alive(pid) && flotilla_sys::start_ticks(pid) == Some(state.start_ticks)
@@ -526,11 +538,7 @@ impl Runtime {
             }
             let (state, status) = self.state(id)?;
             // Stopped, and its shim gone too without a record: nobody will write one.
-            if status == Status::Stopped
-                && state
-                    .shim
-                    .is_some_and(|p| !flotilla_sys::pid_alive(Pid::from_raw(p)))
-            {
+            if status == Status::Stopped && state.shim.is_some() && !self.shim_alive(&state) {
                 if let Some(exit) = self.exit(id)? {
                     return Ok(exit);
                 }
@@ -578,6 +586,17 @@ impl Runtime {
                 return Err(RuntimeError::State(format!(
                     "processes of {id} survived SIGKILL for 10 s"
                 )));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The shim records the exit in the container's directory, then ends: let it finish
+        // before the directory goes (and end it if it does not).
+        while self.shim_alive(&state) {
+            if Instant::now() > deadline {
+                if let Some(p) = state.shim {
+                    let _ = flotilla_sys::kill(Pid::from_raw(p), Signal::SIGKILL);
+                }
+                break;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
