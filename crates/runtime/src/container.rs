@@ -16,6 +16,7 @@ use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
 use crate::cgroups::{self, Cgroup, Limits};
+use crate::exit::{record_exit, ExitRecord, EXIT_FILE};
 use crate::{init, RuntimeError};
 
 /// What `state` reports.
@@ -758,39 +759,6 @@ fn read_line(file: &mut fs::File) -> String {
 /// of the container's write ends must go for its log to end).
 fn nix_close(fd: &OwnedFd) -> Result<(), RuntimeError> {
     Ok(flotilla_sys::close_raw(fd.as_raw_fd())?)
-}
-
-/// How a detached container ended, as its shim records it.
-#[derive(Serialize, Deserialize)]
-struct ExitRecord {
-    #[serde(rename = "exitCode")]
-    code: i32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    signal: Option<i32>,
-    #[serde(rename = "oomKilled")]
-    oom_killed: bool,
-    #[serde(rename = "cpuNanoseconds")]
-    cpu_ns: u64,
-}
-
-const EXIT_FILE: &str = "exit.json";
-
-fn record_exit(path: &Path, status: flotilla_sys::Result<ExitStatus>, cgroup: &Cgroup) {
-    let (code, signal) = match status {
-        Ok(ExitStatus::Exited(c)) => (c, None),
-        Ok(ExitStatus::Signaled(s)) => (128 + s as i32, Some(s as i32)),
-        Err(_) => (255, None),
-    };
-    let record = ExitRecord {
-        code,
-        signal,
-        oom_killed: cgroup.oom_kills() > 0,
-        cpu_ns: cgroup.usage().0,
-    };
-    let tmp = path.with_extension("tmp");
-    if fs::write(&tmp, serde_json::to_vec(&record).expect("exit serialises")).is_ok() {
-        let _ = fs::rename(tmp, path);
-    }
 }
 
 /// A container's log is rotated past this size.
