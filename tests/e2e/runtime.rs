@@ -393,25 +393,38 @@ fn without_root_the_runtime_names_the_missing_privilege() {
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )
     .unwrap();
-    let out = std::process::Command::new(flotilla_tests::flotilla_bin())
-        .args([
-            "runtime",
-            "--root",
-            state.path().to_str().unwrap(),
-            "run",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "nobody",
-        ])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("needs CAP_SYS_ADMIN") && err.contains("run it as root"),
-        "{err}"
+    let ipam = state.path().join("ipam");
+    let bundle = bundle.to_str().unwrap();
+    // A container, and a pod sandbox: both refused, naming the privilege, leaving nothing.
+    for args in [
+        vec!["run", "--bundle", bundle, "nobody"],
+        vec![
+            "sandbox",
+            "create",
+            "--ipam-dir",
+            ipam.to_str().unwrap(),
+            "nobody-pod",
+        ],
+    ] {
+        let out = std::process::Command::new(flotilla_tests::flotilla_bin())
+            .args(["runtime", "--root", state.path().to_str().unwrap()])
+            .args(&args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("needs CAP_SYS_ADMIN") && err.contains("run it as root"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!ipam.exists(), "no address was taken");
+    assert_eq!(
+        std::fs::read_dir(state.path()).unwrap().count(),
+        0,
+        "nothing was made"
     );
 }
 
