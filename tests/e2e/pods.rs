@@ -478,6 +478,26 @@ fn containers_from_an_image_share_its_layers_and_write_only_their_own() {
         !mounts.contains(dir.path().to_str().unwrap()),
         "a mount is left: {mounts}"
     );
+
+    // A missing sandbox or image is a clear error and leaves no container behind.
+    let bundle = spec_bundle(&dir.path().join("b"), &["true"], |_| {});
+    let store_s = store.to_str().unwrap();
+    for (args, expected) in [
+        (vec!["--sandbox", "gone"], "sandbox gone does not exist"),
+        (
+            vec!["--image", "missing:1", "--images", store_s],
+            "no image named missing:1",
+        ),
+    ] {
+        let mut all = vec!["create", "--bundle", bundle.to_str().unwrap()];
+        all.extend(args);
+        all.push("orphan");
+        let (code, _, err) = runtime_cli(&state, &all);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains(expected), "{err}");
+        let (_, _, err) = runtime_cli(&state, &["state", "orphan"]);
+        assert!(err.contains("does not exist"), "{err}");
+    }
 }
 
 #[test]

@@ -32,6 +32,10 @@ pub enum RuntimeError {
     NotFound(String),
     #[error("container {0} already exists")]
     Exists(String),
+    #[error("sandbox {0} does not exist")]
+    NoSandbox(String),
+    #[error("sandbox {0} already exists")]
+    SandboxExists(String),
     #[error("{0}")]
     State(String),
     #[error("image: {0}")]

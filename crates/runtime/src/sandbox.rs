@@ -182,7 +182,7 @@ impl Runtime {
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(RuntimeError::Exists(format!("sandbox {id}")))
+                return Err(RuntimeError::SandboxExists(id.to_string()))
             }
             Err(e) => return Err(e.into()),
         }
@@ -235,7 +235,7 @@ impl Runtime {
     fn load_sandbox(&self, id: &str) -> Result<Sandbox, RuntimeError> {
         crate::container::valid_id(id)?;
         let bytes = fs::read(self.sandbox_dir(id).join("sandbox.json"))
-            .map_err(|_| RuntimeError::NotFound(format!("sandbox {id}")))?;
+            .map_err(|_| RuntimeError::NoSandbox(id.to_string()))?;
         serde_json::from_slice(&bytes)
             .map_err(|e| RuntimeError::Setup(format!("sandbox {id}: {e}")))
     }
