@@ -17,11 +17,14 @@ fn require_root() {
     );
 }
 
-/// A bridge and pod CIDR of this test's own (tests run at the same time), removed at the end.
+/// A bridge and pod CIDR of this test's own (tests run at the same time), removed at the end
+/// with whatever a failed test left on it (veths, namespace and root mounts).
 pub struct TestNet {
     pub bridge: String,
     pub cidr: String,
     pub ipam: tempfile::TempDir,
+    /// The runtime roots sandboxes were made in.
+    states: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl TestNet {
@@ -31,11 +34,17 @@ impl TestNet {
             bridge: format!("fltt{}x{n}", pid % 100_000),
             cidr: format!("10.{}.{}.0/24", 200 + n, pid % 256),
             ipam: tempfile::tempdir().unwrap(),
+            states: Default::default(),
         }
     }
 
     /// `sandbox create` in this network; returns the sandbox as JSON.
     pub fn sandbox(&self, state: &Path, id: &str, hostname: &str) -> serde_json::Value {
+        let mut states = self.states.lock().unwrap();
+        if !states.iter().any(|s| s == state) {
+            states.push(state.to_path_buf());
+        }
+        drop(states);
         let (code, out, err) = runtime_cli(
             state,
             &[
@@ -66,6 +75,25 @@ impl TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
+        // After a passing test there is nothing left but the bridge; after a failing one,
+        // detach what it mounted and remove its veths, so that it leaks nothing either.
+        let states = self
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if states.iter().any(|s| Path::new(point).starts_with(s)) {
+                let _ = Command::new("umount").args(["-l", point]).status();
+            }
+        }
+        let ports = std::fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge));
+        for port in ports.into_iter().flatten().flatten() {
+            let _ = Command::new("ip")
+                .args(["link", "del", &port.file_name().to_string_lossy()])
+                .status();
+        }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .status();
