@@ -14,12 +14,28 @@ use tokio_util::sync::CancellationToken;
 
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
+/// Gossip's own runtime: one thread, so that failure detection keeps its timing however busy
+/// the node's main runtime is (applying, serving the API, catching up). Never dropped.
+fn gossip_runtime() -> Result<&'static tokio::runtime::Runtime, String> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gossip")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start gossip's runtime: {e}"))?;
+    Ok(RUNTIME.get_or_init(|| rt))
+}
+
 pub async fn start(
     node: &Arc<RaftNode>,
     data_dir: &Path,
     timing: Timing,
     shutdown: CancellationToken,
-) -> Result<Gossip, String> {
+) -> Result<(Gossip, tokio::task::JoinHandle<()>), String> {
     let pki = NodePki::load(data_dir)
         .map_err(|e| e.to_string())?
         .ok_or("no credentials under the data dir")?;
@@ -27,7 +43,8 @@ pub async fn start(
         .gossip_addr
         .parse()
         .map_err(|_| format!("bad gossip address {}", node.gossip_addr))?;
-    let gossip = Gossip::start(GossipConfig {
+    let runtime = gossip_runtime()?;
+    let config = GossipConfig {
         id: format!("{:x}", node.id),
         bind,
         meta: NodeMeta {
@@ -43,9 +60,13 @@ pub async fn start(
             key_pem: pki.node.key_pem.clone(),
         },
         timing,
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    };
+    // Started on gossip's runtime, so that its tasks run there.
+    let gossip = runtime
+        .spawn(Gossip::start(config))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
 
     let view = gossip.clone();
     node.set_liveness(Arc::new(move || {
@@ -57,8 +78,10 @@ pub async fn start(
             })
             .collect()
     }));
-    tokio::spawn(reconnect(Arc::clone(node), gossip.clone(), shutdown));
-    Ok(gossip)
+    // It holds the node (and so its database): the caller waits for it after `shutdown`, so
+    // that the node is closed before the process exits.
+    let reconnecting = runtime.spawn(reconnect(Arc::clone(node), gossip.clone(), shutdown));
+    Ok((gossip, reconnecting))
 }
 
 async fn reconnect(node: Arc<RaftNode>, gossip: Gossip, shutdown: CancellationToken) {

@@ -116,8 +116,8 @@ struct NodeArgs {
     /// This node's name, unique in the cluster.
     #[arg(long)]
     name: String,
-    /// Threads of the node's async runtime (default: `TOKIO_WORKER_THREADS`, else one per
-    /// core).
+    /// Threads of the node's async runtime (default: `TOKIO_WORKER_THREADS`, else half the
+    /// cores, at least one; gossip has a thread of its own).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
     /// Where the node keeps its state (RocksDB, snapshots).
@@ -229,10 +229,17 @@ impl NodeArgs {
     }
 }
 
-/// The node's runtime threads: the flag, else tokio's default (`TOKIO_WORKER_THREADS`, else
-/// one per core).
-fn node_worker_threads(flag: Option<u16>) -> Option<usize> {
-    flag.map(usize::from)
+/// The node's runtime threads: the flag, else `TOKIO_WORKER_THREADS`, else half the cores (at
+/// least one). A node shares its machine with the pods it runs, and every worker thread more
+/// than the work needs costs wake-ups and context switches. Gossip has a thread of its own
+/// (see `gossip.rs`), so failure detection does not wait on this runtime.
+fn node_worker_threads(flag: Option<u16>) -> usize {
+    let env = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    flag.map(usize::from).or(env).unwrap_or((cores / 2).max(1))
 }
 
 fn main() -> ExitCode {
@@ -251,9 +258,7 @@ fn main() -> ExitCode {
     flotilla_util::init_tracing("info,openraft=error,h2=warn,tower=warn");
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Command::Node(args) = &cli.command {
-        if let Some(n) = node_worker_threads(args.worker_threads) {
-            builder.worker_threads(n);
-        }
+        builder.worker_threads(node_worker_threads(args.worker_threads));
     }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
@@ -325,7 +330,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot write the admin credentials: {e}"))?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let gossip = gossip::start(&node, &data_dir, timing, stop.clone())
+    let (gossip, reconnecting) = gossip::start(&node, &data_dir, timing, stop.clone())
         .await
         .map_err(|e| format!("cannot start gossip: {e}"))?;
     let pki = flotilla_pki::NodePki::load(&data_dir)
@@ -397,6 +402,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     }
     stop.cancel();
     gossip.leave(Duration::from_secs(1)).await;
+    let _ = reconnecting.await;
     node.shutdown().await;
     Ok(())
 }
