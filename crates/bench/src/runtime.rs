@@ -92,25 +92,16 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
     for n in 0..args.runs {
         for (i, (name, cmd)) in runtimes.iter().enumerate() {
             let id = format!("bench-{name}-{n}-{}", std::process::id());
-            let mut command = Command::new(&cmd[0]);
-            command.args(&cmd[1..]);
-            command.arg("--root").arg(state.join(name));
-            command.args(["run", "--bundle"]).arg(&bundle).arg(&id);
-            command
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            let started = Instant::now();
-            let out = command.output().with_context(|| format!("run {name}"))?;
-            let took = started.elapsed().as_secs_f64() * 1000.0;
-            if !out.status.success() {
-                bail!(
-                    "{name} run failed ({}): {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            times[i].push(took);
+            let mut command = cmd.clone();
+            command.extend([
+                "--root".into(),
+                state.join(name).display().to_string(),
+                "run".into(),
+                "--bundle".into(),
+                bundle.display().to_string(),
+                id,
+            ]);
+            times[i].push(timed(&command)?);
         }
     }
     let rows: Vec<Row> = runtimes

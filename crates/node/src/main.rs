@@ -233,13 +233,16 @@ impl NodeArgs {
 /// least one). A node shares its machine with the pods it runs, and every worker thread more
 /// than the work needs costs wake-ups and context switches. Gossip has a thread of its own
 /// (see `gossip.rs`), so failure detection does not wait on this runtime.
-fn node_worker_threads(flag: Option<u16>) -> usize {
-    let env = std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0);
+fn node_worker_threads(flag: Option<u16>) -> Option<usize> {
+    if let Some(n) = flag {
+        return Some(n.into());
+    }
+    // Set, tokio reads it itself.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        return None;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    flag.map(usize::from).or(env).unwrap_or((cores / 2).max(1))
+    Some((cores / 2).max(1))
 }
 
 fn main() -> ExitCode {
@@ -258,7 +261,9 @@ fn main() -> ExitCode {
     flotilla_util::init_tracing("info,openraft=error,h2=warn,tower=warn");
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Command::Node(args) = &cli.command {
-        builder.worker_threads(node_worker_threads(args.worker_threads));
+        if let Some(n) = node_worker_threads(args.worker_threads) {
+            builder.worker_threads(n);
+        }
     }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,

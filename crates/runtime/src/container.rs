@@ -381,9 +381,10 @@ impl Runtime {
                         let err_r = err_r.try_clone().expect("dup of the error pipe");
                         // Only the read ends stay open here, so the log ends with the output.
                         if let Some((ow, ew)) = ends {
-                            let _ = (nix_close(ow), nix_close(ew));
+                            let _ = flotilla_sys::close_raw(ow.as_raw_fd());
+                            let _ = flotilla_sys::close_raw(ew.as_raw_fd());
                         }
-                        let _ = nix_close(&write);
+                        let _ = flotilla_sys::close_raw(write.as_raw_fd());
                         crate::logs::shim(out_r, err_r, writer);
                         let status = flotilla_sys::wait_exit(pid);
                         record_exit(&exit_path, status, &cgroup);
@@ -753,12 +754,6 @@ fn read_line(file: &mut fs::File) -> String {
         line.push(buf[0] as char);
     }
     line
-}
-
-/// Closes a descriptor this process holds through a borrowed handle (in the shim, whose copies
-/// of the container's write ends must go for its log to end).
-fn nix_close(fd: &OwnedFd) -> Result<(), RuntimeError> {
-    Ok(flotilla_sys::close_raw(fd.as_raw_fd())?)
 }
 
 /// A container's log is rotated past this size.

@@ -20,16 +20,6 @@ use crate::RuntimeError;
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 
-/// The parts of an image's config a container starts from.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ImageConfig {
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub env: Vec<String>,
-    pub working_dir: Option<String>,
-    pub user: Option<String>,
-}
-
 /// `path` inside a layer, refused if it could leave it (`..`, absolute after `./`).
 fn inside(path: &Path) -> Result<PathBuf, RuntimeError> {
     let mut out = PathBuf::new();
@@ -122,32 +112,6 @@ impl ImageStore {
     fn manifest(&self, digest: &str) -> Result<Value, RuntimeError> {
         serde_json::from_slice(&self.blob(digest)?)
             .map_err(|e| bad(format!("manifest {digest}: {e}")))
-    }
-
-    /// The image's entrypoint, command, environment, working directory and user.
-    pub fn config(&self, image: &str) -> Result<ImageConfig, RuntimeError> {
-        let manifest = self.manifest(&self.resolve(image)?)?;
-        let digest = manifest["config"]["digest"]
-            .as_str()
-            .ok_or_else(|| bad(format!("image {image} has no config")))?;
-        let config: Value = serde_json::from_slice(&self.blob(digest)?)
-            .map_err(|e| bad(format!("config {digest}: {e}")))?;
-        let c = &config["config"];
-        let strings = |v: &Value| -> Vec<String> {
-            v.as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect()
-        };
-        let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
-        Ok(ImageConfig {
-            entrypoint: strings(&c["Entrypoint"]),
-            cmd: strings(&c["Cmd"]),
-            env: strings(&c["Env"]),
-            working_dir: text(&c["WorkingDir"]),
-            user: text(&c["User"]),
-        })
     }
 
     /// Unpacks the layers of the image whose manifest is `manifest` that are not unpacked
@@ -268,16 +232,5 @@ impl ImageStore {
             }
         }
         Ok(())
-    }
-
-    /// How many layers are unpacked.
-    pub fn unpacked_layers(&self) -> usize {
-        fs::read_dir(self.root.join("layers/sha256"))
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                    .count()
-            })
-            .unwrap_or(0)
     }
 }

@@ -280,27 +280,18 @@ impl Runtime {
         Ok(())
     }
 
-    /// The sandboxes of this runtime.
-    pub fn sandboxes(&self) -> Vec<String> {
-        ids(&self.root.join(".sandboxes"))
-    }
-
     /// The containers of this runtime.
     pub fn list(&self) -> Vec<String> {
-        ids(&self.root)
+        let mut out: Vec<String> = fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        out.sort();
+        out
     }
-}
-
-fn ids(dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    out.sort();
-    out
 }
 
 #[cfg(test)]
