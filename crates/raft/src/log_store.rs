@@ -50,6 +50,21 @@ fn start_syncer(db: Arc<Db>) -> mpsc::Sender<IOFlushed<TypeConfig>> {
     tx
 }
 
+fn get_meta<T: serde::de::DeserializeOwned>(db: &Db, key: &[u8]) -> io::Result<Option<T>> {
+    match db.db.get_cf(db.cf(CF_META), key) {
+        Ok(Some(bytes)) => decode(&bytes)
+            .map(Some)
+            .map_err(|e| io_err("decode raft metadata", e)),
+        Ok(None) => Ok(None),
+        Err(e) => Err(io_err("read raft metadata", e)),
+    }
+}
+
+/// The last log id purged from the log, if any.
+pub(crate) fn last_purged(db: &Db) -> io::Result<Option<LogId>> {
+    Ok(get_meta::<Option<LogId>>(db, KEY_LAST_PURGED)?.flatten())
+}
+
 impl LogStore {
     pub fn new(db: Arc<Db>) -> Self {
         let syncer = start_syncer(Arc::clone(&db));
@@ -57,13 +72,7 @@ impl LogStore {
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        match self.db.db.get_cf(self.db.cf(CF_META), key) {
-            Ok(Some(bytes)) => decode(&bytes)
-                .map(Some)
-                .map_err(|e| io_err("decode raft metadata", e)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(io_err("read raft metadata", e)),
-        }
+        get_meta(&self.db, key)
     }
 
     /// Runs a write on the blocking pool; `sync` makes it durable before returning.
@@ -138,7 +147,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
-        let last_purged_log_id: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
+        let last_purged_log_id = last_purged(&self.db)?;
         let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
@@ -212,5 +221,55 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             index_key(log_id.index + 1),
         );
         self.write(batch, true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::impls::leader_id_adv::LeaderId;
+
+    /// The purge point is read back as written, also after the database is reopened.
+    #[tokio::test]
+    async fn the_purged_log_id_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = |index| LogId {
+            leader_id: LeaderId {
+                term: 3,
+                node_id: 7,
+            },
+            index,
+        };
+        {
+            let db = Db::open(dir.path()).unwrap();
+            let mut log = LogStore::new(Arc::clone(&db));
+            let entries = (1..=5).map(|i| openraft::Entry {
+                log_id: id(i),
+                payload: openraft::EntryPayload::Blank,
+            });
+            log.append(entries, IOFlushed::noop()).await.unwrap();
+            log.purge(id(3)).await.unwrap();
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(id(3)));
+            assert_eq!(state.last_log_id, Some(id(5)));
+            drop(log);
+            // The sync thread lets go of the database once it sees the channel closed.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Arc::strong_count(&db) > 1 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the sync thread kept the db"
+                );
+                std::thread::yield_now();
+            }
+        }
+        let db = Db::open(dir.path()).unwrap();
+        let mut log = LogStore::new(db);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(id(3)));
+        assert_eq!(state.last_log_id, Some(id(5)));
+        let rest = log.try_get_log_entries(0..10).await.unwrap();
+        let indexes: Vec<u64> = rest.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, vec![4, 5]);
     }
 }
