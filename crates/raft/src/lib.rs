@@ -3,6 +3,7 @@
 //! `flotilla-store` for everything above it.
 
 mod admission;
+mod append_stream;
 mod db;
 mod forward;
 mod log_store;

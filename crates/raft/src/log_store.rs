@@ -206,13 +206,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
-        // Entries up to `log_id` are in a snapshot built from the state machine, whose writes are
-        // not synced one by one: make the shared write-ahead log durable before they go.
+        // The state machine's writes skip the write-ahead log: the entries that produced them
+        // may go only once they are flushed.
         let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || db.db.flush_wal(true))
+        tokio::task::spawn_blocking(move || db.persist_state_machine())
             .await
             .map_err(|e| io_err("flush task", e))?
-            .map_err(|e| io_err("flush write-ahead log", e))?;
+            .map_err(|e| io_err("flush the state machine", e))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.db.cf(CF_META), KEY_LAST_PURGED, encode(&Some(log_id)));
         batch.delete_range_cf(

@@ -8,22 +8,26 @@ use std::sync::{Arc, Mutex};
 use flotilla_rpc::pb;
 use flotilla_rpc::pb::raft_client::RaftClient;
 use flotilla_rpc::Tls;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{
     NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::RPCTypes;
+use openraft::{OptionalSend, RPCTypes};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tonic::transport::Channel;
 
+use crate::append_stream::{self, Ends};
 use crate::types::{decode, encode, Member, NodeId, Snapshot, TypeConfig, Vote};
+
+type StreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
 
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 
@@ -85,7 +89,7 @@ pub struct Peer {
     client: RaftClient<Channel>,
 }
 
-fn status_to_rpc(status: tonic::Status) -> RPCError<TypeConfig> {
+pub(crate) fn status_to_rpc(status: tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
         tonic::Code::Unavailable | tonic::Code::Cancelled => {
             RPCError::Unreachable(Unreachable::from_string(status))
@@ -146,6 +150,33 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             |mut c, p| async move { c.append_entries(p).await },
         )
         .await
+    }
+
+    /// One gRPC stream per replication session, pipelined (see [`crate::append_stream`]).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamItem>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        let ends = Ends {
+            id: self.id,
+            target: self.target,
+        };
+        // Like the other calls, a follower gets the whole interval to answer.
+        let opened = append_stream::open(
+            self.client.clone(),
+            self.cluster_id.clone(),
+            input,
+            option.hard_ttl(),
+            ends,
+        );
+        Box::pin(async move {
+            let results: BoxStream<'s, StreamItem> = opened.await?;
+            Ok(results)
+        })
     }
 
     async fn vote(

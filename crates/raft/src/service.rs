@@ -12,7 +12,7 @@ use flotilla_rpc::pb::raft_server::{Raft as RaftRpc, RaftServer};
 use flotilla_rpc::pb::store_server::{Store, StoreServer};
 use flotilla_rpc::{command_from_pb, error_to_pb, event_to_pb, record_to_pb, Tls};
 use flotilla_store::{Engine, Proposer, StoreError};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -94,6 +94,7 @@ fn require_node(req: Request<()>) -> Result<Request<()>, Status> {
     }
 }
 
+#[derive(Clone)]
 struct RaftService {
     node: Arc<RaftNode>,
 }
@@ -115,8 +116,11 @@ impl RaftService {
     ) -> Result<T, Status> {
         let p = req.into_inner();
         self.check_cluster(&p.cluster_id)?;
-        decode(&p.data)
-            .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+        self.decode_payload(&p.data)
+    }
+
+    fn decode_payload<T: serde::de::DeserializeOwned>(&self, data: &[u8]) -> Result<T, Status> {
+        decode(data).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
     }
 }
 
@@ -132,6 +136,9 @@ fn reply<T: serde::Serialize, E: std::fmt::Display>(
     }
 }
 
+/// The replies of an `AppendStream`.
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::RaftPayload, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(
@@ -140,6 +147,56 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc = self.payload(req)?;
         reply(self.node.raft.append_entries(rpc).await)
+    }
+
+    type AppendStreamStream = ReplyStream;
+
+    /// Hands the requests to openraft as they arrive (it pipelines them) and sends back one
+    /// result per request, in order. A message for another cluster or one that does not decode
+    /// ends the input; the replies then end with its error.
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<pb::RaftPayload>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let refused: Arc<std::sync::Mutex<Option<Status>>> = Arc::default();
+        let service = self.clone();
+        let stash = Arc::clone(&refused);
+        let input = futures::stream::unfold(req.into_inner(), move |mut inbound| {
+            let (service, stash) = (service.clone(), Arc::clone(&stash));
+            async move {
+                // A transport error means the leader went away: the input just ends.
+                let message = inbound.next().await?.ok()?;
+                match service
+                    .check_cluster(&message.cluster_id)
+                    .and_then(|()| service.decode_payload(&message.data))
+                {
+                    Ok(rpc) => Some((rpc, inbound)),
+                    Err(status) => {
+                        *stash.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                        None
+                    }
+                }
+            }
+        });
+        let results = Box::pin(self.node.raft.stream_append(input));
+        let replies = futures::stream::unfold(Some(results), |results| async move {
+            let mut results = results?;
+            match results.next().await? {
+                Ok(result) => Some((
+                    Ok(pb::RaftPayload {
+                        cluster_id: String::new(),
+                        data: encode(&result),
+                    }),
+                    Some(results),
+                )),
+                Err(fatal) => Some((Err(Status::unavailable(fatal.to_string())), None)),
+            }
+        });
+        let refusal = futures::stream::once(async move {
+            refused.lock().unwrap_or_else(|p| p.into_inner()).take()
+        })
+        .filter_map(|status| async move { status.map(Err) });
+        Ok(Response::new(Box::pin(replies.chain(refusal))))
     }
 
     async fn vote(

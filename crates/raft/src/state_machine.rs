@@ -3,6 +3,9 @@
 //! Committed entries are applied in one `WriteBatch` holding their data changes and
 //! `last_applied`, so a crash never leaves half an entry (or half a group) applied. After the
 //! write, each entry's changes are published to the watch window and its proposer is answered.
+//! Applies skip RocksDB's write-ahead log: after a crash the state machine is back at its last
+//! flush (data and `last_applied` flush together) and openraft applies the committed entries
+//! after it again from the Raft log, which keeps them until they are flushed.
 
 use std::collections::HashMap;
 use std::io;
@@ -201,9 +204,13 @@ impl StateMachine {
             applied.push((revision, events, responder, outcome));
         }
         batch.put_cf(sm, KEY_LAST_APPLIED, encode(&last));
+        // No write-ahead log: the entries are in the Raft log, which is kept until the state
+        // they produced is flushed (`LogStore::purge`).
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
         self.db()
             .db
-            .write_opt(batch, &WriteOptions::default())
+            .write_opt(batch, &opts)
             .map_err(|e| io_err("apply entries", e))?;
         for (revision, events, responder, outcome) in applied {
             self.replica.applied.store(revision, Ordering::Release);
@@ -415,6 +422,7 @@ mod tests {
     use flotilla_store::{Command, EventKind};
     use openraft::impls::leader_id_adv::LeaderId;
     use openraft::storage::RaftLogStorage;
+    use std::os::unix::process::ExitStatusExt;
 
     fn entry(index: u64, command: Command) -> EntryResponder<TypeConfig> {
         let log_id = openraft::LogId {
@@ -535,5 +543,83 @@ mod tests {
         assert_eq!(newer.meta.last_log_id, Some(id(4)));
         assert_eq!(snapshot::read(&newer.snapshot).unwrap().records.len(), 4);
         assert!(!first.snapshot.exists(), "the older file was not removed");
+    }
+
+    fn put(index: u64) -> EntryResponder<TypeConfig> {
+        entry(index, Command::create(format!("/k{index}"), b"v".to_vec()))
+    }
+
+    /// Run by `a_crash_goes_back_to_the_last_flush` in a process of its own, which it kills.
+    #[test]
+    #[ignore = "a child process of a_crash_goes_back_to_the_last_flush"]
+    fn crash_child() {
+        let dir = std::env::var("FLOTILLA_CRASH_DIR").expect("run by the parent test");
+        let db = Db::open(std::path::Path::new(&dir)).unwrap();
+        let replica = Replica::new(Arc::clone(&db), 100).unwrap();
+        let snapshots = SnapshotDir::open(std::path::Path::new(&dir).join("snapshots")).unwrap();
+        let sm = StateMachine::new(replica, snapshots);
+        sm.apply_group((1..=3).map(put).collect()).unwrap();
+        db.persist_state_machine().unwrap();
+        sm.apply_group((4..=5).map(put).collect()).unwrap();
+        // Make sure the later group reached RocksDB before dying without a close.
+        assert_eq!(
+            db.db.get_cf(db.cf(CF_DATA), b"/k5").unwrap().as_deref(),
+            Some(&put_record(5)[..])
+        );
+        std::process::abort();
+    }
+
+    fn put_record(index: u64) -> Vec<u8> {
+        Record {
+            value: b"v".to_vec(),
+            create_revision: index,
+            mod_revision: index,
+        }
+        .encode()
+    }
+
+    /// Applies skip the write-ahead log: a process that dies goes back to the state machine's
+    /// last flush, data and `last_applied` together (the Raft log replays the rest).
+    #[test]
+    fn a_crash_goes_back_to_the_last_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "state_machine::tests::crash_child",
+                "--nocapture",
+            ])
+            .env("FLOTILLA_CRASH_DIR", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        // SIGABRT: it got past its flush and its unflushed group, then died without a close.
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "the child did not die as planned: {status:?}"
+        );
+
+        let db = Db::open(dir.path()).unwrap();
+        let (applied, _) = read_sm_meta(&db, None).unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(3));
+        let data = db.cf(CF_DATA);
+        for i in 1..=3 {
+            let key = format!("/k{i}");
+            assert_eq!(
+                db.db.get_cf(data, &key).unwrap(),
+                Some(put_record(i)),
+                "{key}"
+            );
+        }
+        for key in ["/k4", "/k5"] {
+            assert_eq!(
+                db.db.get_cf(data, key).unwrap(),
+                None,
+                "{key} outlived the crash"
+            );
+        }
     }
 }
