@@ -71,10 +71,6 @@ impl LogStore {
         Self { db, syncer }
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        get_meta(&self.db, key)
-    }
-
     /// Runs a write on the blocking pool; `sync` makes it durable before returning.
     async fn write(&self, batch: WriteBatch, sync: bool) -> io::Result<()> {
         let db = Arc::clone(&self.db);
@@ -139,7 +135,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
-        self.get_meta(KEY_VOTE)
+        get_meta(&self.db, KEY_VOTE)
     }
 }
 
@@ -172,7 +168,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> io::Result<Option<LogId>> {
-        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+        Ok(get_meta::<Option<LogId>>(&self.db, KEY_COMMITTED)?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>

@@ -159,22 +159,18 @@ impl RaftRpc for RaftService {
         req: Request<Streaming<pb::RaftPayload>>,
     ) -> Result<Response<ReplyStream>, Status> {
         let refused: Arc<std::sync::Mutex<Option<Status>>> = Arc::default();
-        let service = self.clone();
-        let stash = Arc::clone(&refused);
-        let input = futures::stream::unfold(req.into_inner(), move |mut inbound| {
-            let (service, stash) = (service.clone(), Arc::clone(&stash));
-            async move {
-                // A transport error means the leader went away: the input just ends.
-                let message = inbound.next().await?.ok()?;
-                match service
-                    .check_cluster(&message.cluster_id)
-                    .and_then(|()| service.decode_payload(&message.data))
-                {
-                    Ok(rpc) => Some((rpc, inbound)),
-                    Err(status) => {
-                        *stash.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
-                        None
-                    }
+        let state = (req.into_inner(), self.clone(), Arc::clone(&refused));
+        let input = futures::stream::unfold(state, |(mut inbound, service, refused)| async move {
+            // A transport error means the leader went away: the input just ends.
+            let message = inbound.next().await?.ok()?;
+            match service
+                .check_cluster(&message.cluster_id)
+                .and_then(|()| service.decode_payload(&message.data))
+            {
+                Ok(rpc) => Some((rpc, (inbound, service, refused))),
+                Err(status) => {
+                    *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+                    None
                 }
             }
         });

@@ -354,8 +354,8 @@ fn install(
 
 /// openraft "builds" a snapshot every `--snapshot-threshold` entries to learn how far it may
 /// purge the log, and reads only the metadata of what it builds. The state machine is already
-/// durable in RocksDB (its writes share the write-ahead log that is synced before a purge), so
-/// a build records the point it reached and writes nothing. The file a member needs when it is
+/// in RocksDB (and flushed before a purge, see `LogStore::purge`), so a build records the point
+/// it reached and writes nothing. The file a member needs when it is
 /// behind the purged log is written by `get_current_snapshot`, from the state at that time.
 /// Writing the whole state at every threshold cost about a fifth of a loaded node's time.
 pub struct SnapshotBuilder {
@@ -367,16 +367,23 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = PathBuf;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
-        let snap = self.db.db.snapshot();
-        let (last_log_id, last_membership) = read_sm_meta(&self.db, Some(&snap))?;
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-        };
+        let meta = snapshot_meta(&self.db, &self.db.db.snapshot())?;
         // Where a file for this point would go; openraft does not open it.
         let snapshot = self.snapshots.path_for(&meta);
         Ok(Snapshot { meta, snapshot })
     }
+}
+
+/// The point a RocksDB snapshot of the state machine is at.
+fn snapshot_meta(
+    db: &Db,
+    snap: &rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>,
+) -> io::Result<SnapshotMeta> {
+    let (last_log_id, last_membership) = read_sm_meta(db, Some(snap))?;
+    Ok(SnapshotMeta {
+        last_log_id,
+        last_membership,
+    })
 }
 
 /// Writes a snapshot file from one consistent RocksDB snapshot of the state machine, at the
@@ -384,11 +391,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 fn write_file(db: &Db, snapshots: &SnapshotDir) -> io::Result<Snapshot> {
     let started = std::time::Instant::now();
     let snap = db.db.snapshot();
-    let (last_log_id, last_membership) = read_sm_meta(db, Some(&snap))?;
-    let meta = SnapshotMeta {
-        last_log_id,
-        last_membership,
-    };
+    let meta = snapshot_meta(db, &snap)?;
     let mut writer = SnapshotWriter::create(snapshots.temp_path("build"), &meta)?;
     let mut opts = ReadOptions::default();
     opts.set_snapshot(&snap);
@@ -439,15 +442,21 @@ mod tests {
         (entry, None)
     }
 
+    /// A state machine on a fresh database in `dir`.
+    fn open_sm(dir: &std::path::Path) -> (Arc<Db>, Replica, SnapshotDir, StateMachine) {
+        let db = Db::open(dir).unwrap();
+        let replica = Replica::new(Arc::clone(&db), 100).unwrap();
+        let snapshots = SnapshotDir::open(dir.join("snapshots")).unwrap();
+        let sm = StateMachine::new(replica.clone(), snapshots.clone());
+        (db, replica, snapshots, sm)
+    }
+
     /// Later entries of a group see the writes of earlier ones, refused entries change nothing,
     /// and one write leaves the whole group applied.
     #[tokio::test]
     async fn a_group_applies_in_order_as_one_write() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
-        let replica = Replica::new(Arc::clone(&db), 100).unwrap();
-        let snapshots = SnapshotDir::open(dir.path().join("snapshots")).unwrap();
-        let sm = StateMachine::new(replica.clone(), snapshots);
+        let (db, replica, _, sm) = open_sm(dir.path());
         let mut watcher = replica.window_arc().watch("/", 0).unwrap();
 
         sm.apply_group(vec![
@@ -499,18 +508,10 @@ mod tests {
     #[tokio::test]
     async fn snapshot_files_are_written_only_when_needed() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
-        let replica = Replica::new(Arc::clone(&db), 100).unwrap();
-        let snapshots = SnapshotDir::open(dir.path().join("snapshots")).unwrap();
-        let mut sm = StateMachine::new(replica.clone(), snapshots.clone());
+        let (db, _, snapshots, mut sm) = open_sm(dir.path());
         let mut log = crate::log_store::LogStore::new(Arc::clone(&db));
-        let id = |index| entry(index, Command::create("/", Vec::new())).0.log_id;
-        sm.apply_group(
-            (1..=3)
-                .map(|i| entry(i, Command::create(format!("/k{i}"), b"v".to_vec())))
-                .collect(),
-        )
-        .unwrap();
+        let id = |index| put(index).0.log_id;
+        sm.apply_group((1..=3).map(put).collect()).unwrap();
 
         let built = sm
             .get_snapshot_builder()
@@ -530,8 +531,7 @@ mod tests {
         assert_eq!(keys, vec![&b"/k1"[..], b"/k2", b"/k3"]);
 
         // Still covering the purged log: the same file, although the state moved on.
-        sm.apply_group(vec![entry(4, Command::create("/k4", b"v".to_vec()))])
-            .unwrap();
+        sm.apply_group(vec![put(4)]).unwrap();
         let again = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(
             (again.meta, again.snapshot),
@@ -554,10 +554,7 @@ mod tests {
     #[ignore = "a child process of a_crash_goes_back_to_the_last_flush"]
     fn crash_child() {
         let dir = std::env::var("FLOTILLA_CRASH_DIR").expect("run by the parent test");
-        let db = Db::open(std::path::Path::new(&dir)).unwrap();
-        let replica = Replica::new(Arc::clone(&db), 100).unwrap();
-        let snapshots = SnapshotDir::open(std::path::Path::new(&dir).join("snapshots")).unwrap();
-        let sm = StateMachine::new(replica, snapshots);
+        let (db, _, _, sm) = open_sm(std::path::Path::new(&dir));
         sm.apply_group((1..=3).map(put).collect()).unwrap();
         db.persist_state_machine().unwrap();
         sm.apply_group((4..=5).map(put).collect()).unwrap();
