@@ -30,6 +30,18 @@ pub struct StoreArgs {
     /// Runs per system and load level, alternating the systems; the table shows the median run.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
+    /// The systems to run; without both there are no ratios (for profiling one of them).
+    #[arg(long, value_delimiter = ',', default_value = "flotilla,etcd")]
+    systems: Vec<System>,
+    /// Also print each run's writes per second, second by second.
+    #[arg(long)]
+    timeline: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum System {
+    Flotilla,
+    Etcd,
 }
 
 #[derive(Serialize)]
@@ -81,97 +93,144 @@ pub async fn run(args: StoreArgs) -> Result<()> {
         .tempdir()?;
     let mut rows = Vec::new();
 
-    eprintln!("starting a 3-node Flotilla cluster and a 3-member etcd ...");
-    let flotilla = Cluster::start(3, Options::default()).await?;
-    let etcd = EtcdCluster::start(dir.path()).await?;
-    let flotilla_pids: Vec<u32> = flotilla.nodes.iter().filter_map(|n| n.pid()).collect();
-    let clients: Arc<Vec<StoreClient>> = Arc::new(flotilla.live_clients());
-    let etcd_client = etcd_client::Client::connect(&etcd.endpoints, None).await?;
+    let run_flotilla = args.systems.contains(&System::Flotilla);
+    let run_etcd = args.systems.contains(&System::Etcd);
+    let flotilla = match run_flotilla {
+        true => {
+            eprintln!("starting a 3-node Flotilla cluster ...");
+            let cluster = Cluster::start(3, Options::default()).await?;
+            let clients: Arc<Vec<StoreClient>> = Arc::new(cluster.live_clients());
+            let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
+            Some((cluster, clients, pids))
+        }
+        false => None,
+    };
+    let etcd = match run_etcd {
+        true => {
+            eprintln!("starting a 3-member etcd ...");
+            let etcd = EtcdCluster::start(dir.path()).await?;
+            let client = etcd_client::Client::connect(&etcd.endpoints, None).await?;
+            Some((etcd, client))
+        }
+        false => None,
+    };
 
     // Alternate the systems at each load level so that machine noise hits both alike.
     for (level, &n) in args.clients.iter().enumerate() {
         let mut flotilla_runs = Vec::new();
         let mut etcd_runs = Vec::new();
         for rep in 0..args.rounds {
-            eprintln!(
-                "flotilla: {n} clients for {:?} (run {} of {}) ...",
-                args.duration,
-                rep + 1,
-                args.rounds
-            );
-            let (c, v) = (Arc::clone(&clients), Arc::clone(&value));
-            let result = load::run(n, args.duration, move |client, i| {
-                let (c, v) = (Arc::clone(&c), Arc::clone(&v));
-                async move {
-                    let node = &c[client % c.len()];
-                    node.create(
-                        &format!("/bench/{level}/{rep}/{client}/{i}"),
-                        v.as_slice().to_vec(),
-                    )
-                    .await
-                    .is_ok()
-                }
-            })
-            .await;
-            flotilla_runs.push((result, mean_rss(&flotilla_pids)));
+            if let Some((_cluster, clients, pids)) = &flotilla {
+                eprintln!(
+                    "flotilla: {n} clients for {:?} (run {} of {}) ...",
+                    args.duration,
+                    rep + 1,
+                    args.rounds
+                );
+                let (c, v) = (Arc::clone(clients), Arc::clone(&value));
+                let result = load::run_measuring_cpu(pids, n, args.duration, move |client, i| {
+                    let (c, v) = (Arc::clone(&c), Arc::clone(&v));
+                    async move {
+                        let node = &c[client % c.len()];
+                        node.create(
+                            &format!("/bench/{level}/{rep}/{client}/{i}"),
+                            v.as_slice().to_vec(),
+                        )
+                        .await
+                        .is_ok()
+                    }
+                })
+                .await;
+                flotilla_runs.push((result, mean_rss(pids)));
+            }
 
-            eprintln!(
-                "etcd: {n} clients for {:?} (run {} of {}) ...",
-                args.duration,
-                rep + 1,
-                args.rounds
-            );
-            let (kv, v) = (etcd_client.kv_client(), Arc::clone(&value));
-            let result = load::run(n, args.duration, move |client, i| {
-                let (mut kv, v) = (kv.clone(), Arc::clone(&v));
-                async move {
-                    kv.put(
-                        format!("/bench/{level}/{rep}/{client}/{i}"),
-                        v.as_slice().to_vec(),
-                        None,
-                    )
-                    .await
-                    .is_ok()
-                }
-            })
-            .await;
-            etcd_runs.push((result, mean_rss(&etcd.pids())));
+            if let Some((etcd, etcd_client)) = &etcd {
+                eprintln!(
+                    "etcd: {n} clients for {:?} (run {} of {}) ...",
+                    args.duration,
+                    rep + 1,
+                    args.rounds
+                );
+                let (kv, v) = (etcd_client.kv_client(), Arc::clone(&value));
+                let pids = etcd.pids();
+                let result = load::run_measuring_cpu(&pids, n, args.duration, move |client, i| {
+                    let (mut kv, v) = (kv.clone(), Arc::clone(&v));
+                    async move {
+                        kv.put(
+                            format!("/bench/{level}/{rep}/{client}/{i}"),
+                            v.as_slice().to_vec(),
+                            None,
+                        )
+                        .await
+                        .is_ok()
+                    }
+                })
+                .await;
+                etcd_runs.push((result, mean_rss(&pids)));
+            }
         }
-        rows.push(median_row("flotilla", flotilla_runs));
-        rows.push(median_row("etcd 3.4", etcd_runs));
+        if !flotilla_runs.is_empty() {
+            rows.push(median_row("flotilla", flotilla_runs));
+        }
+        if !etcd_runs.is_empty() {
+            rows.push(median_row("etcd 3.4", etcd_runs));
+        }
     }
 
     println!(
-        "\nmedian of {} runs per system and level\n{:<10} {:>7} {:>10} {:>9} {:>9} {:>8} {:>10}",
-        args.rounds, "system", "clients", "writes/s", "p50 ms", "p99 ms", "errors", "RSS MiB"
+        "\nmedian of {} runs per system and level\n{:<10} {:>7} {:>10} {:>9} {:>9} {:>8} {:>10} {:>12}",
+        args.rounds,
+        "system",
+        "clients",
+        "writes/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "RSS MiB",
+        "CPU us/write"
     );
     for r in &rows {
         println!(
-            "{:<10} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>10.1}",
+            "{:<10} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>10.1} {:>12.0}",
             r.system,
             r.load.clients,
             r.load.ops_per_sec,
             r.load.p50_ms,
             r.load.p99_ms,
             r.load.errors,
-            r.rss_mib_per_node
+            r.rss_mib_per_node,
+            r.load.cpu_us_per_op.unwrap_or(f64::NAN)
         );
     }
     for r in &rows {
-        let each: Vec<String> = r
-            .runs
-            .iter()
-            .map(|l| format!("{:.0}", l.ops_per_sec))
-            .collect();
+        let each = |f: &dyn Fn(&LoadResult) -> f64| {
+            let v: Vec<String> = r.runs.iter().map(|l| format!("{:.0}", f(l))).collect();
+            v.join(" / ")
+        };
         println!(
-            "  {} at {} clients, every run (writes/s): {}",
+            "  {} at {} clients, every run: writes/s {}; CPU us/write {}",
             r.system,
             r.load.clients,
-            each.join(" / ")
+            each(&|l| l.ops_per_sec),
+            each(&|l| l.cpu_us_per_op.unwrap_or(f64::NAN))
         );
     }
+    if args.timeline {
+        for r in &rows {
+            for (i, l) in r.runs.iter().enumerate() {
+                let each: Vec<String> = l.per_second.iter().map(|n| n.to_string()).collect();
+                println!(
+                    "  {} at {} clients, run {}, writes each second: {}",
+                    r.system,
+                    r.load.clients,
+                    i + 1,
+                    each.join(" ")
+                );
+            }
+        }
+    }
     let mut ratios = Vec::new();
-    for pair in rows.chunks(2) {
+    for pair in rows.chunks(2).filter(|p| p.len() == 2) {
         if let [f, e] = pair {
             let tput = f.load.ops_per_sec / e.load.ops_per_sec.max(f64::MIN_POSITIVE);
             let p99 = f.load.p99_ms / e.load.p99_ms.max(f64::MIN_POSITIVE);
