@@ -9,6 +9,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use flotilla_controllers::nodes::NodeInfo;
 use flotilla_gossip::{Membership, Timing};
 use flotilla_pki::JoinToken;

@@ -12,6 +12,7 @@ mod membership;
 mod network;
 mod node;
 mod propose;
+mod recent;
 mod seed;
 mod service;
 mod snapshot;

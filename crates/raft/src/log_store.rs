@@ -6,7 +6,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
@@ -15,12 +15,15 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 use crate::db::{
     index_from_key, index_key, Db, CF_LOG, CF_META, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE,
 };
+use crate::recent::{Recent, DEFAULT_BUDGET};
 use crate::types::{decode, encode, io_err, Entry, LogId, TypeConfig, Vote};
 
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
     syncer: mpsc::Sender<IOFlushed<TypeConfig>>,
+    /// The newest entries, for the reads that follow an append (see [`crate::recent`]).
+    recent: Arc<Mutex<Recent>>,
 }
 
 /// The sync thread: waits for appends' callbacks, syncs the write-ahead log once for all that
@@ -68,7 +71,16 @@ pub(crate) fn last_purged(db: &Db) -> io::Result<Option<LogId>> {
 impl LogStore {
     pub fn new(db: Arc<Db>) -> Self {
         let syncer = start_syncer(Arc::clone(&db));
-        Self { db, syncer }
+        Self {
+            db,
+            syncer,
+            recent: Arc::new(Mutex::new(Recent::new(DEFAULT_BUDGET))),
+        }
+    }
+
+    fn recent(&self) -> MutexGuard<'_, Recent> {
+        // The cache is only ever changed by whole-method calls that cannot panic halfway.
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs a write on the blocking pool; `sync` makes it durable before returning.
@@ -116,6 +128,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
+        if let Some(entries) = self.recent().get(start, end) {
+            return Ok(entries);
+        }
         let from = index_key(start);
         let iter = self.db.db.iterator_cf(
             self.db.cf(CF_LOG),
@@ -178,8 +193,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let cf = self.db.cf(CF_LOG);
+        let mut written = Vec::new();
         for entry in entries {
-            batch.put_cf(cf, index_key(entry.log_id.index), encode(&entry));
+            let bytes = encode(&entry);
+            batch.put_cf(cf, index_key(entry.log_id.index), &bytes);
+            written.push((entry, bytes.len()));
         }
         // Written now, without a sync (a memtable insert and a write to the WAL file); the
         // sync thread makes it durable and only then reports it flushed.
@@ -187,6 +205,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .db
             .write_opt(batch, &WriteOptions::default())
             .map_err(|e| io_err("write raft log", e))?;
+        let mut recent = self.recent();
+        for (entry, size) in written {
+            recent.appended(entry, size);
+        }
+        drop(recent);
         if let Err(mpsc::SendError(callback)) = self.syncer.send(callback) {
             let synced = self.db.db.flush_wal(true);
             callback.io_completed(synced.map_err(|e| io_err("sync raft log", e)));
@@ -196,6 +219,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
+        self.recent().truncate_from(from);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.db.cf(CF_LOG), index_key(from), index_key(u64::MAX));
         self.write(batch, true).await
@@ -209,6 +233,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
             .map_err(|e| io_err("flush task", e))?
             .map_err(|e| io_err("flush the state machine", e))?;
+        self.recent().purge_through(log_id.index);
         let mut batch = WriteBatch::default();
         batch.put_cf(self.db.cf(CF_META), KEY_LAST_PURGED, encode(&Some(log_id)));
         batch.delete_range_cf(
@@ -248,6 +273,10 @@ mod tests {
             let state = log.get_log_state().await.unwrap();
             assert_eq!(state.last_purged_log_id, Some(id(3)));
             assert_eq!(state.last_log_id, Some(id(5)));
+            // Read from the recent entries here, from RocksDB after the reopen below.
+            let cached = log.try_get_log_entries(4..10).await.unwrap();
+            let indexes: Vec<u64> = cached.iter().map(|e| e.log_id.index).collect();
+            assert_eq!(indexes, vec![4, 5]);
             drop(log);
             // The sync thread lets go of the database once it sees the channel closed.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
