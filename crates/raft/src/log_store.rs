@@ -193,23 +193,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let cf = self.db.cf(CF_LOG);
-        let mut written = Vec::new();
+        let mut recent = self.recent();
         for entry in entries {
             let bytes = encode(&entry);
             batch.put_cf(cf, index_key(entry.log_id.index), &bytes);
-            written.push((entry, bytes.len()));
-        }
-        // Written now, without a sync (a memtable insert and a write to the WAL file); the
-        // sync thread makes it durable and only then reports it flushed.
-        self.db
-            .db
-            .write_opt(batch, &WriteOptions::default())
-            .map_err(|e| io_err("write raft log", e))?;
-        let mut recent = self.recent();
-        for (entry, size) in written {
-            recent.appended(entry, size);
+            // Into the recent entries first: a reader served from them must never find fewer
+            // entries than RocksDB already has.
+            recent.appended(entry, bytes.len());
         }
         drop(recent);
+        // Written now, without a sync (a memtable insert and a write to the WAL file); the
+        // sync thread makes it durable and only then reports it flushed.
+        let written = self.db.db.write_opt(batch, &WriteOptions::default());
+        if let Err(e) = written {
+            // The run may have replaced entries RocksDB still holds: read from RocksDB only.
+            self.recent().clear();
+            return Err(io_err("write raft log", e));
+        }
         if let Err(mpsc::SendError(callback)) = self.syncer.send(callback) {
             let synced = self.db.db.flush_wal(true);
             callback.io_completed(synced.map_err(|e| io_err("sync raft log", e)));

@@ -82,7 +82,8 @@ impl Recent {
         }
     }
 
-    fn clear(&mut self) {
+    /// Forgets every entry.
+    pub fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
     }
