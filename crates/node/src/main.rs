@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: flotilla_sys::alloc::ByRole = flotilla_sys::alloc::ByRole;
 
 use flotilla_controllers::nodes::NodeInfo;
 use flotilla_gossip::{Membership, Timing};
@@ -375,7 +375,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         stop.clone(),
     ));
     let status = node.status();
-    tracing::info!(name = %node.name, id = %node.id, addr = %node.addr, cluster = %node.cluster_id, role = %status.role, "node ready");
+    tracing::info!(name = %node.name, id = %node.id, addr = %node.addr, cluster = %node.cluster_id, role = %status.role, allocator = flotilla_sys::alloc::name(), "node ready");
     // One machine-readable line on stdout for tools and tests.
     let mut ready = serde_json::json!({
         "event": "ready",

@@ -1,8 +1,10 @@
-//! The only crate with `unsafe` code: starting a process in new namespaces (`clone`), and the
+//! The only crate with `unsafe` code: the global allocator chosen by role ([`alloc`]), starting
+//! a process in new namespaces (`clone`), and the
 //! system calls a container's init makes (mounts, `pivot_root`, hostname, credentials,
 //! capabilities, rlimits), behind the [`Syscall`] trait so that the code driving them can be
 //! tested with [`RecordingSyscall`] instead of a kernel.
 
+pub mod alloc;
 pub mod fs;
 pub mod process;
 pub mod syscall;
