@@ -90,7 +90,7 @@ where
 }
 
 /// CPU time (user and system, all threads) of the processes `pids`, in seconds.
-pub fn cpu_seconds(pids: &[u32]) -> f64 {
+fn cpu_seconds(pids: &[u32]) -> f64 {
     // utime and stime are the 12th and 13th fields after the parenthesised command name;
     // /proc reports them in clock ticks, which Linux fixes at 100 per second for /proc.
     const TICKS_PER_SECOND: f64 = 100.0;

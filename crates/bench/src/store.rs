@@ -93,26 +93,22 @@ pub async fn run(args: StoreArgs) -> Result<()> {
         .tempdir()?;
     let mut rows = Vec::new();
 
-    let run_flotilla = args.systems.contains(&System::Flotilla);
-    let run_etcd = args.systems.contains(&System::Etcd);
-    let flotilla = match run_flotilla {
-        true => {
-            eprintln!("starting a 3-node Flotilla cluster ...");
-            let cluster = Cluster::start(3, Options::default()).await?;
-            let clients: Arc<Vec<StoreClient>> = Arc::new(cluster.live_clients());
-            let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
-            Some((cluster, clients, pids))
-        }
-        false => None,
+    let flotilla = if args.systems.contains(&System::Flotilla) {
+        eprintln!("starting a 3-node Flotilla cluster ...");
+        let cluster = Cluster::start(3, Options::default()).await?;
+        let clients: Arc<Vec<StoreClient>> = Arc::new(cluster.live_clients());
+        let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
+        Some((cluster, clients, pids))
+    } else {
+        None
     };
-    let etcd = match run_etcd {
-        true => {
-            eprintln!("starting a 3-member etcd ...");
-            let etcd = EtcdCluster::start(dir.path()).await?;
-            let client = etcd_client::Client::connect(&etcd.endpoints, None).await?;
-            Some((etcd, client))
-        }
-        false => None,
+    let etcd = if args.systems.contains(&System::Etcd) {
+        eprintln!("starting a 3-member etcd ...");
+        let etcd = EtcdCluster::start(dir.path()).await?;
+        let client = etcd_client::Client::connect(&etcd.endpoints, None).await?;
+        Some((etcd, client))
+    } else {
+        None
     };
 
     // Alternate the systems at each load level so that machine noise hits both alike.

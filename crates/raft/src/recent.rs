@@ -37,47 +37,42 @@ impl Recent {
         self.entries.back().map(|(e, _)| e.log_id.index + 1)
     }
 
-    /// Records an entry just written to the log (with its encoded size). An entry that does
-    /// not follow the last one starts the run afresh: whatever came after its index is no
-    /// longer the log's end.
+    /// Records an entry just written to the log (with its encoded size). Entries at its
+    /// index and after are no longer the log's; one that does not follow the last one left
+    /// (a gap) starts the run afresh.
     pub fn appended(&mut self, entry: Entry, size: usize) {
         let index = entry.log_id.index;
-        if self.next_index() != Some(index) {
-            self.truncate_from(index);
-            if self.next_index() != Some(index) {
-                self.clear();
-            }
+        self.truncate_from(index);
+        if self.next_index().is_some_and(|next| next != index) {
+            self.clear();
         }
         self.bytes += size;
         self.entries.push_back((entry, size));
         while self.bytes > self.budget {
-            match self.entries.pop_front() {
-                Some((_, size)) => self.bytes -= size,
-                None => break,
-            }
+            self.drop_oldest();
         }
     }
 
     /// Forgets the entries at `index` and after (the log was truncated there).
     pub fn truncate_from(&mut self, index: u64) {
-        while self
-            .entries
-            .back()
-            .is_some_and(|(e, _)| e.log_id.index >= index)
-        {
-            let (_, size) = self.entries.pop_back().expect("checked non-empty");
+        while self.next_index().is_some_and(|next| next > index) {
+            let (_, size) = self
+                .entries
+                .pop_back()
+                .expect("a next index means an entry");
             self.bytes -= size;
         }
     }
 
     /// Forgets the entries up to and including `index` (the log was purged there).
     pub fn purge_through(&mut self, index: u64) {
-        while self
-            .entries
-            .front()
-            .is_some_and(|(e, _)| e.log_id.index <= index)
-        {
-            let (_, size) = self.entries.pop_front().expect("checked non-empty");
+        while self.first_index().is_some_and(|first| first <= index) {
+            self.drop_oldest();
+        }
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
             self.bytes -= size;
         }
     }
