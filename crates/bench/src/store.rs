@@ -226,7 +226,9 @@ pub async fn run(args: StoreArgs) -> Result<()> {
         }
     }
     let mut ratios = Vec::new();
-    for pair in rows.chunks(2).filter(|p| p.len() == 2) {
+    // Each level's rows are Flotilla's then etcd's; with one system there is nothing to pair.
+    let both = flotilla.is_some() && etcd.is_some();
+    for pair in rows.chunks(2).filter(|_| both) {
         if let [f, e] = pair {
             let tput = f.load.ops_per_sec / e.load.ops_per_sec.max(f64::MIN_POSITIVE);
             let p99 = f.load.p99_ms / e.load.p99_ms.max(f64::MIN_POSITIVE);
