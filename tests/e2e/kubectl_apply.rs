@@ -230,6 +230,8 @@ async fn a_manifest_is_applied_read_changed_reapplied_and_deleted_through_every_
         let (ok, _, err) = k.run(f2, &["create", "-f", &mismatch]);
         assert!(!ok);
         assert!(err.contains("spec.template.metadata.labels: Invalid value") && err.contains("`selector` does not match template `labels`"), "{err}");
+        // kubectl names the kind and the object, from the Status details, as with Kubernetes.
+        assert!(err.contains(r#"The Deployment "bad" is invalid"#), "{err}");
         for name in ["typo", "bad"] {
             let (ok, _, err) = k.run(l, &["get", "deploy", name, "-n", "shop"]);
             assert!(!ok && err.contains("NotFound"), "{name} was stored: {err}");

@@ -1,13 +1,16 @@
 //! End-to-end tests with real `flotilla node` processes. One binary, one module per behaviour.
 
 mod admission;
+mod backup;
 mod cas;
 mod crash;
 mod failover;
+mod forwarding;
 mod kube_client;
 mod kubectl;
 mod kubectl_apply;
 mod layers;
+mod leader_loops;
 mod learner_read;
 mod membership;
 mod partition;

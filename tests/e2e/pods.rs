@@ -38,13 +38,17 @@ impl TestNet {
         }
     }
 
-    /// `sandbox create` in this network; returns the sandbox as JSON.
-    pub fn sandbox(&self, state: &Path, id: &str, hostname: &str) -> serde_json::Value {
+    /// Cleans up what sandboxes of runtime root `state` leave, if the test fails.
+    pub fn track(&self, state: &Path) {
         let mut states = self.states.lock().unwrap();
         if !states.iter().any(|s| s == state) {
             states.push(state.to_path_buf());
         }
-        drop(states);
+    }
+
+    /// `sandbox create` in this network; returns the sandbox as JSON.
+    pub fn sandbox(&self, state: &Path, id: &str, hostname: &str) -> serde_json::Value {
+        self.track(state);
         let (code, out, err) = runtime_cli(
             state,
             &[
@@ -635,4 +639,107 @@ fn a_root_file_system_directory_imports_as_an_image_and_runs() {
     let (code, _, err) = image_cli(&store, &["rm", "fromdir"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(layer_dirs(&store).len(), 0, "and goes with the image");
+}
+
+/// Issue 14: the agent's seam, `PodRuntime`, with the real runtime behind it, driven from a
+/// multi-threaded async runtime as the node drives it: a pod's whole life, and calls at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_process_runtime_runs_a_pod_for_a_multi_threaded_caller() {
+    use flotilla_runtime::{ContainerRequest, NodeNetwork, PodRuntime, ProcessRuntime, Status};
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let net = TestNet::new(7);
+    let store = busybox_store(dir.path());
+    let root = dir.path().join("state");
+    net.track(&root);
+    let rt = ProcessRuntime {
+        binary: flotilla_tests::flotilla_bin(),
+        root: root.clone(),
+        images: store,
+        network: NodeNetwork {
+            bridge: net.bridge.clone(),
+            pod_cidr: net.cidr.clone(),
+            ipam_dir: net.ipam.path().to_path_buf(),
+            dns: vec![],
+            search: vec![],
+        },
+    };
+    let sandbox = rt.create_sandbox("pod1", "web").await.unwrap();
+    assert_eq!(rt.sandboxes().await.unwrap(), ["pod1"]);
+    let bundle = spec_bundle(
+        &dir.path().join("bundle"),
+        &["sh", "-c", "echo hello from the pod; exec sleep 600"],
+        |_| {},
+    );
+    let request = ContainerRequest {
+        bundle,
+        sandbox: Some("pod1".into()),
+        image: Some("busybox".into()),
+    };
+    rt.create_container("pod1-app", &request).await.unwrap();
+    rt.start_container("pod1-app").await.unwrap();
+    let state = rt.container("pod1-app").await.unwrap().unwrap();
+    assert_eq!(state.status, Status::Running);
+    assert!(state.pid > 0 && state.ended.is_none(), "{state:?}");
+    assert_eq!(state.sandbox.as_deref(), Some("pod1"));
+
+    // Calls at once from the node's threads: each exec sees the sandbox's hostname and address.
+    let script = "cat /etc/hostname; ip -4 -o addr show eth0".to_string();
+    let execs = (0..6).map(|_| {
+        let (rt, script) = (rt.clone(), script.clone());
+        async move {
+            rt.exec(
+                "pod1-app",
+                &["sh".into(), "-c".into(), script],
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap()
+        }
+    });
+    for out in futures::future::join_all(execs).await {
+        let text = String::from_utf8_lossy(&out.output).into_owned();
+        assert_eq!(out.code, 0, "{text}");
+        assert!(text.starts_with("web\n"), "{text}");
+        assert!(text.contains(&sandbox.ip.to_string()), "{text}");
+    }
+    let failed = rt
+        .exec(
+            "pod1-app",
+            &["sh".into(), "-c".into(), "exit 3".into()],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.code, 3);
+    let logged = flotilla_tests::wait_until(Duration::from_secs(10), || {
+        let rt = rt.clone();
+        async move {
+            let logs = rt.logs("pod1-app").await.ok()?;
+            logs.contains("hello from the pod").then_some(())
+        }
+    })
+    .await;
+    assert!(logged.is_some(), "{:?}", rt.logs("pod1-app").await);
+
+    // SIGKILL ends it (128 + 9; a pid namespace's init ignores an unhandled SIGTERM, which is
+    // why the agent escalates), and everything goes, twice over.
+    rt.kill_container("pod1-app", flotilla_sys::Signal::SIGKILL)
+        .await
+        .unwrap();
+    let ended = flotilla_tests::wait_until(Duration::from_secs(10), || {
+        let rt = rt.clone();
+        async move { rt.container("pod1-app").await.ok()??.ended }
+    })
+    .await
+    .expect("the container ends");
+    assert_eq!(ended.code, 137);
+    rt.delete_container("pod1-app").await.unwrap();
+    assert!(rt.container("pod1-app").await.unwrap().is_none());
+    rt.delete_container("pod1-app").await.unwrap();
+    rt.delete_sandbox("pod1").await.unwrap();
+    rt.delete_sandbox("pod1").await.unwrap();
+    assert!(rt.sandbox("pod1").await.unwrap().is_none());
+    assert!(rt.containers().await.unwrap().is_empty());
+    assert_eq!(net.ports(), 0, "the pod's veth is gone");
 }

@@ -3,6 +3,7 @@
 //! the three PATCH formats, and the validation shared by every resource.
 //! Pure code, no I/O: the API server (issue 4) builds on it.
 
+pub mod cluster;
 pub mod kinds;
 pub mod meta;
 pub mod patch;

@@ -12,11 +12,12 @@ use std::time::{Duration, SystemTime};
 
 use flotilla_api::meta::rfc3339;
 use flotilla_api::{store_key, Resource};
-use flotilla_store::{Command, Engine, Proposer, StoreError};
+use flotilla_store::{Command, Engine, Proposer};
 use serde_json::{json, Value};
 
 use crate::objects::{query_param, Target};
-use crate::writes::{current, kept_changing, store_failure, WriteError};
+use crate::update::{guaranteed_update, Attempt};
+use crate::writes::WriteError;
 
 /// What happens to an object's dependents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,36 +196,36 @@ pub async fn delete(
 ) -> Result<Value, WriteError> {
     let r = target.resource;
     let key = store_key(r, target.namespace.unwrap_or(""), name);
-    for _ in 0..5 {
-        let (object, revision) = current(engine, proposer, r, &key, name).await?;
+    guaranteed_update(engine, proposer, r, &key, name, |object, revision| {
         check_preconditions(r, name, &object, revision, options)?;
-        let (command, mut answer) = match plan(r, &object, options, SystemTime::now()) {
-            Deletion::Unchanged => return Ok(with_version(object, revision)),
-            Deletion::Remove => (Command::delete(key.clone(), Some(revision)), object),
+        Ok(match plan(r, &object, options, SystemTime::now()) {
+            Deletion::Unchanged => Attempt::Unchanged(with_version(object, revision)),
+            Deletion::Remove => Attempt::Write(
+                Command::delete(key.clone(), Some(revision)),
+                answer(object, revision),
+            ),
             Deletion::Mark(marked) => {
                 let mut stored = marked.clone();
                 if let Some(m) = stored["metadata"].as_object_mut() {
                     m.remove("resourceVersion");
                 }
-                (
+                Attempt::Write(
                     Command::update(key.clone(), stored.to_string(), Some(revision)),
-                    marked,
+                    answer(marked, revision),
                 )
             }
-        };
-        match proposer.propose(command).await {
-            Ok(written) => {
-                let removed = answer["metadata"]["deletionTimestamp"].is_null();
-                let version = if removed { revision } else { written };
-                answer = with_version(answer, version);
-                return Ok(answer);
-            }
-            // Written meanwhile: read it again.
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(store_failure(r, name, e)),
-        }
-    }
-    Err(kept_changing(r, name))
+        })
+    })
+    .await
+}
+
+/// The answer to a DELETE: the object as it was left. One removed outright keeps the revision
+/// it was read at; one marked (or removed while being deleted) has the written one.
+fn answer(object: Value, read: u64) -> Box<dyn FnOnce(u64) -> Value + Send> {
+    Box::new(move |written| {
+        let removed = object["metadata"]["deletionTimestamp"].is_null();
+        with_version(object, if removed { read } else { written })
+    })
 }
 
 fn with_version(mut object: Value, revision: u64) -> Value {

@@ -16,6 +16,7 @@ mod openapi;
 mod protobuf;
 mod raw;
 mod subresources;
+mod update;
 mod watch;
 mod writes;
 
@@ -209,11 +210,9 @@ async fn watch_response(
     };
     if after.is_none() && !query.any_version {
         if let Err(e) = config.proposer.read_barrier().await {
-            return failure(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                &e.to_string(),
-            );
+            let code = StatusCode::from_u16(e.code().http_status())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return failure(code, e.code().k8s_reason(), &e.to_string());
         }
     }
     let request = watch::WatchRequest {

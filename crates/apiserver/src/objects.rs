@@ -75,7 +75,7 @@ impl From<StoreError> for ReadError {
     fn from(e: StoreError) -> ReadError {
         ReadError {
             code: e.code().http_status(),
-            reason: "ServiceUnavailable",
+            reason: e.code().k8s_reason(),
             message: e.to_string(),
         }
     }

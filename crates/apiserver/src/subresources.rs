@@ -7,7 +7,8 @@ use flotilla_store::{Command, Engine, Proposer};
 use serde_json::{json, Value};
 
 use crate::objects::Target;
-use crate::writes::{apply_patch, current, kept_changing, store_failure, WriteError};
+use crate::update::{guaranteed_update, read_object, Attempt};
+use crate::writes::{apply_patch, invalid_object, WriteError};
 
 /// Parses `…/namespaces/NS/PLURAL/NAME/SUB` and `…/PLURAL/NAME/SUB` for a declared subresource.
 pub fn parse<'a>(segments: &[&'a str]) -> Option<(Target<'a>, &'a str)> {
@@ -132,15 +133,21 @@ pub async fn handle(
     if !matches!(sub, "scale" | "status") {
         return Err(not_supported(sub));
     }
-    for _ in 0..5 {
-        let (object, revision) = current(engine, proposer, r, &key, name).await?;
+    if *method == hyper::Method::GET {
+        let (object, _) = read_object(engine, proposer, r, &key, name, true).await?;
+        return Ok(if sub == "scale" {
+            scale_of(&object)
+        } else {
+            object
+        });
+    }
+    guaranteed_update(engine, proposer, r, &key, name, |object, revision| {
         let view = if sub == "scale" {
             scale_of(&object)
         } else {
             object.clone()
         };
         let input = match *method {
-            hyper::Method::GET => return Ok(view),
             hyper::Method::PUT => serde_json::from_slice::<Value>(body).map_err(|e| {
                 WriteError::new(
                     400,
@@ -162,12 +169,21 @@ pub async fn handle(
         };
         let mut updated = object.clone();
         if sub == "scale" {
-            let replicas = input["spec"]["replicas"].as_i64().filter(|n| *n >= 0).ok_or_else(|| WriteError {
-                code: 422,
-                reason: "Invalid",
-                message: format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: must be a non-negative integer"),
-                causes: vec![flotilla_api::FieldError::invalid("spec.replicas", &input["spec"]["replicas"].to_string(), "must be greater than or equal to 0")],
-            })?;
+            let replicas = input["spec"]["replicas"]
+                .as_i64()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    invalid_object(
+                        "autoscaling",
+                        "Scale",
+                        name,
+                        vec![flotilla_api::FieldError::invalid(
+                            "spec.replicas",
+                            &input["spec"]["replicas"].to_string(),
+                            "must be greater than or equal to 0",
+                        )],
+                    )
+                })?;
             updated["spec"]["replicas"] = json!(replicas);
             if replicas != object["spec"]["replicas"].as_i64().unwrap_or(1) {
                 let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
@@ -179,28 +195,21 @@ pub async fn handle(
         if let Some(m) = updated["metadata"].as_object_mut() {
             m.remove("resourceVersion");
         }
-        match proposer
-            .propose(Command::update(
-                key.clone(),
-                updated.to_string(),
-                Some(revision),
-            ))
-            .await
-        {
-            Ok(revision) => {
-                updated["metadata"]["resourceVersion"] = json!(revision.to_string());
-                return Ok(if sub == "scale" {
+        let command = Command::update(key.clone(), updated.to_string(), Some(revision));
+        let scale = sub == "scale";
+        Ok(Attempt::Write(
+            command,
+            Box::new(move |written| {
+                updated["metadata"]["resourceVersion"] = json!(written.to_string());
+                if scale {
                     scale_of(&updated)
                 } else {
                     updated
-                });
-            }
-            // Another write came between: read again.
-            Err(flotilla_store::StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(store_failure(r, name, e)),
-        }
-    }
-    Err(kept_changing(r, name))
+                }
+            }),
+        ))
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use flotilla_store::{Command, Engine, Proposer, StoreError};
 use serde_json::{json, Map, Value};
 
 use crate::objects::{object_of, Target};
+use crate::update::{guaranteed_update, precondition_failed, Attempt};
 
 /// A failed write, for a `Status`.
 #[derive(Debug)]
@@ -22,6 +23,17 @@ pub struct WriteError {
     pub reason: &'static str,
     pub message: String,
     pub causes: Vec<FieldError>,
+    /// For an invalid object: its group, kind and name, which a Kubernetes `Status` names in
+    /// its details (kubectl prints `The Service "web" is invalid`).
+    pub invalid: Option<Box<Invalid>>,
+}
+
+/// The object a 422 is about.
+#[derive(Debug)]
+pub struct Invalid {
+    pub group: &'static str,
+    pub kind: &'static str,
+    pub name: String,
 }
 
 impl WriteError {
@@ -31,6 +43,7 @@ impl WriteError {
             reason,
             message,
             causes: Vec::new(),
+            invalid: None,
         }
     }
 
@@ -39,9 +52,13 @@ impl WriteError {
     }
 
     pub fn details(&self, r: &Resource, name: &str) -> Value {
-        let mut d = json!({"name": name, "kind": r.plural});
-        if !r.group.is_empty() {
-            d["group"] = json!(r.group);
+        let (group, kind, name) = match &self.invalid {
+            Some(i) => (i.group, i.kind, i.name.as_str()),
+            None => (r.group, r.plural, name),
+        };
+        let mut d = json!({"name": name, "kind": kind});
+        if !group.is_empty() {
+            d["group"] = json!(group);
         }
         if !self.causes.is_empty() {
             d["causes"] = serde_json::to_value(&self.causes).expect("causes serialise");
@@ -70,7 +87,7 @@ pub(crate) fn store_failure(r: &Resource, name: &str, e: StoreError) -> WriteErr
         ),
         other => WriteError::new(
             other.code().http_status(),
-            "ServiceUnavailable",
+            other.code().k8s_reason(),
             other.to_string(),
         ),
     }
@@ -88,16 +105,36 @@ pub(crate) fn kept_changing(r: &Resource, name: &str) -> WriteError {
     )
 }
 
-fn invalid(r: &Resource, name: &str, causes: Vec<FieldError>) -> WriteError {
+pub(crate) fn invalid(r: &Resource, name: &str, causes: Vec<FieldError>) -> WriteError {
+    invalid_object(r.group, r.kind, name, causes)
+}
+
+/// A 422 about object `name` of `kind`, as Kubernetes words it.
+pub(crate) fn invalid_object(
+    group: &'static str,
+    kind: &'static str,
+    name: &str,
+    causes: Vec<FieldError>,
+) -> WriteError {
     let list: Vec<String> = causes
         .iter()
         .map(|c| format!("{}: {}", c.field, c.message))
         .collect();
+    let qualified = if group.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}.{group}")
+    };
     WriteError {
         code: 422,
         reason: "Invalid",
-        message: format!("{} \"{name}\" is invalid: {}", r.kind, list.join(", ")),
+        message: format!("{qualified} \"{name}\" is invalid: {}", list.join(", ")),
         causes,
+        invalid: Some(Box::new(Invalid {
+            group,
+            kind,
+            name: name.to_string(),
+        })),
     }
 }
 
@@ -123,9 +160,14 @@ fn admitted(
     old: Option<&Value>,
     validation: FieldValidation,
 ) -> Result<flotilla_api::kinds::Admitted, WriteError> {
+    // A create names the object in its body, not its path.
+    let named = match object["metadata"]["name"].as_str() {
+        Some(n) if name.is_empty() => n.to_string(),
+        _ => name.to_string(),
+    };
     admit(r, object, old, validation).map_err(|e| match e {
         Rejection::Decode(message) => WriteError::bad_request(message),
-        Rejection::Invalid(causes) => invalid(r, name, causes),
+        Rejection::Invalid(causes) => invalid(r, &named, causes),
     })
 }
 
@@ -267,29 +309,19 @@ pub async fn create(
     Ok(Written { object, warnings })
 }
 
-/// An object as read for an update.
-struct Stored<'a> {
-    key: &'a str,
-    name: &'a str,
-    object: &'a Value,
-}
-
-/// Writes `object` over the stored one whose revision was `current_revision`, keeping what the
-/// server owns (uid, creation time, the status of kinds with a status subresource) and bumping
-/// the generation when the spec changed.
-async fn replace(
-    proposer: &dyn Proposer,
+/// The write of `object` over `current` (read at `revision`), keeping what the server owns
+/// (uid, creation time, the status of kinds with a status subresource) and bumping the
+/// generation when the spec changed. A write that changes nothing is not made (the
+/// resourceVersion stays), as in Kubernetes.
+fn plan_replace(
     r: &Resource,
-    stored: Stored<'_>,
+    key: &str,
+    name: &str,
+    current: &Value,
+    revision: u64,
     mut object: Value,
-    expected: u64,
     validation: FieldValidation,
-) -> Result<Written, WriteError> {
-    let Stored {
-        key,
-        name,
-        object: current,
-    } = stored;
+) -> Result<Attempt<Written>, WriteError> {
     if !object.is_object() {
         return Err(WriteError::bad_request(
             "the body must be a JSON object".into(),
@@ -335,28 +367,37 @@ async fn replace(
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
         meta_mut(&mut object).insert("generation".into(), json!(generation + 1));
     }
-    // A write that changes nothing is not written (the resourceVersion stays), as in Kubernetes.
     let mut unchanged = current.clone();
-    let current_revision = meta_mut(&mut unchanged)
-        .remove("resourceVersion")
-        .and_then(|v| v.as_str().and_then(|v| v.parse::<u64>().ok()));
-    if unchanged == object && current_revision == Some(expected) {
-        return Ok(Written {
+    meta_mut(&mut unchanged).remove("resourceVersion");
+    if unchanged == object {
+        return Ok(Attempt::Unchanged(Written {
             object: current.clone(),
             warnings,
-        });
+        }));
     }
     let command = match finalizing(r, name, current, &object)? {
         // The last finalizer of an object being deleted is gone: so is the object.
-        true => Command::delete(key, Some(expected)),
-        false => Command::update(key, object.to_string(), Some(expected)),
+        true => Command::delete(key, Some(revision)),
+        false => Command::update(key, object.to_string(), Some(revision)),
     };
-    let revision = proposer
-        .propose(command)
-        .await
-        .map_err(|e| store_failure(r, name, e))?;
-    meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
-    Ok(Written { object, warnings })
+    Ok(Attempt::Write(
+        command,
+        Box::new(move |written| {
+            meta_mut(&mut object).insert("resourceVersion".into(), json!(written.to_string()));
+            Written { object, warnings }
+        }),
+    ))
+}
+
+/// A `resourceVersion` the client set as a precondition (`None`: none set).
+fn precondition(object: &Value) -> Result<Option<u64>, WriteError> {
+    match object["metadata"]["resourceVersion"].as_str() {
+        None | Some("") => Ok(None),
+        Some(rv) => rv
+            .parse()
+            .map(Some)
+            .map_err(|_| WriteError::bad_request(format!("invalid resourceVersion {rv:?}"))),
+    }
 }
 
 /// For an object being deleted: whether the update removed its last finalizer (so it goes);
@@ -396,36 +437,6 @@ fn finalizing(
     Ok(after.is_empty() && !namespace)
 }
 
-/// The stored object and its revision (after a read barrier), or 404.
-pub(crate) async fn current(
-    engine: &dyn Engine,
-    proposer: &dyn Proposer,
-    r: &Resource,
-    key: &str,
-    name: &str,
-) -> Result<(Value, u64), WriteError> {
-    proposer
-        .read_barrier()
-        .await
-        .map_err(|e| store_failure(r, name, e))?;
-    let (_, record) = engine.get(key).map_err(|e| store_failure(r, name, e))?;
-    let record = record.ok_or_else(|| {
-        WriteError::new(
-            404,
-            "NotFound",
-            format!("{} \"{name}\" not found", r.plural),
-        )
-    })?;
-    let object = object_of(&record).ok_or_else(|| {
-        WriteError::new(
-            500,
-            "InternalError",
-            format!("stored {key} is not an object"),
-        )
-    })?;
-    Ok((object, record.mod_revision))
-}
-
 /// PUT: replaces the object; a `metadata.resourceVersion` in the body must be current.
 pub async fn update(
     engine: &dyn Engine,
@@ -436,20 +447,23 @@ pub async fn update(
 ) -> Result<Written, WriteError> {
     let r = target.resource;
     let object = parse_body(request.body, request.content_type)?;
+    let expected = precondition(&object)?;
     let key = store_key(r, target.namespace.unwrap_or(""), name);
-    let (stored, revision) = current(engine, proposer, r, &key, name).await?;
-    let expected = match object["metadata"]["resourceVersion"].as_str() {
-        Some(rv) => rv
-            .parse()
-            .map_err(|_| WriteError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
-        None => revision,
-    };
-    let stored = Stored {
-        key: &key,
-        name,
-        object: &stored,
-    };
-    replace(proposer, r, stored, object, expected, request.validation).await
+    guaranteed_update(engine, proposer, r, &key, name, |current, revision| {
+        if let Some(expected) = expected.filter(|e| *e != revision) {
+            return Err(precondition_failed(r, name, &key, expected, revision));
+        }
+        plan_replace(
+            r,
+            &key,
+            name,
+            &current,
+            revision,
+            object.clone(),
+            request.validation,
+        )
+    })
+    .await
 }
 
 /// Applies `patch` to `target` by the patch's content type: JSON patch, strategic merge patch,
@@ -478,7 +492,7 @@ pub(crate) fn apply_patch(
 }
 
 /// PATCH with the body's content type: JSON patch, merge patch, strategic merge patch (and
-/// apply patches, treated as merge patches for now).
+/// apply patches, treated as merge patches for now, which create what is missing).
 pub async fn patch(
     engine: &dyn Engine,
     proposer: &dyn Proposer,
@@ -490,65 +504,47 @@ pub async fn patch(
     let patch: Value = serde_json::from_slice(request.body)
         .map_err(|e| WriteError::bad_request(format!("the patch is not valid JSON: {e}")))?;
     let key = store_key(r, target.namespace.unwrap_or(""), name);
-    // A concurrent write between the read and the write: read again and re-apply.
-    for _ in 0..5 {
-        let (stored, revision) = match current(engine, proposer, r, &key, name).await {
-            // Server-side apply creates what is missing.
-            Err(e)
-                if e.code == 404 && request.content_type.starts_with("application/apply-patch") =>
-            {
-                let mut object = patch.clone();
-                if object["metadata"]["name"].is_null() && object.is_object() {
-                    meta_mut(&mut object).insert("name".into(), json!(name));
-                }
-                if object["metadata"]["name"].as_str() != Some(name) {
-                    return Err(WriteError::bad_request(format!(
-                        "the name of the object ({}) does not match the name on the URL ({name})",
-                        object["metadata"]["name"]
-                    )));
-                }
-                let body = object.to_string();
-                let create_request = WriteRequest {
-                    body: body.as_bytes(),
-                    content_type: "application/json",
-                    validation: request.validation,
-                };
-                return create(engine, proposer, target, &create_request).await;
-            }
-            other => other?,
-        };
-        let patched = apply_patch(&stored, &patch, request.content_type)?;
-        // A patch may carry a resourceVersion precondition; otherwise the read one holds.
-        let expected = patched["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|rv| rv.parse().ok())
-            .unwrap_or(revision);
-        let at = Stored {
-            key: &key,
-            name,
-            object: &stored,
-        };
-        let written = replace(proposer, r, at, patched, expected, request.validation).await;
-        match written {
-            Err(e)
-                if e.reason == "Conflict"
-                    && expected == revision
-                    && patch["metadata"]["resourceVersion"].is_null() =>
-            {
-                continue
-            }
-            other => return other,
+    let patched = guaranteed_update(engine, proposer, r, &key, name, |current, revision| {
+        let patched = apply_patch(&current, &patch, request.content_type)?;
+        // A patch may set a resourceVersion precondition (the object as read carries its own).
+        let expected = precondition(&patched)?.filter(|e| *e != revision);
+        if let Some(expected) = expected {
+            return Err(precondition_failed(r, name, &key, expected, revision));
         }
+        plan_replace(
+            r,
+            &key,
+            name,
+            &current,
+            revision,
+            patched,
+            request.validation,
+        )
+    })
+    .await;
+    match patched {
+        // Server-side apply creates what is missing.
+        Err(e) if e.code == 404 && request.content_type.starts_with("application/apply-patch") => {
+            let mut object = patch.clone();
+            if object["metadata"]["name"].is_null() && object.is_object() {
+                meta_mut(&mut object).insert("name".into(), json!(name));
+            }
+            if object["metadata"]["name"].as_str() != Some(name) {
+                return Err(WriteError::bad_request(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    object["metadata"]["name"]
+                )));
+            }
+            let body = object.to_string();
+            let create_request = WriteRequest {
+                body: body.as_bytes(),
+                content_type: "application/json",
+                validation: request.validation,
+            };
+            create(engine, proposer, target, &create_request).await
+        }
+        other => other,
     }
-    Err(store_failure(
-        r,
-        name,
-        StoreError::Conflict {
-            key,
-            expected: 0,
-            current: 0,
-        },
-    ))
 }
 
 #[cfg(test)]

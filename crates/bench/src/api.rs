@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use flotilla_rpc::StoreClient;
 use flotilla_store::{Command, Op};
-use flotilla_tests::{kube_client, Cluster, Options};
+use flotilla_testkit::{kube_client, Cluster, Options};
 use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -132,7 +132,7 @@ pub async fn run(args: ApiArgs) -> Result<()> {
     eprintln!("starting a 3-node Flotilla cluster (lab network) and a 3-member etcd ...");
     let cluster = Cluster::start(3, Options::default().in_lab()).await?;
     let lab = cluster.lab.clone().context("a lab cluster")?;
-    let etcd = EtcdCluster::start(dir.path()).await?;
+    let etcd = EtcdCluster::start(dir.path(), "etcd", None).await?;
     let mut kube = Vec::new();
     for i in 0..3 {
         kube.push(kube_client(&cluster.kubeconfig, &lab.addr(i).to_string()).await?);

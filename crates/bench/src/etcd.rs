@@ -22,9 +22,10 @@ impl EtcdCluster {
         self.children.iter().map(|c| c.id()).collect()
     }
 
-    pub async fn start(dir: &Path) -> Result<EtcdCluster> {
-        let bin = which("etcd")
-            .context("etcd is not installed: `make deps` installs Debian's etcd-server")?;
+    /// Starts three members under `dir` (each in `dir/NAME-i`); `gomaxprocs` limits the Go
+    /// scheduler's threads of each (`GOMAXPROCS`), as a Flotilla node runs one async worker.
+    pub async fn start(dir: &Path, name: &str, gomaxprocs: Option<u32>) -> Result<EtcdCluster> {
+        let bin = etcd_bin()?;
         let ports: Vec<(u16, u16)> = (0..3)
             .map(|_| Ok((free_port()?, free_port()?)))
             .collect::<Result<_>>()?;
@@ -36,13 +37,19 @@ impl EtcdCluster {
         let mut children = Vec::new();
         let mut endpoints = Vec::new();
         for (i, (client, peer)) in ports.iter().enumerate() {
-            let log = std::fs::File::create(dir.join(format!("etcd-{i}.log")))?;
-            let child = Command::new(&bin)
+            let log = std::fs::File::create(dir.join(format!("{name}-{i}.log")))?;
+            let mut command = Command::new(&bin);
+            if let Some(n) = gomaxprocs {
+                command.env("GOMAXPROCS", n.to_string());
+            }
+            let child = command
                 .args([
                     "--name",
                     &format!("e{i}"),
                     "--data-dir",
-                    dir.join(format!("etcd-{i}")).to_str().expect("utf-8 path"),
+                    dir.join(format!("{name}-{i}"))
+                        .to_str()
+                        .expect("utf-8 path"),
                     "--listen-client-urls",
                     &format!("http://127.0.0.1:{client}"),
                     "--advertise-client-urls",
@@ -70,7 +77,7 @@ impl EtcdCluster {
         };
         // Ready when a write succeeds.
         let eps = cluster.endpoints.clone();
-        let ready = flotilla_tests::wait_until(Duration::from_secs(30), || {
+        let ready = flotilla_testkit::wait_until(Duration::from_secs(30), || {
             let eps = eps.clone();
             async move {
                 let mut c = etcd_client::Client::connect(&eps, None).await.ok()?;
@@ -95,6 +102,23 @@ impl Drop for EtcdCluster {
             let _ = c.wait();
         }
     }
+}
+
+fn etcd_bin() -> Result<std::path::PathBuf> {
+    which("etcd").context("etcd is not installed: `make deps` installs Debian's etcd-server")
+}
+
+/// The version the installed etcd reports (`etcd --version`: "etcd Version: 3.4.23").
+pub fn version() -> Result<String> {
+    let out = Command::new(etcd_bin()?)
+        .arg("--version")
+        .output()
+        .context("run etcd --version")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("etcd Version:"))
+        .map(|v| v.trim().to_string())
+        .context("etcd --version printed no version")
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {

@@ -23,6 +23,9 @@ pub struct LoadResult {
     /// CPU time (user and system) the system under test spent per completed operation, in
     /// microseconds, when the caller measured it.
     pub cpu_us_per_op: Option<f64>,
+    /// CPU time the load generator (this process) spent per completed operation, likewise: it
+    /// shares the cores with the system under test.
+    pub generator_cpu_us_per_op: Option<f64>,
 }
 
 /// Runs `op(client, n)` in `clients` concurrent loops for `duration`.
@@ -86,6 +89,7 @@ where
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
         per_second,
         cpu_us_per_op: None,
+        generator_cpu_us_per_op: None,
     }
 }
 
@@ -117,10 +121,14 @@ where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = bool> + Send,
 {
-    let before = cpu_seconds(pids);
+    let me = [std::process::id()];
+    let (before, generator_before) = (cpu_seconds(pids), cpu_seconds(&me));
     let mut result = run(clients, duration, op).await;
     let spent = cpu_seconds(pids) - before;
-    result.cpu_us_per_op = Some(spent * 1e6 / (result.ops.max(1) as f64));
+    let generator = cpu_seconds(&me) - generator_before;
+    let ops = result.ops.max(1) as f64;
+    result.cpu_us_per_op = Some(spent * 1e6 / ops);
+    result.generator_cpu_us_per_op = Some(generator * 1e6 / ops);
     result
 }
 

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use flotilla_tests::{Cluster, Options};
+use flotilla_testkit::{Cluster, Options};
 use serde::Serialize;
 
 #[derive(clap::Args)]

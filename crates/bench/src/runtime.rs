@@ -64,7 +64,7 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let flotilla = flotilla_tests::flotilla_bin();
+    let flotilla = flotilla_testkit::flotilla_bin();
     let mut runtimes: Vec<(String, Vec<String>)> = vec![(
         "flotilla".into(),
         vec![flotilla.display().to_string(), "runtime".into()],
@@ -78,7 +78,7 @@ pub fn run(args: RuntimeArgs) -> Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("flotilla-bench-rt-")
         .tempdir()?;
-    let bundle = flotilla_tests::busybox_bundle(dir.path(), &["/bin/true"], |c| {
+    let bundle = flotilla_testkit::busybox_bundle(dir.path(), &["/bin/true"], |c| {
         // No network namespace setup cost differences: all three create the same namespaces.
         c["process"]["noNewPrivileges"] = serde_json::json!(true);
     });
@@ -210,9 +210,9 @@ fn pod_start(runs: usize, flotilla: &Path, crun: &str, dir: &Path) -> Result<Vec
     let flotilla = flotilla.display().to_string();
     let state = dir.join("pods");
     let ipam = dir.join("ipam");
-    let bundle = flotilla_tests::busybox_bundle(&dir.join("pod-bundle"), &["/bin/true"], |_| {});
+    let bundle = flotilla_testkit::busybox_bundle(&dir.join("pod-bundle"), &["/bin/true"], |_| {});
     // For crun: the network namespace `ip netns add` makes.
-    let crun_bundle = flotilla_tests::busybox_bundle(
+    let crun_bundle = flotilla_testkit::busybox_bundle(
         &dir.join("crun-bundle"),
         &["/bin/true"],
         |c| {

@@ -373,9 +373,31 @@ pub fn plan<'a>(items: impl IntoIterator<Item = &'a Item>, now: SystemTime) -> V
     actions
 }
 
+/// When the next timer in the objects falls due after `now`: a pod's grace period running out,
+/// or an event's time to live. The runner sweeps again then.
+pub fn next_due<'a>(
+    items: impl IntoIterator<Item = &'a Item>,
+    now: SystemTime,
+) -> Option<SystemTime> {
+    items
+        .into_iter()
+        .filter_map(|i| {
+            if i.deleting() && i.meta.finalizers.is_empty() {
+                i.meta.deletion_timestamp.as_deref().and_then(parse_rfc3339)
+            } else if i.is("Event") && !i.deleting() {
+                let seen = i.last_seen.as_deref().and_then(parse_rfc3339)?;
+                Some(seen + EVENT_TTL)
+            } else {
+                None
+            }
+        })
+        .filter(|at| *at > now)
+        .min()
+}
+
 mod runner;
 
-pub use runner::run;
+pub use runner::{run, SWEEP_EVERY};
 
 #[cfg(test)]
 mod tests;

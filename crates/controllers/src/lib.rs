@@ -1,34 +1,51 @@
-//! Control loops. Each has a pure planner (desired, observed, now → writes) and a runner that
-//! feeds it from the local replica and acts only on the leader.
+//! Control loops. Each has the same shape: an [`Informer`] (list + watch of the local replica
+//! into an indexed cache) feeds a [`WorkQueue`] of keys; workers run a pure planner
+//! (desired, observed, now → writes) and write through the [`Proposer`] with the revision the
+//! plan saw. Leader-only loops are started and stopped together by the node's
+//! `flotilla_util::LeaderGroup`. This crate reads and writes only through the store contract
+//! (`flotilla-store`), never Raft, so every loop runs against `MemoryStore` in tests.
 
 pub mod gc;
+pub mod informer;
 pub mod namespaces;
-
-pub use gc::run as run_garbage_collector;
 pub mod nodes;
+pub mod queue;
+
+pub use informer::{Cached, Change, Informer};
+pub use nodes::{run_node_lifecycle, ClusterMembers};
+pub use queue::{run_workers, Next, WorkQueue};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
-
-use flotilla_raft::RaftNode;
-use flotilla_store::{Engine, Proposer, StoreError};
-use tokio_util::sync::CancellationToken;
 
 use flotilla_api::meta::{new_uid, now_rfc3339};
+use flotilla_store::{Engine, Proposer, StoreError};
+use flotilla_util::Clock;
 
-use crate::nodes::{NodeInfo, NODES_PREFIX, POD_CIDRS_PREFIX};
+use crate::nodes::{NodeInfo, POD_CIDRS_PREFIX};
+
+/// What a control loop reads, writes and asks the time of.
+#[derive(Clone)]
+pub struct Context {
+    /// The local replica.
+    pub engine: Arc<dyn Engine>,
+    pub proposer: Arc<dyn Proposer>,
+    pub clock: Arc<dyn Clock>,
+}
 
 /// Creates the system namespaces that do not exist yet (each node calls it at start; a create
 /// that another node already made is fine).
-pub async fn ensure_system_namespaces(node: &RaftNode) -> Result<(), StoreError> {
+pub async fn ensure_system_namespaces(
+    engine: &dyn Engine,
+    proposer: &dyn Proposer,
+) -> Result<(), StoreError> {
     for name in namespaces::SYSTEM_NAMESPACES {
         let key = namespaces::namespace_key(name);
-        if node.replica.get(&key)?.1.is_some() {
+        if engine.get(&key)?.1.is_some() {
             continue;
         }
         let object = namespaces::new_namespace(name, &new_uid(), &now_rfc3339());
-        match node
+        match proposer
             .propose(flotilla_store::Command::create(key, object.to_string()))
             .await
         {
@@ -41,17 +58,20 @@ pub async fn ensure_system_namespaces(node: &RaftNode) -> Result<(), StoreError>
 
 /// Creates or refreshes this node's Node object (and its pod CIDR). Retries conflicts with
 /// other nodes registering at the same time.
-pub async fn register_node(node: &RaftNode, info: &NodeInfo) -> Result<String, StoreError> {
+pub async fn register_node(
+    engine: &dyn Engine,
+    proposer: &dyn Proposer,
+    info: &NodeInfo,
+) -> Result<String, StoreError> {
     let key = nodes::node_key(&info.name);
     let mut last = None;
     for _ in 0..20 {
-        node.read_barrier().await?;
-        let (_, current) = node.replica.get(&key)?;
+        proposer.read_barrier().await?;
+        let (_, current) = engine.get(&key)?;
         let command = match &current {
             Some(record) => nodes::register_existing(info, record, &now_rfc3339()),
             None => {
-                let taken: BTreeSet<String> = node
-                    .replica
+                let taken: BTreeSet<String> = engine
                     .list(POD_CIDRS_PREFIX, None, 0)?
                     .items
                     .into_iter()
@@ -69,7 +89,7 @@ pub async fn register_node(node: &RaftNode, info: &NodeInfo) -> Result<String, S
         let Some(command) = command else {
             break;
         };
-        match node.propose(command).await {
+        match proposer.propose(command).await {
             Ok(_) => break,
             Err(e @ (StoreError::AlreadyExists { .. } | StoreError::Conflict { .. })) => {
                 last = Some(e)
@@ -77,64 +97,15 @@ pub async fn register_node(node: &RaftNode, info: &NodeInfo) -> Result<String, S
             Err(e) => return Err(e),
         }
     }
-    if let Some(e) = last.filter(|_| node.replica.get(&key).ok().and_then(|(_, r)| r).is_none()) {
+    if let Some(e) = last.filter(|_| engine.get(&key).ok().and_then(|(_, r)| r).is_none()) {
         return Err(e);
     }
     // The write may have been committed by the leader before this replica applied it.
-    node.read_barrier().await?;
-    let (_, record) = node.replica.get(&key)?;
+    proposer.read_barrier().await?;
+    let (_, record) = engine.get(&key)?;
     let cidr = record
         .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.value).ok())
         .and_then(|v| v["spec"]["podCIDR"].as_str().map(str::to_string))
         .unwrap_or_default();
     Ok(cidr)
-}
-
-/// On the leader, every half second: Ready transitions from gossip, and removal of Node
-/// objects whose node left the membership.
-pub async fn run_node_lifecycle(node: Arc<RaftNode>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !node.is_leader() {
-            continue;
-        }
-        let members = node.members();
-        let names: BTreeSet<String> = members.iter().map(|(_, m)| m.name.clone()).collect();
-        let down_ids = node.down_members();
-        let down: BTreeSet<String> = members
-            .iter()
-            .filter(|(id, _)| down_ids.contains_key(id))
-            .map(|(_, m)| m.name.clone())
-            .collect();
-        let listing = match node.replica.list(NODES_PREFIX, None, 0) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list nodes");
-                continue;
-            }
-        };
-        let objects: Vec<_> = listing
-            .items
-            .into_iter()
-            .filter_map(|(k, r)| {
-                serde_json::from_slice(&r.value)
-                    .ok()
-                    .map(|v| (k, r.mod_revision, v))
-            })
-            .collect();
-        for command in nodes::plan(&objects, &names, &down, &now_rfc3339()) {
-            let key = command.ops[0].key().to_string();
-            match node.propose(command).await {
-                Ok(_) => tracing::info!(%key, "node lifecycle"),
-                // Someone wrote it meanwhile: the next round sees the new state.
-                Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
-                Err(e) => tracing::warn!(%key, error = %e, "node lifecycle write failed"),
-            }
-        }
-    }
 }

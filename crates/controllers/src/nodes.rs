@@ -4,15 +4,22 @@
 //! CIDR out of `10.244.0.0/16` in the same atomic write. The leader then writes only
 //! transitions: `Ready` goes `Unknown` when gossip reports the node down and back to `True`
 //! when it returns; the object and its CIDR go when the node leaves the Raft membership.
-//! [`plan`] is pure.
+//! [`plan`] is pure; [`run_node_lifecycle`] is its loop on the leader.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use flotilla_store::{Command, Op, Record, Revision};
+use flotilla_api::meta::rfc3339;
+use flotilla_store::{Command, Op, Record, Revision, StoreError};
 use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-/// Store prefix of Node objects (cluster-scoped, core group).
-pub const NODES_PREFIX: &str = "/core/nodes/";
+use crate::informer::{parse_json, Informer};
+use crate::queue::{run_workers, Next, WorkQueue};
+use crate::Context;
+
+pub use flotilla_api::cluster::{ready_status, NODES_PREFIX};
 /// Store prefix of taken pod CIDRs (`/flotilla/podcidrs/10.244.N.0` → node name).
 pub const POD_CIDRS_PREFIX: &str = "/flotilla/podcidrs/";
 /// Pod CIDRs are `/24`s of `10.244.0.0/16`.
@@ -188,15 +195,6 @@ pub fn register_existing(info: &NodeInfo, current: &Record, now: &str) -> Option
     })
 }
 
-/// The `Ready` condition's status (`True`, `False`, `Unknown`), if any.
-pub fn ready_status(node: &Value) -> Option<&str> {
-    node["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")?["status"]
-        .as_str()
-}
-
 /// Sets `Ready`; a change of status moves `lastTransitionTime`. Returns whether the status
 /// changed.
 fn set_ready(node: &mut Value, ready: bool, now: &str) -> bool {
@@ -254,6 +252,91 @@ pub fn plan(
         }
     }
     writes
+}
+
+/// The cluster as Raft and gossip see it: the members' names, and those gossip reports down.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterMembers {
+    pub names: BTreeSet<String>,
+    pub down: BTreeSet<String>,
+}
+
+/// One node's reconcile: the lifecycle writes for its object, if it is cached.
+async fn reconcile(
+    ctx: &Context,
+    informer: &Informer<Value>,
+    members: &ClusterMembers,
+    key: &str,
+) -> Result<Next, StoreError> {
+    let Some(node) = informer.get(key) else {
+        return Ok(Next::Done);
+    };
+    let now = rfc3339(ctx.clock.now());
+    let observed = [(node.key.clone(), node.revision, node.object.clone())];
+    for command in plan(&observed, &members.names, &members.down, &now) {
+        match ctx.proposer.propose(command).await {
+            Ok(_) => tracing::info!(%key, "node lifecycle"),
+            // Someone wrote it meanwhile: the informer brings the change, and the key again.
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Next::Done)
+}
+
+/// The node lifecycle on the leader, until `shutdown`: `Ready` follows gossip, and the objects
+/// of nodes that left the membership go. A node is looked at when its object changes and when
+/// the membership does.
+pub async fn run_node_lifecycle(
+    ctx: Context,
+    mut members: watch::Receiver<ClusterMembers>,
+    shutdown: CancellationToken,
+) {
+    let queue = WorkQueue::default();
+    let informer = Informer::builder([NODES_PREFIX], parse_json)
+        .on_change({
+            let queue = queue.clone();
+            move |c| queue.add(c.key)
+        })
+        .build();
+    let informing = tokio::spawn({
+        let (informer, engine, stop) =
+            (informer.clone(), Arc::clone(&ctx.engine), shutdown.clone());
+        async move {
+            if let Err(e) = informer.run(engine, stop).await {
+                tracing::warn!(error = %e, "node lifecycle's informer stopped");
+            }
+        }
+    });
+    // Every node is looked at again when the membership changes.
+    let membership_changes = tokio::spawn({
+        let (queue, informer, mut members, stop) = (
+            queue.clone(),
+            informer.clone(),
+            members.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    changed = members.changed() => if changed.is_err() { return },
+                }
+                for key in informer.keys() {
+                    queue.add(key);
+                }
+            }
+        }
+    });
+    members.mark_unchanged();
+    run_workers("node-lifecycle", queue, 1, shutdown, move |key| {
+        let (ctx, informer) = (ctx.clone(), informer.clone());
+        let current = members.borrow().clone();
+        async move { reconcile(&ctx, &informer, &current, &key).await }
+    })
+    .await;
+    membership_changes.abort();
+    let _ = informing.await;
 }
 
 #[cfg(test)]
@@ -345,5 +428,83 @@ mod tests {
             keys,
             vec!["/core/nodes/n1", "/flotilla/podcidrs/10.244.3.0"]
         );
+    }
+
+    mod lifecycle {
+        use std::time::{Duration, SystemTime};
+
+        use flotilla_store::{Engine, MemoryStore};
+        use flotilla_util::{Clock, ManualClock};
+
+        use super::*;
+
+        fn object(store: &MemoryStore, name: &str) -> Option<Value> {
+            let record = store.get(&node_key(name)).unwrap().1?;
+            Some(serde_json::from_slice(&record.value).unwrap())
+        }
+
+        async fn until(what: &str, check: impl Fn() -> bool) {
+            let ok = flotilla_util::wait_until(Duration::from_secs(10), || {
+                let v = check().then_some(());
+                async move { v }
+            })
+            .await;
+            assert!(ok.is_some(), "timed out waiting until {what}");
+        }
+
+        #[tokio::test]
+        async fn ready_follows_gossip_and_a_departed_node_goes() {
+            let store = Arc::new(MemoryStore::new(10_000));
+            for name in ["n1", "n2"] {
+                crate::register_node(store.as_ref(), store.as_ref(), &info(name))
+                    .await
+                    .unwrap();
+            }
+            let clock =
+                ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000));
+            let ctx = Context {
+                engine: Arc::clone(&store) as _,
+                proposer: Arc::clone(&store) as _,
+                clock: Arc::new(clock.clone()),
+            };
+            let (members, rx) = watch::channel(ClusterMembers {
+                names: names(&["n1", "n2"]),
+                down: names(&[]),
+            });
+            let stop = CancellationToken::new();
+            let lifecycle = tokio::spawn(run_node_lifecycle(ctx, rx, stop.clone()));
+
+            let transition = |name: &str| {
+                object(&store, name)
+                    .map(|n| n["status"]["conditions"][0]["lastTransitionTime"].clone())
+            };
+            members.send_modify(|m| m.down = names(&["n2"]));
+            until("n2 is NotReady", || {
+                object(&store, "n2").as_ref().and_then(ready_status) == Some("Unknown")
+            })
+            .await;
+            assert_eq!(transition("n2"), Some(json!(rfc3339(clock.now()))));
+            assert_eq!(
+                object(&store, "n1").as_ref().and_then(ready_status),
+                Some("True")
+            );
+
+            clock.advance(Duration::from_secs(42));
+            members.send_modify(|m| m.down.clear());
+            until("n2 is Ready again", || {
+                object(&store, "n2").as_ref().and_then(ready_status) == Some("True")
+            })
+            .await;
+            assert_eq!(transition("n2"), Some(json!(rfc3339(clock.now()))));
+
+            members.send_modify(|m| m.names = names(&["n1"]));
+            until("n2's object is gone", || object(&store, "n2").is_none()).await;
+            let cidrs = store.list(POD_CIDRS_PREFIX, None, 0).unwrap().items;
+            assert_eq!(cidrs.len(), 1, "n2's pod CIDR is released with it");
+            assert!(object(&store, "n1").is_some());
+
+            stop.cancel();
+            lifecycle.await.unwrap();
+        }
     }
 }

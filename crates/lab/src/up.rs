@@ -15,7 +15,7 @@ use flotilla_pki::{Credential, Kubeconfig};
 use flotilla_rpc::{StoreClient, Tls};
 use serde::{Deserialize, Serialize};
 
-use flotilla_raft::target_voters;
+use flotilla_api::cluster::{ready_status, target_voters, NODES_PREFIX};
 
 use crate::net::{LabError, LabNet, MAX_NODES};
 
@@ -322,14 +322,14 @@ async fn settle(
             };
             let voters = status.members.iter().filter(|m| m.voter).count();
             let ready = client
-                .list_all(flotilla_controllers::nodes::NODES_PREFIX, true)
+                .list_all(NODES_PREFIX, true)
                 .await
                 .map(|objects| {
                     objects
                         .iter()
                         .filter_map(|(_, r)| serde_json::from_slice(&r.value).ok())
                         .filter(|v: &serde_json::Value| {
-                            flotilla_controllers::nodes::ready_status(v) == Some("True")
+                            ready_status(v) == Some("True")
                         })
                         .count()
                 })

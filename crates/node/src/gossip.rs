@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_controllers::ClusterMembers;
 use flotilla_gossip::{Gossip, GossipConfig, Liveness, Membership, NodeMeta, Timing};
 use flotilla_pki::{Credential, NodePki};
 use flotilla_raft::RaftNode;
@@ -115,4 +116,53 @@ async fn reconnect(node: Arc<RaftNode>, gossip: Gossip, shutdown: CancellationTo
             tracing::debug!(error = %e, "gossip reconnect");
         }
     }
+}
+
+/// The members by name and those gossip reports down, for the node lifecycle: recomputed when
+/// Raft's membership changes or gossip reports an event, and once a second as a backstop.
+pub fn watch_members(
+    node: &Arc<RaftNode>,
+    gossip: &Gossip,
+    shutdown: CancellationToken,
+) -> tokio::sync::watch::Receiver<ClusterMembers> {
+    let now = {
+        let node = Arc::clone(node);
+        move || {
+            let members = node.members();
+            let down_ids = node.down_members();
+            ClusterMembers {
+                names: members.iter().map(|(_, m)| m.name.clone()).collect(),
+                down: members
+                    .iter()
+                    .filter(|(id, _)| down_ids.contains_key(id))
+                    .map(|(_, m)| m.name.clone())
+                    .collect(),
+            }
+        }
+    };
+    let (tx, rx) = tokio::sync::watch::channel(now());
+    let mut raft_members = node.members_watch();
+    let mut events = gossip.subscribe();
+    tokio::spawn(async move {
+        let mut backstop = tokio::time::interval(Duration::from_secs(1));
+        backstop.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = raft_members.changed() => if changed.is_err() { return },
+                event = events.recv() => match event {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                _ = backstop.tick() => {}
+            }
+            let current = now();
+            tx.send_if_modified(|m| {
+                let changed = *m != current;
+                *m = current;
+                changed
+            });
+        }
+    });
+    rx
 }

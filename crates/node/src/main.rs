@@ -16,6 +16,8 @@ use flotilla_controllers::nodes::NodeInfo;
 use flotilla_gossip::{Membership, Timing};
 use flotilla_pki::JoinToken;
 use flotilla_raft::{NodeConfig, RaftNode};
+use flotilla_store::Leadership;
+use flotilla_util::{GroupStatusHandle, LeaderGroup};
 
 mod admin;
 mod client;
@@ -24,15 +26,38 @@ mod image_cli;
 mod kubeconfig;
 mod leave;
 mod runtime_cli;
+mod snapshot_cli;
 mod status;
 mod token;
 mod up;
 
-/// The Raft state `/metrics` reports.
-fn raft_gauges(node: Arc<RaftNode>) -> flotilla_apiserver::Gauges {
+/// The leader-only loops: the garbage collector and the node lifecycle.
+fn leader_group(
+    node: &Arc<RaftNode>,
+    members: tokio::sync::watch::Receiver<flotilla_controllers::ClusterMembers>,
+) -> LeaderGroup {
+    let ctx = flotilla_controllers::Context {
+        engine: Arc::new(node.replica.clone()),
+        proposer: Arc::clone(node) as Arc<dyn flotilla_store::Proposer>,
+        clock: Arc::new(flotilla_util::SystemClock),
+    };
+    let mut group = LeaderGroup::new();
+    group.add("garbage-collector", {
+        let ctx = ctx.clone();
+        move |stop| flotilla_controllers::gc::run(ctx.clone(), stop)
+    });
+    group.add("node-lifecycle", move |stop| {
+        flotilla_controllers::run_node_lifecycle(ctx.clone(), members.clone(), stop)
+    });
+    group
+}
+
+/// The Raft state and the leader loops, for `/metrics`.
+fn node_gauges(node: Arc<RaftNode>, leader_loops: GroupStatusHandle) -> flotilla_apiserver::Gauges {
     use flotilla_apiserver::Gauge;
     Arc::new(move || {
         let s = node.status();
+        let group = leader_loops.get();
         let gauge = |name, help, value: f64| Gauge {
             name,
             help,
@@ -76,7 +101,30 @@ fn raft_gauges(node: Arc<RaftNode>) -> flotilla_apiserver::Gauges {
                 "Members (voters and learners) in the Raft membership.",
                 s.members.len() as f64,
             ),
+            gauge(
+                "flotilla_leader_loops_running_term",
+                "The term whose leader-only loops run on this node (0: none).",
+                group.running_term.unwrap_or(0) as f64,
+            ),
+            gauge(
+                "flotilla_leader_loops_starts_total",
+                "How often this node started its leader-only loops.",
+                group.starts as f64,
+            ),
+            gauge(
+                "flotilla_leader_loops_stops_total",
+                "How often this node stopped its leader-only loops.",
+                group.stops as f64,
+            ),
         ]
+        .into_iter()
+        .chain(group.started_terms.iter().map(|term| Gauge {
+            name: "flotilla_leader_loops_started_in_term",
+            help: "1 for each term in which this node started its leader-only loops.",
+            labels: format!("term=\"{term}\""),
+            value: 1.0,
+        }))
+        .collect()
     })
 }
 
@@ -112,6 +160,8 @@ enum Command {
     Runtime(runtime_cli::RuntimeArgs),
     /// The node's image store: import archives, list and remove images.
     Image(image_cli::ImageArgs),
+    /// Back the cluster state up to a file, and make a new cluster from one.
+    Snapshot(snapshot_cli::SnapshotArgs),
 }
 
 #[derive(clap::Args)]
@@ -284,6 +334,7 @@ fn main() -> ExitCode {
         Command::Leave(args) => runtime.block_on(leave::run(args)),
         Command::Kubeconfig(args) => kubeconfig::run(args),
         Command::Image(args) => image_cli::run(args),
+        Command::Snapshot(args) => runtime.block_on(snapshot_cli::run(args)),
         Command::Runtime(_) => unreachable!("handled before the async runtime starts"),
     };
     match result {
@@ -344,6 +395,10 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let pki = flotilla_pki::NodePki::load(&data_dir)
         .map_err(|e| format!("cannot read the node's credentials: {e}"))?
         .ok_or("no credentials under the data dir")?;
+    // The leader-only loops, started and stopped together with this node's leadership.
+    let members = gossip::watch_members(&node, &gossip, stop.clone());
+    let group = leader_group(&node, members);
+    let leader_status = group.status();
     let api_config = flotilla_apiserver::ApiConfig {
         engine: Arc::new(node.replica.clone()),
         proposer: Arc::clone(&node) as Arc<dyn flotilla_store::Proposer>,
@@ -355,7 +410,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         },
         advertise: api_addr,
         metrics: Arc::default(),
-        gauges: raft_gauges(Arc::clone(&node)),
+        gauges: node_gauges(Arc::clone(&node), leader_status),
     };
     tokio::spawn({
         let stop = stop.clone();
@@ -366,14 +421,8 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         }
     });
     tokio::spawn(register(Arc::clone(&node), info, stop.clone()));
-    tokio::spawn(flotilla_controllers::run_node_lifecycle(
-        Arc::clone(&node),
-        stop.clone(),
-    ));
-    tokio::spawn(flotilla_controllers::run_garbage_collector(
-        Arc::clone(&node),
-        stop.clone(),
-    ));
+    let leader_loops =
+        flotilla_util::spawn_named("leader-group", group.run(node.leadership(), stop.clone()));
     let status = node.status();
     tracing::info!(name = %node.name, id = %node.id, addr = %node.addr, cluster = %node.cluster_id, role = %status.role, allocator = flotilla_sys::alloc::name(), "node ready");
     // One machine-readable line on stdout for tools and tests.
@@ -409,6 +458,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         _ = node.left.cancelled() => tracing::info!("left the cluster; shutting down"),
     }
     stop.cancel();
+    let _ = leader_loops.await;
     gossip.leave(Duration::from_secs(1)).await;
     let _ = reconnecting.await;
     node.shutdown().await;
@@ -419,7 +469,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
 /// while the cluster has no quorum.
 async fn register(node: Arc<RaftNode>, info: NodeInfo, stop: tokio_util::sync::CancellationToken) {
     loop {
-        match flotilla_controllers::ensure_system_namespaces(&node).await {
+        match flotilla_controllers::ensure_system_namespaces(&node.replica, node.as_ref()).await {
             Ok(()) => break,
             Err(e) => tracing::warn!(error = %e, "cannot create the system namespaces yet"),
         }
@@ -429,7 +479,7 @@ async fn register(node: Arc<RaftNode>, info: NodeInfo, stop: tokio_util::sync::C
         }
     }
     loop {
-        match flotilla_controllers::register_node(&node, &info).await {
+        match flotilla_controllers::register_node(&node.replica, node.as_ref(), &info).await {
             Ok(cidr) => {
                 tracing::info!(%cidr, "node registered");
                 return;

@@ -21,9 +21,20 @@ pub fn now_unix() -> u64 {
 }
 
 #[derive(Serialize, Deserialize)]
-struct StoredCa {
+pub(crate) struct StoredCa {
     cert_pem: String,
     key_pem: String,
+}
+
+/// The CA stored at [`CA_KEY`], from its value.
+pub(crate) fn ca_of(value: &[u8]) -> Result<Ca, String> {
+    let stored: StoredCa =
+        serde_json::from_slice(value).map_err(|e| format!("stored CA is unreadable: {e}"))?;
+    Ca::from_pem(Credential {
+        cert_pem: stored.cert_pem,
+        key_pem: stored.key_pem,
+    })
+    .map_err(|e| format!("stored CA is unusable: {e}"))
 }
 
 fn store_status(e: StoreError) -> Status {
@@ -66,13 +77,7 @@ impl RaftNode {
         let (_, record) = self.replica.get(CA_KEY).map_err(store_status)?;
         let record =
             record.ok_or_else(|| Status::unavailable("the cluster CA is not in the store yet"))?;
-        let stored: StoredCa = serde_json::from_slice(&record.value)
-            .map_err(|e| Status::internal(format!("stored CA is unreadable: {e}")))?;
-        Ca::from_pem(Credential {
-            cert_pem: stored.cert_pem,
-            key_pem: stored.key_pem,
-        })
-        .map_err(|e| Status::internal(format!("stored CA is unusable: {e}")))
+        ca_of(&record.value).map_err(Status::internal)
     }
 
     /// Checks the token, signs the node's certificate and adds it as a learner. Nothing is

@@ -28,6 +28,13 @@ pub const KEY_MEMBERSHIP: &[u8] = b"membership";
 /// An upper bound above every key of the `data` family: UTF-8 never contains the byte 0xFF.
 pub const DATA_END: &[u8] = &[0xff];
 
+/// One write of a batch, kept so that the batch can be made again (a RocksDB `WriteBatch` is
+/// consumed by a refused write).
+pub enum BatchOp {
+    Put(&'static str, Vec<u8>, Vec<u8>),
+    Delete(&'static str, Vec<u8>),
+}
+
 /// Who this node is, kept with its data so that a restart resumes the same member.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -143,6 +150,49 @@ impl Db {
         opts.set_wait(true);
         self.db
             .flush_cfs_opt(&[self.cf(CF_DATA), self.cf(CF_SM)], &opts)
+    }
+
+    /// Writes `ops` from an async task without ever blocking its worker thread on a write
+    /// stall: the write is tried with `no_slowdown` (RocksDB refuses at once where it would
+    /// wait for a flush or compaction) and, if refused, made on the blocking pool. The fast
+    /// path is a memtable insert and an unsynced write to the WAL file, as before; a slow disk
+    /// then delays this write, not the node's heartbeats. `wal: false` skips the WAL.
+    pub async fn write_unstalled(
+        self: &Arc<Self>,
+        ops: Vec<BatchOp>,
+        wal: bool,
+    ) -> std::io::Result<()> {
+        let options = move |no_slowdown: bool| {
+            let mut o = rocksdb::WriteOptions::default();
+            o.disable_wal(!wal);
+            o.set_no_slowdown(no_slowdown);
+            o
+        };
+        match self.db.write_opt(self.batch_of(&ops), &options(true)) {
+            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => {
+                tracing::debug!("rocksdb write stall: writing on the blocking pool");
+                let db = Arc::clone(self);
+                tokio::task::spawn_blocking(move || {
+                    db.db
+                        .write_opt(db.batch_of(&ops), &options(false))
+                        .map_err(std::io::Error::other)
+                })
+                .await
+                .map_err(std::io::Error::other)?
+            }
+            done => done.map_err(std::io::Error::other),
+        }
+    }
+
+    fn batch_of(&self, ops: &[BatchOp]) -> rocksdb::WriteBatch {
+        let mut batch = rocksdb::WriteBatch::default();
+        for op in ops {
+            match op {
+                BatchOp::Put(cf, key, value) => batch.put_cf(self.cf(cf), key, value),
+                BatchOp::Delete(cf, key) => batch.delete_cf(self.cf(cf), key),
+            }
+        }
+        batch
     }
 
     pub fn save_identity(&self, identity: &Identity) -> Result<(), rocksdb::Error> {

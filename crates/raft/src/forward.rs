@@ -15,6 +15,7 @@ use flotilla_rpc::pb::store_client::StoreClient;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::failpoint;
 use crate::network::Network;
 
 #[derive(Clone)]
@@ -57,9 +58,29 @@ impl Forwarder {
             move |proposals| {
                 let mut client = client.clone();
                 Box::pin(async move {
+                    let keys: Vec<String> = if failpoint::is_armed(failpoint::FORWARD_REPLY_LOST) {
+                        proposals
+                            .iter()
+                            .flat_map(|p| flotilla_rpc::command_from_pb(p.ops.clone()))
+                            .flat_map(|c| c.ops.into_iter().map(|op| op.key().to_string()))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
                     let resp = client
                         .propose_forwarded(pb::ProposeForwardedRequest { proposals })
                         .await?;
+                    let lost = failpoint::fire(failpoint::FORWARD_REPLY_LOST, |prefix| {
+                        keys.iter().any(|k| k.starts_with(prefix))
+                    });
+                    if lost {
+                        tracing::warn!(
+                            "failpoint: the leader's answer to a forwarded batch is lost"
+                        );
+                        return Err(Status::unavailable(
+                            "connection reset (failpoint forward-reply-lost)",
+                        ));
+                    }
                     Ok(resp.into_inner().results)
                 })
             },

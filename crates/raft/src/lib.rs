@@ -4,7 +4,9 @@
 
 mod admission;
 mod append_stream;
+mod backup;
 mod db;
+mod failpoint;
 mod forward;
 mod log_store;
 mod members;
@@ -20,8 +22,10 @@ mod state_machine;
 mod status;
 mod types;
 
+pub use backup::{restore, RestoreConfig, RestoreError, Restored};
 pub use db::{Identity, OpenError};
 pub use membership::{plan, target_voters, AutopilotConfig, LivenessSource, Observed, Step};
 pub use node::{NodeConfig, RaftNode, StartError};
+pub use snapshot::verify as verify_snapshot;
 pub use state_machine::Replica;
 pub use types::{Member, NodeId, TypeConfig};

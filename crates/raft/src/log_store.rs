@@ -13,7 +13,8 @@ use openraft::OptionalSend;
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
 
 use crate::db::{
-    index_from_key, index_key, Db, CF_LOG, CF_META, KEY_COMMITTED, KEY_LAST_PURGED, KEY_VOTE,
+    index_from_key, index_key, BatchOp, Db, CF_LOG, CF_META, KEY_COMMITTED, KEY_LAST_PURGED,
+    KEY_VOTE,
 };
 use crate::recent::{Recent, DEFAULT_BUDGET};
 use crate::types::{decode, encode, io_err, Entry, LogId, TypeConfig, Vote};
@@ -113,6 +114,24 @@ impl LogStore {
     }
 }
 
+/// Entries from `start` up to `end` (exclusive; `None`: to the last) from RocksDB.
+fn read_entries(db: &Db, start: u64, end: Option<u64>) -> io::Result<Vec<Entry>> {
+    let from = index_key(start);
+    let iter = db
+        .db
+        .iterator_cf(db.cf(CF_LOG), IteratorMode::From(&from, Direction::Forward));
+    let mut out = Vec::new();
+    for item in iter {
+        let (key, value) = item.map_err(|e| io_err("read raft log", e))?;
+        let index = index_from_key(&key).ok_or_else(|| io_err("read raft log", "malformed key"))?;
+        if end.is_some_and(|end| index >= end) {
+            break;
+        }
+        out.push(decode(&value).map_err(|e| io_err("decode log entry", e))?);
+    }
+    Ok(out)
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -131,20 +150,18 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if let Some(entries) = self.recent().get(start, end) {
             return Ok(entries);
         }
-        let from = index_key(start);
-        let iter = self.db.db.iterator_cf(
-            self.db.cf(CF_LOG),
-            IteratorMode::From(&from, Direction::Forward),
-        );
-        let mut out = Vec::new();
-        for item in iter {
-            let (key, value) = item.map_err(|e| io_err("read raft log", e))?;
-            let index =
-                index_from_key(&key).ok_or_else(|| io_err("read raft log", "malformed key"))?;
-            if end.is_some_and(|end| index >= end) {
-                break;
+        // Older entries (a follower catching up) come from RocksDB, on the blocking pool.
+        let db = Arc::clone(&self.db);
+        let mut out = tokio::task::spawn_blocking(move || read_entries(&db, start, end))
+            .await
+            .map_err(|e| io_err("raft log reader task", e))??;
+        // The newest entries may still be on their way to RocksDB (an append is in the run
+        // before it is written): the rest of the range comes from the run.
+        let next = out.last().map_or(start, |e| e.log_id.index + 1);
+        if end.is_none_or(|end| next < end) {
+            if let Some(rest) = self.recent().get(next, end) {
+                out.extend(rest);
             }
-            out.push(decode(&value).map_err(|e| io_err("decode log entry", e))?);
         }
         Ok(out)
     }
@@ -191,20 +208,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = WriteBatch::default();
-        let cf = self.db.cf(CF_LOG);
-        let mut recent = self.recent();
-        for entry in entries {
-            let bytes = encode(&entry);
-            batch.put_cf(cf, index_key(entry.log_id.index), &bytes);
-            // Into the recent entries first: a reader served from them must never find fewer
-            // entries than RocksDB already has.
-            recent.appended(entry, bytes.len());
+        let mut ops = Vec::new();
+        {
+            let mut recent = self.recent();
+            for entry in entries {
+                let bytes = encode(&entry);
+                let key = index_key(entry.log_id.index).to_vec();
+                // Into the recent entries first: a reader served from them must never find
+                // fewer entries than RocksDB already has.
+                recent.appended(entry, bytes.len());
+                ops.push(BatchOp::Put(CF_LOG, key, bytes));
+            }
         }
-        drop(recent);
-        // Written now, without a sync (a memtable insert and a write to the WAL file); the
-        // sync thread makes it durable and only then reports it flushed.
-        let written = self.db.db.write_opt(batch, &WriteOptions::default());
+        // Written now, without a sync (a memtable insert and a write to the WAL file), and
+        // never waiting on a write stall on this async worker; the sync thread makes it durable
+        // and only then reports it flushed.
+        let written = self.db.write_unstalled(ops, true).await;
         if let Err(e) = written {
             // The run may have replaced entries RocksDB still holds: read from RocksDB only.
             self.recent().clear();

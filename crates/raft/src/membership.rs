@@ -5,6 +5,7 @@
 //!
 //! [`plan`] is pure: membership, replication progress and liveness in, one step out.
 
+pub use flotilla_api::cluster::target_voters;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,16 +18,6 @@ use crate::types::{NodeId, Raft};
 
 /// A learner is caught up when its replicated log is at most this many entries behind.
 pub const CAUGHT_UP_LAG: u64 = 100;
-
-/// The number of voters a cluster of `members` healthy nodes should have: the largest odd
-/// number not above it, at most 5.
-pub fn target_voters(members: usize) -> usize {
-    match members {
-        0..=2 => 1,
-        3 | 4 => 3,
-        _ => 5,
-    }
-}
 
 /// Where liveness comes from (gossip, wired by the binary): every member gossip knows, with
 /// `None` while it is alive and `Some(how long)` while it is down (dead, or left without being

@@ -14,7 +14,7 @@ use flotilla_pki::{Ca, CaHash, Credential, JoinToken, NodePki};
 use flotilla_rpc::pb;
 use flotilla_rpc::pb::store_client::StoreClient as PbStoreClient;
 use flotilla_rpc::{command_to_pb, error_from_pb, Tls};
-use flotilla_store::{Command, Engine, Proposer, Revision, StoreError};
+use flotilla_store::{Command, Engine, Leadership, Proposer, Revision, StoreError};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
@@ -147,6 +147,8 @@ pub struct RaftNode {
     pub(crate) liveness: Arc<std::sync::RwLock<LivenessSource>>,
     /// Every term in which this process saw itself leader, for the "one leader per term" check.
     pub(crate) led_terms: Arc<Mutex<std::collections::BTreeSet<u64>>>,
+    /// `Some(term)` while this node leads (see [`Leadership`]).
+    leading: tokio::sync::watch::Sender<Option<u64>>,
 }
 
 enum Mode {
@@ -220,7 +222,14 @@ impl RaftNode {
             Ok(a) => a,
             Err(_) => SocketAddr::new(config.advertise, config.peer_port),
         };
-        let listener = std::net::TcpListener::bind(bind).map_err(|source| {
+        // A restarted node takes its recorded port again. A client's connection may hold it
+        // as its local port for a moment (the kernel hands out listening and outgoing ports
+        // from one range), so a resume waits a little for it.
+        let patience = match &mode {
+            Mode::Resume => Duration::from_secs(5),
+            _ => Duration::ZERO,
+        };
+        let listener = bind_listener(bind, patience).await.map_err(|source| {
             if source.kind() == std::io::ErrorKind::AddrInUse {
                 StartError::PortInUse { addr: bind }
             } else {
@@ -352,13 +361,15 @@ impl RaftNode {
             gossip_addr: identity.gossip_addr.clone(),
             liveness: Arc::new(std::sync::RwLock::new(Arc::new(BTreeMap::new))),
             led_terms: Arc::default(),
+            leading: tokio::sync::watch::channel(None).0,
             left: CancellationToken::new(),
             data_dir: config.data_dir.clone(),
         });
-        node.spawn(crate::status::record_led_terms(
+        node.spawn(crate::status::follow_leadership(
             node.raft.clone(),
             node.id,
             Arc::clone(&node.led_terms),
+            node.leading.clone(),
             node.shutdown.clone(),
         ));
 
@@ -441,6 +452,11 @@ impl RaftNode {
             .map_err(|_| StartError::BootstrapTimeout { secs })?;
         tracing::info!(cluster = %self.cluster_id, "bootstrapped a new cluster");
         Ok(())
+    }
+
+    /// Cancelled when the node shuts down.
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     pub async fn shutdown(&self) {
@@ -527,9 +543,16 @@ impl RaftNode {
     }
 
     /// Runs `local` on the leader: here if this node leads, else forwarded with `remote`.
+    ///
+    /// A try is repeated only when it certainly had no effect: no leader, a leader that turned
+    /// it away, or a call that never reached the leader. When `idempotent` is false (proposals),
+    /// a call that may have reached the leader and whose answer was lost (a reset connection,
+    /// no answer in time) is not sent again: its outcome is unknown, and answered as a
+    /// [`StoreError::Timeout`] saying so, as etcd and Kubernetes do.
     async fn on_leader<T, L, LF, R, RF>(
         &self,
         what: &str,
+        idempotent: bool,
         local: L,
         remote: R,
     ) -> Result<T, StoreError>
@@ -541,6 +564,12 @@ impl RaftNode {
     {
         let deadline = Instant::now() + self.request_timeout;
         let mut last = String::from("no leader elected");
+        let unknown = |member: &Member, why: String| StoreError::Timeout {
+            waiting_for: format!(
+                "the answer of leader {member} ({why}): the {what} may or may not have been applied"
+            ),
+            millis: self.request_timeout.as_millis() as u64,
+        };
         loop {
             let leader = self.leader();
             match leader {
@@ -558,10 +587,19 @@ impl RaftNode {
                         Ok(Ok(Ok(v))) => return Ok(v),
                         Ok(Ok(Err(StoreError::NotLeader { reason }))) => last = reason,
                         Ok(Ok(Err(e))) => return Err(e),
-                        Ok(Err(status)) => {
+                        Ok(Err(status)) if idempotent || flotilla_rpc::never_sent(&status) => {
                             last = format!("leader {member} unreachable: {}", status.message())
                         }
-                        Err(_) => last = format!("leader {member} did not answer in time"),
+                        Ok(Err(status)) => {
+                            return Err(unknown(
+                                &member,
+                                format!("the call failed: {}", status.message()),
+                            ))
+                        }
+                        Err(_) if idempotent => {
+                            last = format!("leader {member} did not answer in time")
+                        }
+                        Err(_) => return Err(unknown(&member, "no answer in time".into())),
                     }
                 }
                 None => {}
@@ -618,6 +656,23 @@ impl RaftNode {
             )
             .await
             .is_ok()
+    }
+}
+
+/// Binds `addr`, trying again for up to `patience` while it is in use.
+async fn bind_listener(
+    addr: SocketAddr,
+    patience: Duration,
+) -> std::io::Result<std::net::TcpListener> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tracing::info!(%addr, "the recorded peer port is in use; waiting for it");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            bound => return bound,
+        }
     }
 }
 
@@ -697,12 +752,19 @@ fn new_node_id() -> NodeId {
     rand::random::<u64>().max(1)
 }
 
+impl Leadership for RaftNode {
+    fn leadership(&self) -> tokio::sync::watch::Receiver<Option<u64>> {
+        self.leading.subscribe()
+    }
+}
+
 #[async_trait]
 impl Proposer for RaftNode {
     async fn propose(&self, command: Command) -> Result<Revision, StoreError> {
         let ops = command_to_pb(&command);
         self.on_leader(
             "proposal",
+            false,
             || self.propose_local(command.clone()),
             |leader| {
                 let answer = self.forwarder.propose(&leader.addr, ops.clone());
@@ -722,6 +784,7 @@ impl Proposer for RaftNode {
         let index = self
             .on_leader(
                 "read index",
+                true,
                 || self.read_index_local(),
                 |leader| {
                     let mut client = self.store_client(&leader.addr);

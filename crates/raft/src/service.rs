@@ -550,7 +550,55 @@ impl Cluster for ClusterService {
         self.node.remove_member(req.into_inner()).await?;
         Ok(Response::new(pb::RemoveMemberResponse {}))
     }
+
+    type SaveSnapshotStream = SnapshotFileStream;
+
+    async fn save_snapshot(
+        &self,
+        req: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        require_group(&req, ADMINS_GROUP, "only an admin may save a snapshot")?;
+        let (path, index) = self
+            .node
+            .write_backup()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        tracing::info!(index, "streaming a backup snapshot");
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let sent = async {
+                let mut file = tokio::fs::File::open(&path).await?;
+                loop {
+                    let mut data = vec![0u8; BACKUP_CHUNK];
+                    let n = file.read(&mut data).await?;
+                    if n == 0 {
+                        return Ok::<_, std::io::Error>(());
+                    }
+                    data.truncate(n);
+                    if tx.send(Ok(pb::SnapshotFileChunk { data })).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            .await;
+            if let Err(e) = sent {
+                let _ = tx
+                    .send(Err(Status::internal(format!("reading the backup: {e}"))))
+                    .await;
+            }
+            let _ = tokio::fs::remove_file(&path).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 }
+
+/// Backups travel in chunks of this size.
+const BACKUP_CHUNK: usize = 1 << 20;
+
+type SnapshotFileStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotFileChunk, Status>> + Send>>;
 
 /// Refuses the call unless the caller's client certificate puts it in `group`.
 fn require_group<T>(req: &Request<T>, group: &str, refusal: &str) -> Result<(), Status> {

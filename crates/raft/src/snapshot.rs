@@ -75,10 +75,22 @@ pub struct SnapshotContents {
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
+    /// Bytes left in the file: a corrupt length cannot make a reader allocate past them.
+    remaining: u64,
 }
 
 impl<R: Read> HashingReader<R> {
     fn exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        if n as u64 > self.remaining {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file ends {} bytes before a field of {n} bytes",
+                    self.remaining
+                ),
+            ));
+        }
+        self.remaining -= n as u64;
         let mut buf = vec![0; n];
         self.inner.read_exact(&mut buf)?;
         self.hasher.update(&buf);
@@ -93,9 +105,12 @@ impl<R: Read> HashingReader<R> {
 
 /// Opens a snapshot file and reads its header: the reader, positioned after the metadata.
 fn open(path: &Path) -> io::Result<(HashingReader<BufReader<File>>, SnapshotMeta)> {
+    let file = File::open(path)?;
+    let remaining = file.metadata()?.len();
     let mut r = HashingReader {
-        inner: BufReader::new(File::open(path)?),
+        inner: BufReader::new(file),
         hasher: Sha256::new(),
+        remaining,
     };
     if r.exact(MAGIC.len())? != MAGIC {
         return Err(io_err(
@@ -140,6 +155,14 @@ pub fn read(path: &Path) -> io::Result<SnapshotContents> {
         ));
     }
     Ok(SnapshotContents { meta, records })
+}
+
+/// Verifies a snapshot file in full (format and checksum): the index it is at and its number
+/// of keys.
+pub fn verify(path: &Path) -> io::Result<(u64, usize)> {
+    let contents = read(path)?;
+    let index = contents.meta.last_log_id.map_or(0, |l| l.index);
+    Ok((index, contents.records.len()))
 }
 
 /// The directory of a node's snapshot files.

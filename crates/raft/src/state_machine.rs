@@ -21,7 +21,7 @@ use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
-use crate::db::{Db, CF_DATA, CF_SM, DATA_END, KEY_LAST_APPLIED, KEY_MEMBERSHIP};
+use crate::db::{BatchOp, Db, CF_DATA, CF_SM, DATA_END, KEY_LAST_APPLIED, KEY_MEMBERSHIP};
 use crate::log_store::last_purged;
 use crate::snapshot::{self, SnapshotDir, SnapshotWriter};
 use crate::types::{
@@ -34,7 +34,7 @@ const MAX_APPLY_GROUP: usize = 512;
 /// The local replica's data, shared by the state machine and readers.
 #[derive(Clone)]
 pub struct Replica {
-    db: Arc<Db>,
+    pub(crate) db: Arc<Db>,
     applied: Arc<AtomicU64>,
     window: Arc<WatchWindow>,
 }
@@ -139,7 +139,7 @@ impl Engine for Replica {
         self.applied.load(Ordering::Acquire)
     }
 
-    fn window(&self) -> &WatchWindow {
+    fn window(&self) -> &Arc<WatchWindow> {
         &self.window
     }
 }
@@ -159,12 +159,10 @@ impl StateMachine {
         &self.replica.db
     }
 
-    /// Applies consecutive committed entries in one `WriteBatch` (with `last_applied` set to the
+    /// Applies consecutive committed entries in one write (with `last_applied` set to the
     /// last of them), then publishes their changes and answers their proposers in order.
-    fn apply_group(&self, group: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
-        let data = self.db().cf(CF_DATA);
-        let sm = self.db().cf(CF_SM);
-        let mut batch = WriteBatch::default();
+    async fn apply_group(&self, group: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+        let mut ops = Vec::new();
         // Writes of earlier entries in this group, which later ones must see.
         let mut written: HashMap<String, Option<Record>> = HashMap::new();
         let mut applied = Vec::with_capacity(group.len());
@@ -183,10 +181,12 @@ impl StateMachine {
                 })? {
                     Ok(planned) => {
                         for (key, value) in planned.writes {
-                            match &value {
-                                Some(record) => batch.put_cf(data, key.as_bytes(), record.encode()),
-                                None => batch.delete_cf(data, key.as_bytes()),
-                            }
+                            ops.push(match &value {
+                                Some(record) => {
+                                    BatchOp::Put(CF_DATA, key.as_bytes().to_vec(), record.encode())
+                                }
+                                None => BatchOp::Delete(CF_DATA, key.as_bytes().to_vec()),
+                            });
                             written.insert(key, value);
                         }
                         events = planned.events;
@@ -196,21 +196,28 @@ impl StateMachine {
                 },
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(log_id), m.clone());
-                    batch.put_cf(sm, KEY_MEMBERSHIP, encode(&stored));
+                    ops.push(BatchOp::Put(
+                        CF_SM,
+                        KEY_MEMBERSHIP.to_vec(),
+                        encode(&stored),
+                    ));
                     Outcome(Ok(revision))
                 }
             };
             last = Some(log_id);
             applied.push((revision, events, responder, outcome));
         }
-        batch.put_cf(sm, KEY_LAST_APPLIED, encode(&last));
+        ops.push(BatchOp::Put(
+            CF_SM,
+            KEY_LAST_APPLIED.to_vec(),
+            encode(&last),
+        ));
         // No write-ahead log: the entries are in the Raft log, which is kept until the state
-        // they produced is flushed (`LogStore::purge`).
-        let mut opts = WriteOptions::default();
-        opts.disable_wal(true);
-        self.db()
+        // they produced is flushed (`LogStore::purge`). Never waiting on a write stall here.
+        self.replica
             .db
-            .write_opt(batch, &opts)
+            .write_unstalled(ops, false)
+            .await
             .map_err(|e| io_err("apply entries", e))?;
         for (revision, events, responder, outcome) in applied {
             self.replica.applied.store(revision, Ordering::Release);
@@ -263,7 +270,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     None => break,
                 }
             }
-            self.apply_group(group)?;
+            self.apply_group(group).await?;
         }
         Ok(())
     }
@@ -359,7 +366,7 @@ fn install(
 /// behind the purged log is written by `get_current_snapshot`, from the state at that time.
 /// Writing the whole state at every threshold cost about a fifth of a loaded node's time.
 pub struct SnapshotBuilder {
-    db: Arc<Db>,
+    pub(crate) db: Arc<Db>,
     snapshots: SnapshotDir,
 }
 
@@ -392,20 +399,15 @@ fn write_file(db: &Db, snapshots: &SnapshotDir) -> io::Result<Snapshot> {
     let started = std::time::Instant::now();
     let snap = db.db.snapshot();
     let meta = snapshot_meta(db, &snap)?;
-    let mut writer = SnapshotWriter::create(snapshots.temp_path("build"), &meta)?;
-    let mut opts = ReadOptions::default();
-    opts.set_snapshot(&snap);
-    let mut keys = 0u64;
-    for item in db
-        .db
-        .iterator_cf_opt(db.cf(CF_DATA), opts, IteratorMode::Start)
-    {
-        let (key, value) = item.map_err(|e| io_err("read state for snapshot", e))?;
-        writer.record(&key, &value)?;
-        keys += 1;
-    }
+    drop(snap);
     let path = snapshots.path_for(&meta);
-    writer.finish(&path)?;
+    let (meta, keys) = write_snapshot(db, snapshots.temp_path("build"), &path)?;
+    // The state may have moved on since the point was read: the file is named by its own.
+    let named = snapshots.path_for(&meta);
+    if named != path {
+        std::fs::rename(&path, &named)?;
+    }
+    let path = named;
     snapshots.prune(&path)?;
     tracing::info!(
         index = meta.last_log_id.as_ref().map_or(0, |l| l.index),
@@ -417,6 +419,31 @@ fn write_file(db: &Db, snapshots: &SnapshotDir) -> io::Result<Snapshot> {
         meta,
         snapshot: path,
     })
+}
+
+/// Writes a snapshot file of the state as one RocksDB snapshot sees it: built at `tmp`, moved
+/// to `path` once sealed. Returns its point and how many keys it holds.
+pub(crate) fn write_snapshot(
+    db: &Db,
+    tmp: PathBuf,
+    path: &std::path::Path,
+) -> io::Result<(SnapshotMeta, u64)> {
+    let snap = db.db.snapshot();
+    let meta = snapshot_meta(db, &snap)?;
+    let mut writer = SnapshotWriter::create(tmp, &meta)?;
+    let mut opts = ReadOptions::default();
+    opts.set_snapshot(&snap);
+    let mut keys = 0u64;
+    for item in db
+        .db
+        .iterator_cf_opt(db.cf(CF_DATA), opts, IteratorMode::Start)
+    {
+        let (key, value) = item.map_err(|e| io_err("read state for snapshot", e))?;
+        writer.record(&key, &value)?;
+        keys += 1;
+    }
+    writer.finish(path)?;
+    Ok((meta, keys))
 }
 
 #[cfg(test)]
@@ -467,6 +494,7 @@ mod tests {
             entry(5, Command::delete("/a", Some(2))),
             entry(6, Command::create("/b", b"6".to_vec())),
         ])
+        .await
         .unwrap();
 
         assert_eq!(replica.applied_revision(), 6);
@@ -511,7 +539,7 @@ mod tests {
         let (db, _, snapshots, mut sm) = open_sm(dir.path());
         let mut log = crate::log_store::LogStore::new(Arc::clone(&db));
         let id = |index| put(index).0.log_id;
-        sm.apply_group((1..=3).map(put).collect()).unwrap();
+        sm.apply_group((1..=3).map(put).collect()).await.unwrap();
 
         let built = sm
             .get_snapshot_builder()
@@ -531,7 +559,7 @@ mod tests {
         assert_eq!(keys, vec![&b"/k1"[..], b"/k2", b"/k3"]);
 
         // Still covering the purged log: the same file, although the state moved on.
-        sm.apply_group(vec![put(4)]).unwrap();
+        sm.apply_group(vec![put(4)]).await.unwrap();
         let again = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(
             (again.meta, again.snapshot),
@@ -555,9 +583,14 @@ mod tests {
     fn crash_child() {
         let dir = std::env::var("FLOTILLA_CRASH_DIR").expect("run by the parent test");
         let (db, _, _, sm) = open_sm(std::path::Path::new(&dir));
-        sm.apply_group((1..=3).map(put).collect()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(sm.apply_group((1..=3).map(put).collect()))
+            .unwrap();
         db.persist_state_machine().unwrap();
-        sm.apply_group((4..=5).map(put).collect()).unwrap();
+        rt.block_on(sm.apply_group((4..=5).map(put).collect()))
+            .unwrap();
         // Make sure the later group reached RocksDB before dying without a close.
         assert_eq!(
             db.db.get_cf(db.cf(CF_DATA), b"/k5").unwrap().as_deref(),

@@ -15,11 +15,13 @@ use crate::membership::LivenessSource;
 use crate::node::RaftNode;
 use crate::types::{Member, NodeId, Raft};
 
-/// Follows this node's metrics and records each term in which it is leader.
-pub(crate) async fn record_led_terms(
+/// Follows this node's metrics: publishes the term it leads in (or `None`) to `leading`, and
+/// records each term in which it is leader.
+pub(crate) async fn follow_leadership(
     raft: Raft,
     id: NodeId,
     terms: Arc<Mutex<std::collections::BTreeSet<u64>>>,
+    leading: tokio::sync::watch::Sender<Option<u64>>,
     shutdown: CancellationToken,
 ) {
     let mut metrics = raft.metrics();
@@ -32,14 +34,47 @@ pub(crate) async fn record_led_terms(
         if let Some(term) = led {
             terms.lock().unwrap_or_else(|p| p.into_inner()).insert(term);
         }
+        leading.send_if_modified(|now| std::mem::replace(now, led) != led);
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => break,
+            changed = metrics.changed() => if changed.is_err() { break },
         }
     }
+    // A node that stops follows nothing any more: it leads nothing.
+    leading.send_replace(None);
 }
 
 impl RaftNode {
+    /// A watch of the Raft members by id, changed only when the membership changes.
+    pub fn members_watch(&self) -> tokio::sync::watch::Receiver<BTreeMap<NodeId, Member>> {
+        let members = |m: &openraft::metrics::RaftServerMetrics<crate::types::TypeConfig>| {
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let mut metrics = self.raft.server_metrics();
+        let (tx, rx) = tokio::sync::watch::channel(members(&metrics.borrow_watched()));
+        let shutdown = self.shutdown_token();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    changed = metrics.changed() => if changed.is_err() { return },
+                }
+                let now = members(&metrics.borrow_watched());
+                tx.send_if_modified(|m| {
+                    let changed = *m != now;
+                    *m = now;
+                    changed
+                });
+            }
+        });
+        rx
+    }
+
     /// Every member this node's gossip knows: `None` while alive, `Some(how long)` while down.
     pub fn gossip_view(&self) -> BTreeMap<NodeId, Option<Duration>> {
         (self.liveness.read().unwrap_or_else(|p| p.into_inner()))()

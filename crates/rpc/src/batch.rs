@@ -64,7 +64,7 @@ impl Batcher {
         let (reply, answer) = oneshot::channel();
         let queued = self.queue.send(Pending { ops, reply });
         async move {
-            queued.map_err(|_| Status::unavailable("the proposal queue is closed"))?;
+            queued.map_err(|_| crate::not_sent("the proposal queue is closed"))?;
             answer
                 .await
                 .unwrap_or_else(|_| Err(Status::unavailable("the proposal queue is closed")))

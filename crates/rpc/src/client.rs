@@ -244,6 +244,34 @@ impl StoreClient {
             .into_inner())
     }
 
+    /// Streams a backup of the node's store (a snapshot file, admins only) into `out`;
+    /// returns how many bytes were written. The stream must complete within the client's
+    /// timeout, like every call.
+    pub async fn save_snapshot(
+        &self,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = self
+            .cluster
+            .clone()
+            .save_snapshot(pb::SaveSnapshotRequest {})
+            .await
+            .map_err(|s| self.rpc(s))?
+            .into_inner();
+        let mut written = 0u64;
+        while let Some(chunk) = stream.message().await.map_err(|s| self.rpc(s))? {
+            out.write_all(&chunk.data).await.map_err(|e| {
+                self.rpc(tonic::Status::internal(format!("writing the backup: {e}")))
+            })?;
+            written += chunk.data.len() as u64;
+        }
+        out.flush()
+            .await
+            .map_err(|e| self.rpc(tonic::Status::internal(format!("writing the backup: {e}"))))?;
+        Ok(written)
+    }
+
     /// Asks the node this client talks to to leave the cluster for good.
     pub async fn leave(&self) -> Result<(), ClientError> {
         self.cluster

@@ -9,6 +9,7 @@ pub mod pb {
 pub mod batch;
 mod client;
 mod convert;
+mod sent;
 pub mod tls;
 
 pub use client::{ClientError, StoreClient, WatchStream};
@@ -16,6 +17,7 @@ pub use convert::{
     command_from_pb, command_to_pb, error_from_pb, error_to_pb, event_from_pb, event_to_pb,
     record_from_pb, record_to_pb,
 };
+pub use sent::{never_sent, not_sent, NotSent};
 pub use tls::Tls;
 
 /// Raft payloads larger than this are refused by gRPC; snapshots travel in smaller chunks.

@@ -13,9 +13,14 @@ pub mod layers;
 pub mod logs;
 pub mod mounts;
 pub mod net;
+pub mod pod;
 pub mod sandbox;
 
 pub use container::{CreateOptions, Exit, Runtime, State, Status};
+pub use pod::{
+    ContainerRequest, ContainerState, Ended, ExecOutput, FakeRuntime, NodeNetwork, PodRuntime,
+    ProcessRuntime,
+};
 pub use sandbox::{Sandbox, SandboxConfig};
 
 #[derive(Debug, thiserror::Error)]

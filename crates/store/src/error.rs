@@ -76,6 +76,19 @@ impl ErrorCode {
         Self::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
+    /// The `reason` of the Kubernetes `Status` for this code.
+    pub fn k8s_reason(self) -> &'static str {
+        match self {
+            ErrorCode::AlreadyExists => "AlreadyExists",
+            ErrorCode::NotFound => "NotFound",
+            ErrorCode::Conflict => "Conflict",
+            ErrorCode::NotLeader | ErrorCode::Closed => "ServiceUnavailable",
+            ErrorCode::Timeout => "Timeout",
+            ErrorCode::Compacted => "Expired",
+            ErrorCode::Internal => "InternalError",
+        }
+    }
+
     /// The HTTP status the Kubernetes API answers with for this code.
     pub fn http_status(self) -> u16 {
         match self {

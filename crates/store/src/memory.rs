@@ -68,7 +68,7 @@ impl Engine for MemoryStore {
         self.lock().0
     }
 
-    fn window(&self) -> &WatchWindow {
+    fn window(&self) -> &Arc<WatchWindow> {
         &self.window
     }
 }

@@ -1,6 +1,9 @@
 //! The traits the rest of Flotilla programs against.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 use crate::command::{Command, Revision};
 use crate::error::StoreError;
@@ -31,7 +34,36 @@ pub trait Engine: Send + Sync {
     /// The last revision applied to this replica.
     fn applied_revision(&self) -> Revision;
     /// Every change applied to this replica, for watchers.
-    fn window(&self) -> &WatchWindow;
+    fn window(&self) -> &Arc<WatchWindow>;
+}
+
+/// Whether this node leads the cluster, and in which term.
+pub trait Leadership: Send + Sync {
+    /// A watch that holds `Some(term)` while this node is the leader of `term`, else `None`.
+    fn leadership(&self) -> watch::Receiver<Option<u64>>;
+}
+
+/// Leadership set by hand, for tests of leader-only loops.
+pub struct ManualLeadership {
+    tx: watch::Sender<Option<u64>>,
+}
+
+impl ManualLeadership {
+    pub fn new(initial: Option<u64>) -> ManualLeadership {
+        ManualLeadership {
+            tx: watch::channel(initial).0,
+        }
+    }
+
+    pub fn set(&self, term: Option<u64>) {
+        self.tx.send_replace(term);
+    }
+}
+
+impl Leadership for ManualLeadership {
+    fn leadership(&self) -> watch::Receiver<Option<u64>> {
+        self.tx.subscribe()
+    }
 }
 
 /// Submits commands to the replicated log and waits until they are applied.

@@ -1,4 +1,15 @@
-//! Small pieces shared by every Flotilla crate.
+//! Small pieces shared by every Flotilla crate: tracing setup, waiting on conditions, the
+//! [`Clock`], [`Backoff`], named tasks and the [`LeaderGroup`].
+
+mod backoff;
+mod clock;
+mod leader;
+mod task;
+
+pub use backoff::Backoff;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use leader::{GroupStatus, GroupStatusHandle, LeaderGroup};
+pub use task::spawn_named;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

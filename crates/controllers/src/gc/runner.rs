@@ -1,90 +1,38 @@
-//! The collector's loop on the leader: an index of every object kept from the watch window
-//! (rebuilt from a full scan when this node becomes leader or falls out of the window), a
-//! plan once a second when something changed or a deletion is pending, and each action
-//! applied to the stored object with the revision the plan saw.
+//! The collector's loop on the leader: an informer keeps a slim [`Item`] of every served
+//! object; any change queues one sweep ([`SWEEP_DELAY`] later, with the other changes of that
+//! second), which plans over the whole cache and applies each
+//! action to the stored object only if it is still at the revision the plan saw. A sweep asks
+//! to run again when the next timer in the objects falls due (a pod's grace period, an event's
+//! time to live), and at least every [`SWEEP_EVERY`].
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use flotilla_raft::RaftNode;
-use flotilla_store::{Command, Engine, EventKind, Proposer, StoreError, Watcher};
+use flotilla_store::{Command, Engine, StoreError};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{plan, Action, Item, Owner};
+use super::{next_due, plan, Action, Item, Owner};
+use crate::informer::{Cached, Informer};
+use crate::queue::{run_workers, Next, WorkQueue};
+use crate::Context;
 
-/// Every served object, by store key, and the watcher that keeps it current.
-struct Index {
-    items: BTreeMap<String, Item>,
-    watcher: Watcher,
-    prefixes: Vec<String>,
-}
+/// The collector plans over every object at once: its queue holds this one key.
+const SWEEP: &str = "sweep";
 
-impl Index {
-    /// Starts watching, then scans: a change during the scan is replayed on top of it.
-    fn build(node: &RaftNode) -> Result<Index, StoreError> {
-        let from = node.replica.applied_revision();
-        let watcher = node.replica.window_arc().watch("/", from)?;
-        let prefixes: Vec<String> = flotilla_api::RESOURCES
-            .iter()
-            .map(|r| flotilla_api::store_prefix(r, None))
-            .collect();
-        let mut items = BTreeMap::new();
-        for prefix in &prefixes {
-            for (key, record) in node.replica.list(prefix, None, 0)?.items {
-                if let Some(item) = Item::parse(&key, record.mod_revision, &record.value) {
-                    items.insert(key, item);
-                }
-            }
-        }
-        Ok(Index {
-            items,
-            watcher,
-            prefixes,
-        })
-    }
+/// Time alone expires events: sweep at least this often.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-    /// Applies every change already in the window; whether there was any.
-    async fn catch_up(&mut self) -> Result<bool, StoreError> {
-        let mut changed = false;
-        while let Ok(events) = tokio::time::timeout(Duration::ZERO, self.watcher.next()).await {
-            for event in events? {
-                if !self.prefixes.iter().any(|p| event.key.starts_with(p)) {
-                    continue;
-                }
-                let stale = self
-                    .items
-                    .get(&event.key)
-                    .is_some_and(|i| i.revision >= event.revision);
-                if stale {
-                    continue;
-                }
-                changed = true;
-                match (&event.kind, &event.record) {
-                    (EventKind::Deleted, _) | (_, None) => {
-                        self.items.remove(&event.key);
-                    }
-                    (_, Some(record)) => {
-                        match Item::parse(&event.key, record.mod_revision, &record.value) {
-                            Some(item) => self.items.insert(event.key.clone(), item),
-                            None => self.items.remove(&event.key),
-                        };
-                    }
-                }
-            }
-        }
-        Ok(changed)
-    }
-
-    fn any_deleting(&self) -> bool {
-        self.items.values().any(|i| i.deleting())
-    }
-}
+/// A change is swept this long after it arrived, together with every other change of that
+/// second: bursts (a deployment's hundred pods, a namespace's content) cost one sweep, and a
+/// client deleting a namespace and its content in one go (`kubectl delete -f`) deletes the
+/// content itself rather than finding it already gone, as with Kubernetes' namespace
+/// controller.
+pub const SWEEP_DELAY: Duration = Duration::from_secs(1);
 
 /// Whether `owner` still exists with its uid.
-fn owner_exists(node: &RaftNode, owner: &Owner) -> bool {
-    match node.replica.get(&owner.key) {
+fn owner_exists(engine: &dyn Engine, owner: &Owner) -> bool {
+    match engine.get(&owner.key) {
         Ok((_, Some(record))) => serde_json::from_slice::<Value>(&record.value)
             .map(|o| o["metadata"]["uid"] == owner.uid.as_str())
             .unwrap_or(false),
@@ -95,14 +43,14 @@ fn owner_exists(node: &RaftNode, owner: &Owner) -> bool {
 }
 
 /// The write an action makes, if the object is still as planned.
-fn command_for(node: &RaftNode, action: &Action, now: SystemTime) -> Option<Command> {
+fn command_for(engine: &dyn Engine, action: &Action, now: SystemTime) -> Option<Command> {
     let key = action.key();
-    let record = node.replica.get(key).ok()?.1?;
+    let record = engine.get(key).ok()?.1?;
     if record.mod_revision != action.revision() {
         return None;
     }
     if let Action::DeleteOrphan { owners, .. } = action {
-        if owners.is_empty() || owners.iter().any(|o| owner_exists(node, o)) {
+        if owners.is_empty() || owners.iter().any(|o| owner_exists(engine, o)) {
             return None;
         }
     }
@@ -113,70 +61,75 @@ fn command_for(node: &RaftNode, action: &Action, now: SystemTime) -> Option<Comm
     })
 }
 
-/// On the leader, once a second when anything changed or a deletion is pending: plan and act.
-pub async fn run(node: Arc<RaftNode>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut index: Option<Index> = None;
-    let mut retry = false;
-    // Time alone expires events: plan at least this often.
-    let sweep = Duration::from_secs(60);
-    let mut planned_at = std::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if !node.is_leader() {
-            index = None;
+/// One sweep: plan over the cache and act.
+async fn sweep(ctx: &Context, informer: &Informer<Item>) -> Result<Next, StoreError> {
+    let cached: Vec<Arc<Cached<Item>>> = informer.list();
+    let items = || cached.iter().map(|c| &c.object);
+    let now = ctx.clock.now();
+    let actions = plan(items(), now);
+    if !actions.is_empty() {
+        // Act on what the cluster holds now, not on a replica that may lag the leader.
+        ctx.proposer.read_barrier().await?;
+    }
+    let mut failed = None;
+    for action in actions {
+        let Some(command) = command_for(ctx.engine.as_ref(), &action, now) else {
             continue;
-        }
-        let idx = match index.as_mut() {
-            Some(i) => i,
-            None => match Index::build(&node) {
-                Ok(i) => {
-                    retry = true;
-                    index.insert(i)
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "garbage collector cannot scan");
-                    continue;
-                }
-            },
         };
-        let changed = match idx.catch_up().await {
-            Ok(changed) => changed,
-            Err(e) => {
-                // Fell out of the watch window (or it was reset): scan again next round.
-                tracing::info!(error = %e, "garbage collector rebuilds its index");
-                index = None;
-                continue;
-            }
-        };
-        if !changed && !retry && !idx.any_deleting() && planned_at.elapsed() < sweep {
-            continue;
-        }
-        planned_at = std::time::Instant::now();
-        let now = SystemTime::now();
-        let actions = plan(idx.items.values(), now);
-        retry = false;
-        if actions.is_empty() || node.read_barrier().await.is_err() {
-            retry = !actions.is_empty();
-            continue;
-        }
-        for action in actions {
-            let Some(command) = command_for(&node, &action, now) else {
-                continue;
-            };
-            let key = action.key();
-            match node.propose(command).await {
-                Ok(_) => tracing::info!(%key, ?action, "garbage collected"),
-                Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
-                Err(e) => {
-                    retry = true;
-                    tracing::warn!(%key, error = %e, "garbage collector write failed");
-                }
-            }
+        let key = action.key();
+        match ctx.proposer.propose(command).await {
+            Ok(_) => tracing::info!(%key, ?action, "garbage collected"),
+            // Someone wrote it meanwhile: the informer brings the change and another sweep.
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
+            Err(e) => failed = Some(e),
         }
     }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let wait = next_due(items(), now)
+        .map(|due| due.duration_since(now).unwrap_or_default())
+        .map_or(SWEEP_EVERY, |d| d.min(SWEEP_EVERY));
+    Ok(Next::After(wait.max(Duration::from_millis(100))))
 }
+
+/// The garbage collector, until `shutdown` (the leader group cancels it when leadership ends).
+pub async fn run(ctx: Context, shutdown: CancellationToken) {
+    let queue = WorkQueue::default();
+    let prefixes: Vec<String> = flotilla_api::RESOURCES
+        .iter()
+        .map(|r| flotilla_api::store_prefix(r, None))
+        .collect();
+    let informer = Informer::builder(prefixes, |key, record| {
+        Item::parse(key, record.mod_revision, &record.value)
+    })
+    .on_change({
+        let queue = queue.clone();
+        move |_| queue.add_after(SWEEP, SWEEP_DELAY)
+    })
+    .build();
+    let informing = tokio::spawn({
+        let (informer, engine, stop) =
+            (informer.clone(), Arc::clone(&ctx.engine), shutdown.clone());
+        async move {
+            if let Err(e) = informer.run(engine, stop).await {
+                tracing::warn!(error = %e, "garbage collector's informer stopped");
+            }
+        }
+    });
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = informer.synced() => {
+            queue.add(SWEEP);
+            run_workers("garbage-collector", queue, 1, shutdown.clone(), move |_key| {
+                let (ctx, informer) = (ctx.clone(), informer.clone());
+                async move { sweep(&ctx, &informer).await }
+            })
+            .await;
+        }
+    }
+    let _ = informing.await;
+}
+
+#[cfg(test)]
+mod tests;

@@ -188,3 +188,26 @@ fn events_expire_an_hour_after_they_last_happened() {
         }]
     );
 }
+
+#[test]
+fn the_next_sweep_is_due_at_the_first_timer() {
+    let pod = item(
+        "/core/pods/default/p",
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default", "uid": "p",
+            "deletionTimestamp": "2027-01-15T08:00:30Z"}}),
+    );
+    let event = item(
+        "/core/events/default/e",
+        json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e", "namespace": "default", "uid": "e"},
+            "lastTimestamp": "2027-01-15T07:00:10Z"}),
+    );
+    let at = |s: &str| parse_rfc3339(s).unwrap();
+    assert_eq!(
+        next_due([&pod, &event], now()),
+        Some(at("2027-01-15T08:00:10Z"))
+    );
+    assert_eq!(next_due([&pod], now()), Some(at("2027-01-15T08:00:30Z")));
+    // Past timers are the plan's business, not a reason to wait.
+    assert_eq!(next_due([&pod], at("2027-01-15T09:00:00Z")), None);
+    assert_eq!(next_due([&deploy("d", json!({})).0], now()), None);
+}

@@ -1,0 +1,401 @@
+//! The informer: list + watch of the local replica into a typed, indexed cache.
+//!
+//! It watches first and lists second, so that a change made during the list is replayed on top
+//! of it (a change older than the cached object is skipped), which makes list + watch gapless.
+//! When the watch falls out of the window (`compacted`) it lists again and reports only the
+//! differences. Every change to the cache is handed to the registered handlers, which should
+//! only enqueue keys. Scans run on the blocking pool, never on an async worker.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use flotilla_store::{Engine, EventKind, Record, Revision, StoreError};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// One cached object with its store key and the revision that last wrote it.
+#[derive(Debug, PartialEq)]
+pub struct Cached<T> {
+    pub key: String,
+    pub revision: Revision,
+    pub object: T,
+}
+
+/// A change to the cache: `old` absent for an addition, `new` absent for a removal.
+pub struct Change<'a, T> {
+    pub key: &'a str,
+    pub old: Option<&'a Arc<Cached<T>>>,
+    pub new: Option<&'a Arc<Cached<T>>>,
+}
+
+type Parse<T> = Box<dyn Fn(&str, &Record) -> Option<T> + Send + Sync>;
+type IndexFn<T> = Box<dyn Fn(&Cached<T>) -> Vec<String> + Send + Sync>;
+type Handler<T> = Box<dyn Fn(&Change<'_, T>) + Send + Sync>;
+
+struct Cache<T> {
+    items: BTreeMap<String, Arc<Cached<T>>>,
+    /// index name → value → keys.
+    indexes: HashMap<&'static str, HashMap<String, BTreeSet<String>>>,
+}
+
+struct Shared<T> {
+    prefixes: Vec<String>,
+    parse: Parse<T>,
+    index_fns: Vec<(&'static str, IndexFn<T>)>,
+    handlers: Vec<Handler<T>>,
+    cache: RwLock<Cache<T>>,
+    /// The revision the cache reflects; 0 until the first list.
+    revision: watch::Sender<Revision>,
+}
+
+/// Builds an [`Informer`]: what to watch, how to parse it, its indexes and handlers.
+pub struct InformerBuilder<T> {
+    prefixes: Vec<String>,
+    parse: Parse<T>,
+    index_fns: Vec<(&'static str, IndexFn<T>)>,
+    handlers: Vec<Handler<T>>,
+}
+
+impl<T: Send + Sync + 'static> InformerBuilder<T> {
+    /// Adds an index: `f` gives the values an object is found under.
+    pub fn index(
+        mut self,
+        name: &'static str,
+        f: impl Fn(&Cached<T>) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.index_fns.push((name, Box::new(f)));
+        self
+    }
+
+    /// Adds a handler, called for every change to the cache (from the informer's task).
+    pub fn on_change(mut self, f: impl Fn(&Change<'_, T>) + Send + Sync + 'static) -> Self {
+        self.handlers.push(Box::new(f));
+        self
+    }
+
+    pub fn build(self) -> Informer<T> {
+        let indexes = self
+            .index_fns
+            .iter()
+            .map(|(name, _)| (*name, HashMap::new()))
+            .collect();
+        Informer {
+            shared: Arc::new(Shared {
+                prefixes: self.prefixes,
+                parse: self.parse,
+                index_fns: self.index_fns,
+                handlers: self.handlers,
+                cache: RwLock::new(Cache {
+                    items: BTreeMap::new(),
+                    indexes,
+                }),
+                revision: watch::channel(0).0,
+            }),
+        }
+    }
+}
+
+/// A typed, indexed cache of the objects under some store prefixes, kept current from the
+/// local replica. Clones share the cache.
+pub struct Informer<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Clone for Informer<T> {
+    fn clone(&self) -> Self {
+        Informer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Informer<T> {
+    /// An informer of the keys under `prefixes`; `parse` turns a record into the cached type
+    /// (`None` leaves the key out).
+    pub fn builder(
+        prefixes: impl IntoIterator<Item = impl Into<String>>,
+        parse: impl Fn(&str, &Record) -> Option<T> + Send + Sync + 'static,
+    ) -> InformerBuilder<T> {
+        InformerBuilder {
+            prefixes: prefixes.into_iter().map(Into::into).collect(),
+            parse: Box::new(parse),
+            index_fns: Vec::new(),
+            handlers: Vec::new(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Cache<T>> {
+        self.shared.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Cached<T>>> {
+        self.read().items.get(key).cloned()
+    }
+
+    /// Every cached object, in key order.
+    pub fn list(&self) -> Vec<Arc<Cached<T>>> {
+        self.read().items.values().cloned().collect()
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.read().items.keys().cloned().collect()
+    }
+
+    /// The objects found under `value` in index `index`, in key order.
+    pub fn by_index(&self, index: &str, value: &str) -> Vec<Arc<Cached<T>>> {
+        let cache = self.read();
+        let Some(keys) = cache.indexes.get(index).and_then(|i| i.get(value)) else {
+            return Vec::new();
+        };
+        keys.iter()
+            .filter_map(|k| cache.items.get(k).cloned())
+            .collect()
+    }
+
+    /// The revision the cache reflects (0 before the first list).
+    pub fn revision(&self) -> Revision {
+        *self.shared.revision.borrow()
+    }
+
+    /// Waits until the cache reflects at least `revision`.
+    pub async fn wait_for(&self, revision: Revision) {
+        let mut rx = self.shared.revision.subscribe();
+        let _ = rx.wait_for(|r| *r >= revision).await;
+    }
+
+    /// Waits for the first list.
+    pub async fn synced(&self) {
+        self.wait_for(1).await;
+    }
+
+    /// Lists, then follows the watch window until `shutdown`; lists again whenever the watch
+    /// falls out of the window. Ends with an error only when the store closes or fails.
+    pub async fn run(
+        self,
+        engine: Arc<dyn Engine>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StoreError> {
+        let watch_prefix = common_prefix(&self.shared.prefixes);
+        loop {
+            let from = engine.applied_revision();
+            let mut watcher = engine.window().watch(watch_prefix.clone(), from)?;
+            let listed = {
+                let engine = Arc::clone(&engine);
+                let prefixes = self.shared.prefixes.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut all = Vec::new();
+                    let mut revision = 0;
+                    for prefix in &prefixes {
+                        let listing = engine.list(prefix, None, 0)?;
+                        revision = revision.max(listing.revision);
+                        all.extend(listing.items);
+                    }
+                    Ok::<_, StoreError>((revision, all))
+                })
+                .await
+                .map_err(StoreError::storage)??
+            };
+            self.replace(listed.0.max(from), listed.1);
+            loop {
+                let events = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    events = watcher.next() => events,
+                };
+                match events {
+                    Ok(events) => {
+                        for event in &events {
+                            if self
+                                .shared
+                                .prefixes
+                                .iter()
+                                .any(|p| event.key.starts_with(p))
+                            {
+                                let record = match event.kind {
+                                    EventKind::Deleted => None,
+                                    _ => event.record.as_ref(),
+                                };
+                                self.apply(&event.key, event.revision, record);
+                            }
+                        }
+                        self.advance(watcher.cursor());
+                    }
+                    Err(StoreError::Compacted { requested, oldest }) => {
+                        tracing::info!(
+                            requested,
+                            oldest,
+                            "informer fell out of the watch window; listing again"
+                        );
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    fn advance(&self, revision: Revision) {
+        self.shared
+            .revision
+            .send_if_modified(|r| std::mem::replace(r, (*r).max(revision)) < revision);
+    }
+
+    /// Replaces the cache with a listing at `revision`, reporting what differs.
+    fn replace(&self, revision: Revision, items: Vec<(String, Record)>) {
+        let mut fresh: BTreeMap<String, Arc<Cached<T>>> = BTreeMap::new();
+        for (key, record) in items {
+            if let Some(object) = (self.shared.parse)(&key, &record) {
+                let cached = Arc::new(Cached {
+                    key: key.clone(),
+                    revision: record.mod_revision,
+                    object,
+                });
+                fresh.insert(key, cached);
+            }
+        }
+        let old: Vec<String> = self.read().items.keys().cloned().collect();
+        for key in old.iter().filter(|k| !fresh.contains_key(*k)) {
+            self.put(key, None);
+        }
+        for (key, cached) in fresh {
+            let same = self
+                .get(&key)
+                .is_some_and(|c| c.revision == cached.revision);
+            if !same {
+                self.put(&key, Some(cached));
+            }
+        }
+        self.advance(revision.max(1));
+    }
+
+    /// Applies one change at `revision` unless the cache already has a newer one.
+    fn apply(&self, key: &str, revision: Revision, record: Option<&Record>) {
+        let current = self.get(key);
+        if current.as_ref().is_some_and(|c| c.revision >= revision) {
+            return;
+        }
+        let new = record.and_then(|r| {
+            let object = (self.shared.parse)(key, r)?;
+            Some(Arc::new(Cached {
+                key: key.to_string(),
+                revision: r.mod_revision,
+                object,
+            }))
+        });
+        if current.is_none() && new.is_none() {
+            return;
+        }
+        self.put(key, new);
+    }
+
+    /// Sets `key` to `new` (or removes it), keeps the indexes and tells the handlers.
+    fn put(&self, key: &str, new: Option<Arc<Cached<T>>>) {
+        let old = {
+            let mut cache = self.shared.cache.write().unwrap_or_else(|p| p.into_inner());
+            let old = match &new {
+                Some(n) => cache.items.insert(key.to_string(), Arc::clone(n)),
+                None => cache.items.remove(key),
+            };
+            for (name, f) in &self.shared.index_fns {
+                let index = cache.indexes.entry(name).or_default();
+                if let Some(o) = &old {
+                    for value in f(o) {
+                        if let Some(keys) = index.get_mut(&value) {
+                            keys.remove(key);
+                            if keys.is_empty() {
+                                index.remove(&value);
+                            }
+                        }
+                    }
+                }
+                if let Some(n) = &new {
+                    for value in f(n) {
+                        index.entry(value).or_default().insert(key.to_string());
+                    }
+                }
+            }
+            old
+        };
+        let change = Change {
+            key,
+            old: old.as_ref(),
+            new: new.as_ref(),
+        };
+        for handler in &self.shared.handlers {
+            handler(&change);
+        }
+    }
+}
+
+/// The longest prefix shared by every listed prefix, for one watcher over all of them.
+fn common_prefix(prefixes: &[String]) -> String {
+    let Some(first) = prefixes.first() else {
+        return String::new();
+    };
+    let mut len = first.len();
+    for p in &prefixes[1..] {
+        len = len.min(
+            first
+                .bytes()
+                .zip(p.bytes())
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
+    }
+    while !first.is_char_boundary(len) {
+        len -= 1;
+    }
+    first[..len].to_string()
+}
+
+/// Index values for Kubernetes objects held as JSON.
+pub mod index {
+    use serde_json::Value;
+
+    /// The object's namespace (cluster-scoped objects have none).
+    pub fn namespace(object: &Value) -> Vec<String> {
+        object["metadata"]["namespace"]
+            .as_str()
+            .map(|s| vec![s.to_string()])
+            .unwrap_or_default()
+    }
+
+    /// `key=value` for every label.
+    pub fn labels(object: &Value) -> Vec<String> {
+        object["metadata"]["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The uid of every owner.
+    pub fn owners(object: &Value) -> Vec<String> {
+        object["metadata"]["ownerReferences"]
+            .as_array()
+            .map(|refs| {
+                refs.iter()
+                    .filter_map(|r| r["uid"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A pod's `spec.nodeName`.
+    pub fn node_name(object: &Value) -> Vec<String> {
+        object["spec"]["nodeName"]
+            .as_str()
+            .map(|s| vec![s.to_string()])
+            .unwrap_or_default()
+    }
+}
+
+/// Parses a record's value as JSON.
+pub fn parse_json(_key: &str, record: &Record) -> Option<serde_json::Value> {
+    serde_json::from_slice(&record.value).ok()
+}
+
+#[cfg(test)]
+mod tests;
