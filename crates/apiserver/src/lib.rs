@@ -289,12 +289,13 @@ fn review(segments: &[&str], caller: &Caller) -> Option<Value> {
 async fn write(
     method: &Method,
     segments: &[&str],
+    route: &Route<'_>,
     query: Option<&str>,
     body: &[u8],
     content_type: &str,
     config: &ApiConfig,
 ) -> Response<Body> {
-    let Some(target) = objects::parse_path(segments) else {
+    let Route::Object(target) = route else {
         return failure(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
@@ -322,13 +323,13 @@ async fn write(
         validation,
     };
     let result = match (method, target.name) {
-        (&Method::POST, None) => writes::create(engine, proposer, &target, &request)
+        (&Method::POST, None) => writes::create(engine, proposer, target, &request)
             .await
             .map(|w| (StatusCode::CREATED, w)),
-        (&Method::PUT, Some(n)) => writes::update(engine, proposer, &target, n, &request)
+        (&Method::PUT, Some(n)) => writes::update(engine, proposer, target, n, &request)
             .await
             .map(|w| (StatusCode::OK, w)),
-        (&Method::PATCH, Some(n)) => writes::patch(engine, proposer, &target, n, &request)
+        (&Method::PATCH, Some(n)) => writes::patch(engine, proposer, target, n, &request)
             .await
             .map(|w| (StatusCode::OK, w)),
         (&Method::DELETE, Some(n)) => {
@@ -336,7 +337,7 @@ async fn write(
                 Ok(o) => o,
                 Err(e) => return write_failure(&e, target.resource, name),
             };
-            deletion::delete(engine, proposer, &target, n, &options)
+            deletion::delete(engine, proposer, target, n, &options)
                 .await
                 .map(|object| {
                     (
@@ -404,16 +405,16 @@ async fn measured(
 ) -> Response<Body> {
     let started = std::time::Instant::now();
     let path = req.uri().path().to_string();
+    // The path is parsed once, here; the metrics and the handler share the route.
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (resource, named) = match subresources::parse(&segments) {
-        Some((target, sub)) => (format!("{}/{sub}", target.resource.plural), true),
-        None => match objects::parse_path(&segments) {
-            Some(target) => (target.resource.plural.to_string(), target.name.is_some()),
-            None => (String::new(), true),
-        },
+    let route = Route::of(&segments);
+    let (resource, named) = match &route {
+        Route::Subresource(target, sub) => (format!("{}/{sub}", target.resource.plural), true),
+        Route::Object(target) => (target.resource.plural.to_string(), target.name.is_some()),
+        Route::Other => (String::new(), true),
     };
     let verb = metrics::verb(req.method(), named, req.uri().query());
-    let response = handle(req, caller, config).await;
+    let response = handle(req, caller, config, &path, &segments, &route).await;
     config.metrics.observe(
         verb,
         &resource,
@@ -423,10 +424,35 @@ async fn measured(
     response
 }
 
+/// Where a request's path points.
+enum Route<'a> {
+    /// An object's subresource (`status`, `scale`, `eviction`).
+    Subresource(objects::Target<'a>, &'a str),
+    /// An object or a collection of objects.
+    Object(objects::Target<'a>),
+    /// Discovery, OpenAPI, health, reviews, or nothing served.
+    Other,
+}
+
+impl<'a> Route<'a> {
+    fn of(segments: &[&'a str]) -> Route<'a> {
+        if let Some((target, sub)) = subresources::parse(segments) {
+            return Route::Subresource(target, sub);
+        }
+        match objects::parse_path(segments) {
+            Some(target) => Route::Object(target),
+            None => Route::Other,
+        }
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     caller: Option<Caller>,
     config: &ApiConfig,
+    path: &str,
+    segments: &[&str],
+    route: &Route<'_>,
 ) -> Response<Body> {
     let method = req.method().clone();
     // A client certificate from the cluster CA, else a bearer token the cluster knows.
@@ -434,7 +460,6 @@ async fn handle(
         let header = req.headers().get(hyper::header::AUTHORIZATION)?;
         bearer_caller(header.to_str().ok()?, &*config.engine)
     });
-    let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let accept = req
         .headers()
@@ -459,7 +484,7 @@ async fn handle(
         }
     };
     // Health and version need no credentials, as in Kubernetes (`system:public-info-viewer`).
-    match path.as_str() {
+    match path {
         "/healthz" | "/livez" | "/readyz" => {
             return Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
         }
@@ -479,14 +504,14 @@ async fn handle(
             .body(Full::new(Bytes::from(text)).boxed())
             .expect("a valid response");
     }
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    if let Some((target, sub)) = subresources::parse(&segments) {
+    if let Route::Subresource(target, sub) = route {
+        let (target, sub) = (target, *sub);
         let name = target.name.unwrap_or("");
         return match subresources::handle(
             &*config.engine,
             &*config.proposer,
             &method,
-            &target,
+            target,
             sub,
             &body,
             &content_type,
@@ -500,13 +525,14 @@ async fn handle(
     }
     if method != Method::GET {
         if method == Method::POST {
-            if let Some(review) = review(&segments, caller.as_ref().expect("checked above")) {
+            if let Some(review) = review(segments, caller.as_ref().expect("checked above")) {
                 return json_response(StatusCode::CREATED, &review);
             }
         }
         return write(
             &method,
-            &segments,
+            segments,
+            route,
             query.as_deref(),
             &body,
             &content_type,
@@ -514,12 +540,12 @@ async fn handle(
         )
         .await;
     }
-    if let Some(target) = objects::parse_path(&segments) {
+    if let Route::Object(target) = route {
         let query = objects::ReadQuery::parse(query.as_deref(), &accept);
         if query.watch && target.name.is_none() {
-            return watch_response(config, &target, &query).await;
+            return watch_response(config, target, &query).await;
         }
-        return match objects::read(&*config.engine, &*config.proposer, &target, &query).await {
+        return match objects::read(&*config.engine, &*config.proposer, target, &query).await {
             Ok(objects::ReadBody::Json(body)) => json_response(StatusCode::OK, &body),
             Ok(objects::ReadBody::Raw(text)) => Response::builder()
                 .status(StatusCode::OK)
@@ -533,7 +559,7 @@ async fn handle(
             ),
         };
     }
-    if let ["openapi", "v3", gv @ ..] = segments.as_slice() {
+    if let ["openapi", "v3", gv @ ..] = segments {
         if let Some(doc) = openapi::document_bytes(&gv.join("/")) {
             return Response::builder()
                 .status(StatusCode::OK)
@@ -543,7 +569,7 @@ async fn handle(
         }
     }
     let advertise = config.advertise.to_string();
-    let body = match segments.as_slice() {
+    let body = match segments {
         ["version"] => Some(discovery::version()),
         ["api"] => Some(discovery::core_versions(&advertise)),
         ["api", version] => discovery::resource_list("", version),

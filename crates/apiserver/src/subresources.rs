@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 
 use crate::objects::Target;
 use crate::update::{guaranteed_update, read_object, Attempt};
-use crate::writes::{apply_patch, invalid_object, WriteError};
+use crate::writes::{admitted, apply_patch, invalid_object, WriteError};
+use flotilla_api::kinds::FieldValidation;
 
 /// Parses `…/namespaces/NS/PLURAL/NAME/SUB` and `…/PLURAL/NAME/SUB` for a declared subresource.
 pub fn parse<'a>(segments: &[&'a str]) -> Option<(Target<'a>, &'a str)> {
@@ -195,6 +196,9 @@ pub async fn handle(
         if let Some(m) = updated["metadata"].as_object_mut() {
             m.remove("resourceVersion");
         }
+        // The result is an object like any other write's: decoded, defaulted, validated (a
+        // negative replica count or a malformed status is a 422 naming the field).
+        let mut updated = admitted(r, name, updated, Some(&object), FieldValidation::Warn)?.object;
         let command = Command::update(key.clone(), updated.to_string(), Some(revision));
         let scale = sub == "scale";
         Ok(Attempt::Write(
@@ -222,7 +226,9 @@ mod tests {
         let store = MemoryStore::new(100);
         let deploy = json!({"kind": "Deployment", "apiVersion": "apps/v1",
             "metadata": {"name": "web", "namespace": "default", "generation": 1},
-            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}}});
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "web", "image": "busybox"}]}}}});
         store
             .propose(Command::create(
                 "/apps/deployments/default/web",

@@ -153,7 +153,7 @@ pub struct Written {
 }
 
 /// Admission (decoding, defaults, validation) as a write's failure.
-fn admitted(
+pub(crate) fn admitted(
     r: &Resource,
     name: &str,
     object: Value,
