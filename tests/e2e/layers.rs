@@ -24,6 +24,8 @@ fn layer(package: &str) -> Option<u8> {
 const SAME_LAYER: &[(&str, &str)] = &[
     // The wire format converts store commands and errors.
     ("flotilla-rpc", "flotilla-store"),
+    // A member runs the leader-only loops.
+    ("flotilla-cluster", "flotilla-controllers"),
     // The harnesses share the cluster builder.
     ("flotilla-bench", "flotilla-testkit"),
     ("flotilla-tests", "flotilla-testkit"),

@@ -49,6 +49,9 @@ pub struct ApiArgs {
     /// Changes each watcher set must receive.
     #[arg(long, default_value_t = 5)]
     changes: usize,
+    /// Updates (PUT) of one ConfigMap through a follower, one after another.
+    #[arg(long, default_value_t = 300)]
+    updates: usize,
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -84,6 +87,8 @@ struct Report {
     store_creates: LoadResult,
     api_over_store_writes_per_sec: f64,
     api_over_store_p99: f64,
+    /// PUTs through a follower, one at a time: each costs the round trips to the leader.
+    follower_updates: Latency,
     pods: usize,
     list_linearizable: Latency,
     list_resource_version_0: Latency,
@@ -186,6 +191,29 @@ pub async fn run(args: ApiArgs) -> Result<()> {
     }
     let (api_creates, store_creates) = (median(api_runs), median(store_runs));
 
+    // Updates through a follower, one at a time.
+    let leader = cluster.leader().await?;
+    let follower = (0..3).find(|i| *i != leader).expect("three nodes");
+    eprintln!(
+        "{} updates through follower n{} ...",
+        args.updates,
+        follower + 1
+    );
+    let api: Api<ConfigMap> = Api::namespaced(kube[follower].clone(), "default");
+    let mut cm = api
+        .create(&PostParams::default(), &config_map("bench-update"))
+        .await?;
+    let mut hist = histogram();
+    for n in 0..args.updates {
+        cm.data = Some([("v".to_string(), n.to_string())].into());
+        let t = Instant::now();
+        cm = api
+            .replace("bench-update", &PostParams::default(), &cm)
+            .await?;
+        hist.record(t.elapsed().as_micros().max(1) as u64)?;
+    }
+    let follower_updates = latency(&hist);
+
     // 2. Lists of N pods, seeded through the store in batches.
     eprintln!("seeding {} pods ...", args.pods);
     let mut values = Vec::with_capacity(args.pods);
@@ -268,6 +296,7 @@ pub async fn run(args: ApiArgs) -> Result<()> {
         clients: args.clients,
         api_over_store_writes_per_sec: api_creates.ops_per_sec
             / store_creates.ops_per_sec.max(f64::MIN_POSITIVE),
+        follower_updates,
         api_over_store_p99: api_creates.p99_ms / store_creates.p99_ms.max(f64::MIN_POSITIVE),
         api_creates,
         store_creates,
@@ -309,6 +338,11 @@ fn print(r: &Report, rounds: u64) {
     println!(
         "API / store: creates/s {:.2}x, p99 {:.2}x",
         r.api_over_store_writes_per_sec, r.api_over_store_p99
+    );
+    let u = &r.follower_updates;
+    println!(
+        "\nConfigMap updates (PUT) through a follower, one at a time: p50 {:.2} ms, p99 {:.2} ms ({} updates)",
+        u.p50_ms, u.p99_ms, u.samples
     );
     println!(
         "\nlist of {} pods ({:.1} MB)",

@@ -12,16 +12,14 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: flotilla_sys::alloc::ByRole = flotilla_sys::alloc::ByRole;
 
+use flotilla_cluster::{admin, Member, MemberConfig};
 use flotilla_controllers::nodes::NodeInfo;
-use flotilla_gossip::{Membership, Timing};
+use flotilla_gossip::Timing;
 use flotilla_pki::JoinToken;
 use flotilla_raft::{NodeConfig, RaftNode};
-use flotilla_store::Leadership;
-use flotilla_util::{GroupStatusHandle, LeaderGroup};
+use flotilla_util::GroupStatusHandle;
 
-mod admin;
 mod client;
-mod gossip;
 mod image_cli;
 mod kubeconfig;
 mod leave;
@@ -30,27 +28,6 @@ mod snapshot_cli;
 mod status;
 mod token;
 mod up;
-
-/// The leader-only loops: the garbage collector and the node lifecycle.
-fn leader_group(
-    node: &Arc<RaftNode>,
-    members: tokio::sync::watch::Receiver<flotilla_controllers::ClusterMembers>,
-) -> LeaderGroup {
-    let ctx = flotilla_controllers::Context {
-        engine: Arc::new(node.replica.clone()),
-        proposer: Arc::clone(node) as Arc<dyn flotilla_store::Proposer>,
-        clock: Arc::new(flotilla_util::SystemClock),
-    };
-    let mut group = LeaderGroup::new();
-    group.add("garbage-collector", {
-        let ctx = ctx.clone();
-        move |stop| flotilla_controllers::gc::run(ctx.clone(), stop)
-    });
-    group.add("node-lifecycle", move |stop| {
-        flotilla_controllers::run_node_lifecycle(ctx.clone(), members.clone(), stop)
-    });
-    group
-}
 
 /// The Raft state and the leader loops, for `/metrics`.
 fn node_gauges(node: Arc<RaftNode>, leader_loops: GroupStatusHandle) -> flotilla_apiserver::Gauges {
@@ -384,21 +361,17 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         &advertise.to_string(),
         args.labels.iter().cloned().collect(),
     );
-    let node = RaftNode::start(config).await.map_err(|e| e.to_string())?;
-    let join_token = admin::ensure_admin_credentials(&node, &data_dir, api_addr)
-        .await
-        .map_err(|e| format!("cannot write the admin credentials: {e}"))?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (gossip, reconnecting) = gossip::start(&node, &data_dir, timing, stop.clone())
-        .await
-        .map_err(|e| format!("cannot start gossip: {e}"))?;
+    let member = Member::start(MemberConfig {
+        raft: config,
+        timing,
+        info,
+        api_addr,
+    })
+    .await?;
+    let node = Arc::clone(&member.node);
     let pki = flotilla_pki::NodePki::load(&data_dir)
         .map_err(|e| format!("cannot read the node's credentials: {e}"))?
         .ok_or("no credentials under the data dir")?;
-    // The leader-only loops, started and stopped together with this node's leadership.
-    let members = gossip::watch_members(&node, &gossip, stop.clone());
-    let group = leader_group(&node, members);
-    let leader_status = group.status();
     let api_config = flotilla_apiserver::ApiConfig {
         engine: Arc::new(node.replica.clone()),
         proposer: Arc::clone(&node) as Arc<dyn flotilla_store::Proposer>,
@@ -410,19 +383,16 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         },
         advertise: api_addr,
         metrics: Arc::default(),
-        gauges: node_gauges(Arc::clone(&node), leader_status),
+        gauges: node_gauges(Arc::clone(&node), member.leader_loops.clone()),
     };
     tokio::spawn({
-        let stop = stop.clone();
+        let stop = member.stopping();
         async move {
             if let Err(err) = flotilla_apiserver::serve(api_listener, api_config, stop).await {
                 tracing::error!(%err, "the API server stopped");
             }
         }
     });
-    tokio::spawn(register(Arc::clone(&node), info, stop.clone()));
-    let leader_loops =
-        flotilla_util::spawn_named("leader-group", group.run(node.leadership(), stop.clone()));
     let status = node.status();
     tracing::info!(name = %node.name, id = %node.id, addr = %node.addr, cluster = %node.cluster_id, role = %status.role, allocator = flotilla_sys::alloc::name(), "node ready");
     // One machine-readable line on stdout for tools and tests.
@@ -434,7 +404,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         "api_addr": api_addr.to_string(),
         "cluster_id": node.cluster_id,
     });
-    if let Some(token) = join_token {
+    if let Some(token) = &member.join_token {
         // Printed once, when bootstrap creates it, as `kubeadm init` prints its join command.
         ready["join_token"] = token.to_string().into();
         ready["kubeconfig"] = admin::kubeconfig_path(&data_dir)
@@ -444,53 +414,20 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     }
     println!("{ready}");
 
-    tokio::select! {
+    let step_down = tokio::select! {
         signal = wait_for_signal() => {
             signal.map_err(|e| format!("cannot listen for signals: {e}"))?;
             tracing::info!("shutting down");
-            // Leadership first, so that writes pause only for a handover, not an election;
-            // then a goodbye in gossip, so that the others see this node gone at once.
-            if node.step_down(Duration::from_secs(2)).await {
-                tracing::info!("handed leadership over");
-            }
+            true
         }
         // `flotilla leave`: leadership is handed over and the membership changed already.
-        _ = node.left.cancelled() => tracing::info!("left the cluster; shutting down"),
-    }
-    stop.cancel();
-    let _ = leader_loops.await;
-    gossip.leave(Duration::from_secs(1)).await;
-    let _ = reconnecting.await;
-    node.shutdown().await;
+        _ = node.left.cancelled() => {
+            tracing::info!("left the cluster; shutting down");
+            false
+        }
+    };
+    member.shutdown(step_down).await;
     Ok(())
-}
-
-/// Registers this node's Node object (and makes sure the system namespaces exist), retrying
-/// while the cluster has no quorum.
-async fn register(node: Arc<RaftNode>, info: NodeInfo, stop: tokio_util::sync::CancellationToken) {
-    loop {
-        match flotilla_controllers::ensure_system_namespaces(&node.replica, node.as_ref()).await {
-            Ok(()) => break,
-            Err(e) => tracing::warn!(error = %e, "cannot create the system namespaces yet"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-    loop {
-        match flotilla_controllers::register_node(&node.replica, node.as_ref(), &info).await {
-            Ok(cidr) => {
-                tracing::info!(%cidr, "node registered");
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot register the node yet"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {

@@ -8,6 +8,7 @@ mod backup;
 mod db;
 mod failpoint;
 mod forward;
+mod leader;
 mod log_store;
 mod members;
 mod membership;

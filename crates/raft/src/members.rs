@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flotilla_rpc::pb;
 use flotilla_rpc::pb::cluster_client::ClusterClient;
@@ -14,6 +14,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 use tonic::Status;
 
+use crate::leader::Try;
 use crate::node::RaftNode;
 use crate::types::{Member, NodeId};
 
@@ -52,106 +53,99 @@ impl RaftNode {
         Ok(())
     }
 
-    /// Adds a learner, here if this node leads, else through the leader.
-    pub(crate) async fn add_learner(
-        &self,
-        req: pb::AddLearnerRequest,
-    ) -> Result<(), tonic::Status> {
+    /// Adds a learner, here if this node leads, else through the leader (once: a node that
+    /// gets a forwarded request and does not lead turns it away).
+    pub(crate) async fn add_learner(&self, req: pb::AddLearnerRequest) -> Result<(), Status> {
         if req.name.is_empty() || req.addr.parse::<SocketAddr>().is_err() {
-            return Err(tonic::Status::invalid_argument(
+            return Err(Status::invalid_argument(
                 "join needs a name and a host:port address",
             ));
         }
-        let deadline = Instant::now() + self.request_timeout;
-        loop {
-            match self.leader() {
-                Some((id, _)) if id == self.id => {
-                    let duplicate = {
-                        let m = self.raft.metrics();
-                        let m = m.borrow_watched();
-                        let membership = m.membership_config.membership();
-                        let found = membership
-                            .nodes()
-                            .find(|(nid, n)| {
-                                **nid != req.node_id && (n.name == req.name || n.addr == req.addr)
-                            })
-                            .map(|(_, n)| n.clone());
-                        found
+        // Adding the same learner again changes nothing: a lost answer may be retried.
+        self.on_leader(
+            "learner addition",
+            true,
+            || async { self.add_learner_here(&req).await },
+            |leader| {
+                let mut client = ClusterClient::new(self.network.channel(&leader.addr));
+                let (req, leader) = (req.clone(), leader.clone());
+                async move {
+                    if req.forwarded {
+                        return Try::Answer(Err(Status::unavailable("not the leader")));
+                    }
+                    let fwd = pb::AddLearnerRequest {
+                        forwarded: true,
+                        ..req
                     };
-                    if let Some(other) = duplicate {
-                        return Err(tonic::Status::already_exists(format!(
-                            "member {other} already uses this name or address"
-                        )));
-                    }
-                    let member = Member {
-                        name: req.name.clone(),
-                        addr: req.addr.clone(),
-                        gossip_addr: req.gossip_addr.clone(),
-                    };
-                    match self.raft.add_learner(req.node_id, member, false).await {
-                        Ok(_) => return Ok(()),
-                        Err(e) if e.forward_to_leader().is_some() => {}
-                        Err(e) => return Err(tonic::Status::unavailable(e.to_string())),
-                    }
+                    forwarded_membership_change(&leader, client.add_learner(fwd).await)
                 }
-                Some((_, leader)) if !req.forwarded => {
-                    let mut client = ClusterClient::new(self.network.channel(&leader.addr));
-                    let mut fwd = req.clone();
-                    fwd.forwarded = true;
-                    match client.add_learner(fwd).await {
-                        Ok(_) => return Ok(()),
-                        Err(s) if s.code() == tonic::Code::Unavailable => {}
-                        Err(s) => return Err(s),
-                    }
-                }
-                Some(_) => return Err(tonic::Status::unavailable("not the leader")),
-                None => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(tonic::Status::unavailable("no leader to add the learner"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            },
+        )
+        .await
+    }
+
+    /// On the leader: adds the learner unless another member has its name or address.
+    async fn add_learner_here(&self, req: &pb::AddLearnerRequest) -> Try<(), Status> {
+        let duplicate = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            let membership = m.membership_config.membership();
+            let found = membership
+                .nodes()
+                .find(|(nid, n)| **nid != req.node_id && (n.name == req.name || n.addr == req.addr))
+                .map(|(_, n)| n.clone());
+            found
+        };
+        if let Some(other) = duplicate {
+            return Try::Answer(Err(Status::already_exists(format!(
+                "member {other} already uses this name or address"
+            ))));
+        }
+        let member = Member {
+            name: req.name.clone(),
+            addr: req.addr.clone(),
+            gossip_addr: req.gossip_addr.clone(),
+        };
+        match self.raft.add_learner(req.node_id, member, false).await {
+            Ok(_) => Try::Answer(Ok(())),
+            Err(e) if e.forward_to_leader().is_some() => Try::NotLeader("leadership moved".into()),
+            Err(e) => Try::Answer(Err(Status::unavailable(e.to_string()))),
         }
     }
 
     /// Removes a member from the Raft membership, here if this node leads, else through the
     /// leader. Removing a member that is not there succeeds.
     pub(crate) async fn remove_member(&self, req: pb::RemoveMemberRequest) -> Result<(), Status> {
-        let deadline = Instant::now() + self.request_timeout;
-        loop {
-            match self.leader() {
-                Some((id, _)) if id == self.id => {
-                    if req.node_id == self.id {
-                        return Err(Status::failed_precondition(
-                            "the leader cannot remove itself; it hands leadership over first",
-                        ));
-                    }
-                    if self.remove_here(req.node_id).await.is_ok() {
-                        return Ok(());
-                    }
+        self.on_leader(
+            "member removal",
+            true,
+            || async {
+                if req.node_id == self.id {
+                    return Try::Answer(Err(Status::failed_precondition(
+                        "the leader cannot remove itself; it hands leadership over first",
+                    )));
                 }
-                Some((_, leader)) if !req.forwarded => {
-                    let mut client = ClusterClient::new(self.network.channel(&leader.addr));
+                match self.remove_here(req.node_id).await {
+                    Ok(()) => Try::Answer(Ok(())),
+                    Err(Retry) => Try::NotLeader("the membership cannot change yet".into()),
+                }
+            },
+            |leader| {
+                let mut client = ClusterClient::new(self.network.channel(&leader.addr));
+                let leader = leader.clone();
+                async move {
+                    if req.forwarded {
+                        return Try::Answer(Err(Status::unavailable("not the leader")));
+                    }
                     let fwd = pb::RemoveMemberRequest {
                         forwarded: true,
                         ..req
                     };
-                    match client.remove_member(fwd).await {
-                        Ok(_) => return Ok(()),
-                        Err(s) if s.code() == tonic::Code::Unavailable => {}
-                        Err(s) => return Err(s),
-                    }
+                    forwarded_membership_change(&leader, client.remove_member(fwd).await)
                 }
-                Some(_) => return Err(Status::unavailable("not the leader")),
-                None => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(Status::unavailable(
-                    "no leader could remove the member in time",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            },
+        )
+        .await
     }
 
     /// On the leader: drops `id` as a voter or learner. The autopilot then restores an odd
@@ -189,3 +183,17 @@ impl RaftNode {
 
 /// A removal that may succeed on a later try (leadership moved, a change under way).
 struct Retry;
+
+/// A membership change forwarded to `leader`: `Unavailable` means it does not lead (now) or
+/// cannot change the membership yet, which a later try may not meet.
+fn forwarded_membership_change<R>(
+    leader: &Member,
+    result: Result<tonic::Response<R>, Status>,
+) -> Try<(), Status> {
+    match result {
+        Ok(_) => Try::Answer(Ok(())),
+        Err(s) if flotilla_rpc::never_sent(&s) => Try::failed_call(leader, &s),
+        Err(s) if s.code() == tonic::Code::Unavailable => Try::NotLeader(s.message().to_string()),
+        Err(s) => Try::Answer(Err(s)),
+    }
+}

@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 
 use crate::db::{Db, Identity, OpenError};
 use crate::forward::Forwarder;
+use crate::leader::Try;
 use crate::log_store::LogStore;
 use crate::membership::{AutopilotConfig, LivenessSource};
 use crate::network::Network;
@@ -497,7 +498,7 @@ impl RaftNode {
     }
 
     /// Waits up to `max` for a leader to be known (it may be gone by the time we use it).
-    async fn await_leader(&self, max: Duration) {
+    pub(crate) async fn await_leader(&self, max: Duration) {
         let _ = self
             .raft
             .wait(Some(max))
@@ -539,84 +540,6 @@ impl RaftNode {
             Err(RaftError::Fatal(f)) => Err(StoreError::Closed {
                 reason: f.to_string(),
             }),
-        }
-    }
-
-    /// Runs `local` on the leader: here if this node leads, else forwarded with `remote`.
-    ///
-    /// A try is repeated only when it certainly had no effect: no leader, a leader that turned
-    /// it away, or a call that never reached the leader. When `idempotent` is false (proposals),
-    /// a call that may have reached the leader and whose answer was lost (a reset connection,
-    /// no answer in time) is not sent again: its outcome is unknown, and answered as a
-    /// [`StoreError::Timeout`] saying so, as etcd and Kubernetes do.
-    async fn on_leader<T, L, LF, R, RF>(
-        &self,
-        what: &str,
-        idempotent: bool,
-        local: L,
-        remote: R,
-    ) -> Result<T, StoreError>
-    where
-        L: Fn() -> LF,
-        LF: std::future::Future<Output = Result<Option<T>, StoreError>>,
-        R: Fn(&Member) -> RF,
-        RF: std::future::Future<Output = Result<Result<T, StoreError>, tonic::Status>>,
-    {
-        let deadline = Instant::now() + self.request_timeout;
-        let mut last = String::from("no leader elected");
-        let unknown = |member: &Member, why: String| StoreError::Timeout {
-            waiting_for: format!(
-                "the answer of leader {member} ({why}): the {what} may or may not have been applied"
-            ),
-            millis: self.request_timeout.as_millis() as u64,
-        };
-        loop {
-            let leader = self.leader();
-            match leader {
-                Some((id, _)) if id == self.id => match local().await {
-                    Ok(Some(v)) => return Ok(v),
-                    Ok(None) => last = "leadership moved".into(),
-                    Err(StoreError::NotLeader { reason }) => last = reason,
-                    Err(e) => return Err(e),
-                },
-                Some((_, member)) => {
-                    // A hung leader (paused, partitioned) must not hold the caller past its deadline.
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    let call = remote(&member);
-                    match tokio::time::timeout(remaining, call).await {
-                        Ok(Ok(Ok(v))) => return Ok(v),
-                        Ok(Ok(Err(StoreError::NotLeader { reason }))) => last = reason,
-                        Ok(Ok(Err(e))) => return Err(e),
-                        Ok(Err(status)) if idempotent || flotilla_rpc::never_sent(&status) => {
-                            last = format!("leader {member} unreachable: {}", status.message())
-                        }
-                        Ok(Err(status)) => {
-                            return Err(unknown(
-                                &member,
-                                format!("the call failed: {}", status.message()),
-                            ))
-                        }
-                        Err(_) if idempotent => {
-                            last = format!("leader {member} did not answer in time")
-                        }
-                        Err(_) => return Err(unknown(&member, "no answer in time".into())),
-                    }
-                }
-                None => {}
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(StoreError::NotLeader {
-                    reason: format!(
-                        "{what} gave up after {} ms: {last}",
-                        self.request_timeout.as_millis()
-                    ),
-                });
-            }
-            // Give the cluster a moment to settle (an election, a reconnect) before retrying.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            self.await_leader((deadline - now).min(Duration::from_millis(500)))
-                .await;
         }
     }
 
@@ -765,15 +688,16 @@ impl Proposer for RaftNode {
         self.on_leader(
             "proposal",
             false,
-            || self.propose_local(command.clone()),
+            || async { Try::local(self.propose_local(command.clone()).await) },
             |leader| {
                 let answer = self.forwarder.propose(&leader.addr, ops.clone());
+                let leader = leader.clone();
                 async move {
-                    let resp = answer.await?;
-                    Ok(match resp.error {
+                    let answer = answer.await.map(|resp| match resp.error {
                         Some(e) => Err(error_from_pb(e)),
                         None => Ok(resp.revision),
-                    })
+                    });
+                    Try::forwarded(&leader, answer)
                 }
             },
         )
@@ -785,18 +709,22 @@ impl Proposer for RaftNode {
             .on_leader(
                 "read index",
                 true,
-                || self.read_index_local(),
+                || async { Try::local(self.read_index_local().await) },
                 |leader| {
                     let mut client = self.store_client(&leader.addr);
+                    let leader = leader.clone();
                     async move {
-                        let resp = client
+                        let answer = client
                             .read_index(pb::ReadIndexRequest {})
-                            .await?
-                            .into_inner();
-                        Ok(match resp.error {
-                            Some(e) => Err(error_from_pb(e)),
-                            None => Ok(resp.index),
-                        })
+                            .await
+                            .map(|resp| {
+                                let resp = resp.into_inner();
+                                match resp.error {
+                                    Some(e) => Err(error_from_pb(e)),
+                                    None => Ok(resp.index),
+                                }
+                            });
+                        Try::forwarded(&leader, answer)
                     }
                 },
             )

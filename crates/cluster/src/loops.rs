@@ -1,0 +1,60 @@
+//! What a member runs besides Raft and gossip: its own registration, and the leader-only loops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_controllers::nodes::NodeInfo;
+use flotilla_controllers::ClusterMembers;
+use flotilla_raft::RaftNode;
+use flotilla_util::LeaderGroup;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The leader-only loops: the garbage collector and the node lifecycle.
+pub(crate) fn leader_group(
+    node: &Arc<RaftNode>,
+    members: watch::Receiver<ClusterMembers>,
+) -> LeaderGroup {
+    let ctx = flotilla_controllers::Context {
+        engine: Arc::new(node.replica.clone()),
+        proposer: Arc::clone(node) as Arc<dyn flotilla_store::Proposer>,
+        clock: Arc::new(flotilla_util::SystemClock),
+    };
+    let mut group = LeaderGroup::new();
+    group.add("garbage-collector", {
+        let ctx = ctx.clone();
+        move |stop| flotilla_controllers::gc::run(ctx.clone(), stop)
+    });
+    group.add("node-lifecycle", move |stop| {
+        flotilla_controllers::run_node_lifecycle(ctx.clone(), members.clone(), stop)
+    });
+    group
+}
+
+/// Registers this node's Node object (and makes sure the system namespaces exist), retrying
+/// while the cluster has no quorum.
+pub(crate) async fn register(node: Arc<RaftNode>, info: NodeInfo, stop: CancellationToken) {
+    loop {
+        match flotilla_controllers::ensure_system_namespaces(&node.replica, node.as_ref()).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!(error = %e, "cannot create the system namespaces yet"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    loop {
+        match flotilla_controllers::register_node(&node.replica, node.as_ref(), &info).await {
+            Ok(cidr) => {
+                tracing::info!(%cidr, "node registered");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot register the node yet"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
