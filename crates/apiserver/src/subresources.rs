@@ -168,6 +168,10 @@ pub async fn handle(
             }
             _ => return Err(not_supported(sub)),
         };
+        // A resourceVersion the client sent is a precondition, as for any update (a status
+        // writer that read an older object must not overwrite a newer one).
+        let expected = crate::writes::precondition(&input)?;
+        crate::update::check_precondition(r, name, &key, expected, revision)?;
         let mut updated = object.clone();
         if sub == "scale" {
             let replicas = input["spec"]["replicas"]

@@ -97,6 +97,23 @@ pub(crate) async fn guaranteed_update<T>(
     Err(kept_changing(r, name))
 }
 
+/// A client's `resourceVersion` precondition (`None`: none) against the revision read: 409 if
+/// it does not match.
+pub(crate) fn check_precondition(
+    r: &Resource,
+    name: &str,
+    key: &str,
+    expected: Option<u64>,
+    revision: u64,
+) -> Result<(), WriteError> {
+    match expected {
+        Some(expected) if expected != revision => {
+            Err(precondition_failed(r, name, key, expected, revision))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The 409 for a `resourceVersion` precondition that does not match the stored object.
 pub(crate) fn precondition_failed(
     r: &Resource,

@@ -14,7 +14,7 @@ use flotilla_store::{Command, Engine, Proposer, StoreError};
 use serde_json::{json, Map, Value};
 
 use crate::objects::{object_of, Target};
-use crate::update::{guaranteed_update, precondition_failed, Attempt};
+use crate::update::{check_precondition, guaranteed_update, Attempt};
 
 /// A failed write, for a `Status`.
 #[derive(Debug)]
@@ -191,7 +191,11 @@ fn parse_body(body: &[u8], content_type: &str) -> Result<Value, WriteError> {
 fn check_namespace(engine: &dyn Engine, target: &Target<'_>) -> Result<(), WriteError> {
     if let Some(ns) = target.namespace {
         let (_, found) = engine
-            .get(&format!("/core/namespaces/{ns}"))
+            .get(&store_key(
+                flotilla_api::find("", "v1", "namespaces").expect("namespaces are served"),
+                "",
+                ns,
+            ))
             .map_err(|e| store_failure(target.resource, ns, e))?;
         let Some(record) = found else {
             return Err(WriteError::new(
@@ -390,7 +394,7 @@ fn plan_replace(
 }
 
 /// A `resourceVersion` the client set as a precondition (`None`: none set).
-fn precondition(object: &Value) -> Result<Option<u64>, WriteError> {
+pub(crate) fn precondition(object: &Value) -> Result<Option<u64>, WriteError> {
     match object["metadata"]["resourceVersion"].as_str() {
         None | Some("") => Ok(None),
         Some(rv) => rv
@@ -450,9 +454,7 @@ pub async fn update(
     let expected = precondition(&object)?;
     let key = store_key(r, target.namespace.unwrap_or(""), name);
     guaranteed_update(engine, proposer, r, &key, name, |current, revision| {
-        if let Some(expected) = expected.filter(|e| *e != revision) {
-            return Err(precondition_failed(r, name, &key, expected, revision));
-        }
+        check_precondition(r, name, &key, expected, revision)?;
         plan_replace(
             r,
             &key,
@@ -507,10 +509,7 @@ pub async fn patch(
     let patched = guaranteed_update(engine, proposer, r, &key, name, |current, revision| {
         let patched = apply_patch(&current, &patch, request.content_type)?;
         // A patch may set a resourceVersion precondition (the object as read carries its own).
-        let expected = precondition(&patched)?.filter(|e| *e != revision);
-        if let Some(expected) = expected {
-            return Err(precondition_failed(r, name, &key, expected, revision));
-        }
+        check_precondition(r, name, &key, precondition(&patched)?, revision)?;
         plan_replace(
             r,
             &key,

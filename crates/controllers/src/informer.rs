@@ -1,13 +1,15 @@
 //! The informer: list + watch of the local replica into a typed, indexed cache.
 //!
 //! It watches first and lists second, so that a change made during the list is replayed on top
-//! of it (a change older than the cached object is skipped), which makes list + watch gapless.
+//! of it: events up to the revision a prefix was listed at are skipped (the list holds them),
+//! later ones applied, which makes list + watch gapless with nothing replayed twice.
 //! When the watch falls out of the window (`compacted`) it lists again and reports only the
 //! differences. Every change to the cache is handed to the registered handlers, which should
 //! only enqueue keys. Scans run on the blocking pool, never on an async worker.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use flotilla_store::{Engine, EventKind, Record, Revision, StoreError};
 use tokio::sync::watch;
@@ -46,6 +48,8 @@ struct Shared<T> {
     cache: RwLock<Cache<T>>,
     /// The revision the cache reflects; 0 until the first list.
     revision: watch::Sender<Revision>,
+    /// How long to gather changes before taking them (see [`InformerBuilder::batch`]).
+    batch: Duration,
 }
 
 /// Builds an [`Informer`]: what to watch, how to parse it, its indexes and handlers.
@@ -54,6 +58,7 @@ pub struct InformerBuilder<T> {
     parse: Parse<T>,
     index_fns: Vec<(&'static str, IndexFn<T>)>,
     handlers: Vec<Handler<T>>,
+    batch: Duration,
 }
 
 impl<T: Send + Sync + 'static> InformerBuilder<T> {
@@ -64,6 +69,14 @@ impl<T: Send + Sync + 'static> InformerBuilder<T> {
         f: impl Fn(&Cached<T>) -> Vec<String> + Send + Sync + 'static,
     ) -> Self {
         self.index_fns.push((name, Box::new(f)));
+        self
+    }
+
+    /// Takes changes at most once per `every`, as one batch: under a heavy write load a loop
+    /// that need not react within milliseconds (the garbage collector) then wakes a few times
+    /// a second instead of once per applied entry. Default: at once.
+    pub fn batch(mut self, every: Duration) -> Self {
+        self.batch = every;
         self
     }
 
@@ -90,6 +103,7 @@ impl<T: Send + Sync + 'static> InformerBuilder<T> {
                     indexes,
                 }),
                 revision: watch::channel(0).0,
+                batch: self.batch,
             }),
         }
     }
@@ -121,6 +135,7 @@ impl<T: Send + Sync + 'static> Informer<T> {
             parse: Box::new(parse),
             index_fns: Vec::new(),
             handlers: Vec::new(),
+            batch: Duration::ZERO,
         }
     }
 
@@ -178,44 +193,77 @@ impl<T: Send + Sync + 'static> Informer<T> {
         let watch_prefix = common_prefix(&self.shared.prefixes);
         loop {
             let from = engine.applied_revision();
-            let mut watcher = engine.window().watch(watch_prefix.clone(), from)?;
-            let listed = {
+            let mut watcher = match engine.window().watch(watch_prefix.clone(), from) {
+                Ok(w) => w,
+                // The window was reset under us (a snapshot was installed): read again.
+                Err(StoreError::Compacted { .. }) => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            // Each prefix is listed at a revision of its own, at or after `from`.
+            let listed: Vec<(Revision, Vec<(String, Record)>)> = {
                 let engine = Arc::clone(&engine);
                 let prefixes = self.shared.prefixes.clone();
                 tokio::task::spawn_blocking(move || {
-                    let mut all = Vec::new();
-                    let mut revision = 0;
-                    for prefix in &prefixes {
-                        let listing = engine.list(prefix, None, 0)?;
-                        revision = revision.max(listing.revision);
-                        all.extend(listing.items);
-                    }
-                    Ok::<_, StoreError>((revision, all))
+                    prefixes
+                        .iter()
+                        .map(|prefix| {
+                            let listing = engine.list(prefix, None, 0)?;
+                            Ok((listing.revision, listing.items))
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()
                 })
                 .await
                 .map_err(StoreError::storage)??
             };
-            self.replace(listed.0.max(from), listed.1);
+            let listed_at: Vec<Revision> = listed.iter().map(|(r, _)| (*r).max(from)).collect();
+            // Complete up to the earliest of them; the watch brings the rest.
+            let complete = listed_at.iter().copied().min().unwrap_or(from);
+            self.replace(
+                complete,
+                listed.into_iter().flat_map(|(_, items)| items).collect(),
+            );
             loop {
-                let events = tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    events = watcher.next() => events,
+                let events = if self.shared.batch.is_zero() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        events = watcher.next() => events,
+                    }
+                } else {
+                    // Every `batch`, take what arrived meanwhile: the task does not wake for
+                    // each applied entry, matching or not.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(self.shared.batch) => {}
+                    }
+                    match tokio::time::timeout(Duration::ZERO, watcher.next()).await {
+                        Ok(events) => events,
+                        Err(_) => continue,
+                    }
                 };
                 match events {
                     Ok(events) => {
                         for event in &events {
-                            if self
+                            let Some(p) = self
                                 .shared
                                 .prefixes
                                 .iter()
-                                .any(|p| event.key.starts_with(p))
-                            {
-                                let record = match event.kind {
-                                    EventKind::Deleted => None,
-                                    _ => event.record.as_ref(),
-                                };
-                                self.apply(&event.key, event.revision, record);
+                                .position(|p| event.key.starts_with(p))
+                            else {
+                                continue;
+                            };
+                            // The list of its prefix already holds every change up to its
+                            // revision (a key created and deleted meanwhile is not replayed).
+                            if event.revision <= listed_at[p] {
+                                continue;
                             }
+                            let record = match event.kind {
+                                EventKind::Deleted => None,
+                                _ => event.record.as_ref(),
+                            };
+                            self.apply(&event.key, event.revision, record);
                         }
                         self.advance(watcher.cursor());
                     }
@@ -231,6 +279,22 @@ impl<T: Send + Sync + 'static> Informer<T> {
                 }
             }
         }
+    }
+
+    /// Runs the informer on a task of its own until `shutdown`; `owner` names the loop in the
+    /// warning logged if it stops on a store error.
+    pub fn spawn(
+        &self,
+        engine: Arc<dyn Engine>,
+        shutdown: CancellationToken,
+        owner: &'static str,
+    ) -> tokio::task::JoinHandle<()> {
+        let informer = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = informer.run(engine, shutdown).await {
+                tracing::warn!(error = %e, owner, "informer stopped");
+            }
+        })
     }
 
     fn advance(&self, revision: Revision) {

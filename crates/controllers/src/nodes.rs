@@ -298,16 +298,11 @@ pub async fn run_node_lifecycle(
             let queue = queue.clone();
             move |c| queue.add(c.key)
         })
+        // Node objects change seldom; the membership, which matters at once, has its own
+        // watch. Not waking for every applied entry matters more.
+        .batch(std::time::Duration::from_millis(100))
         .build();
-    let informing = tokio::spawn({
-        let (informer, engine, stop) =
-            (informer.clone(), Arc::clone(&ctx.engine), shutdown.clone());
-        async move {
-            if let Err(e) = informer.run(engine, stop).await {
-                tracing::warn!(error = %e, "node lifecycle's informer stopped");
-            }
-        }
-    });
+    let informing = informer.spawn(Arc::clone(&ctx.engine), shutdown.clone(), "node-lifecycle");
     // Every node is looked at again when the membership changes.
     let membership_changes = tokio::spawn({
         let (queue, informer, mut members, stop) = (

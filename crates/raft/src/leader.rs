@@ -127,8 +127,15 @@ impl RaftNode {
                 Some((id, _)) if id == self.id => Some(local().await),
                 Some((_, member)) => {
                     // A hung leader (paused, partitioned) must not hold the caller past its
-                    // deadline.
+                    // deadline. A write is not sent with too little of it left: its answer
+                    // would likely be lost in flight, and its outcome unknown.
                     let remaining = deadline.saturating_duration_since(Instant::now());
+                    if !idempotent && remaining < self.request_timeout / 4 {
+                        return Err(E::gave_up(format!(
+                            "{what} gave up after {} ms: {last}",
+                            started.elapsed().as_millis()
+                        )));
+                    }
                     match tokio::time::timeout(remaining, remote(&member)).await {
                         Ok(tried) => Some(tried),
                         Err(_) => Some(Try::Lost(format!("leader {member}: no answer in time"))),

@@ -90,6 +90,8 @@ impl LeaderGroup {
                 if let Some(r) = running.take() {
                     self.stop(r).await;
                 }
+                // Stopping may take a while: start for the leadership as it is now.
+                let want = *leadership.borrow_and_update();
                 if let Some(term) = want {
                     running = Some(self.start(term));
                 }
@@ -129,14 +131,15 @@ impl LeaderGroup {
 
     async fn stop(&self, running: Running) {
         running.stop.cancel();
-        for (name, task) in running.tasks {
-            let abort = task.abort_handle();
-            if tokio::time::timeout(STOP_GRACE, task).await.is_err() {
+        for (name, mut task) in running.tasks {
+            if tokio::time::timeout(STOP_GRACE, &mut task).await.is_err() {
                 tracing::warn!(
                     loop_name = name,
                     "leader loop did not stop in time; aborted"
                 );
-                abort.abort();
+                task.abort();
+                // Gone before the next term's loops start.
+                let _ = task.await;
             }
         }
         {

@@ -160,3 +160,71 @@ fn one_watch_covers_every_prefix() {
     assert_eq!(p(&["/apps/x/", "/core/y/"]), "/");
     assert_eq!(p(&[]), "");
 }
+
+/// A replica where a key is created and deleted between the informer's watch and its list.
+struct RacingEngine {
+    inner: Arc<MemoryStore>,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+impl Engine for RacingEngine {
+    fn get(&self, key: &str) -> Result<(Revision, Option<Record>), StoreError> {
+        self.inner.get(key)
+    }
+    fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<flotilla_store::Listing, StoreError> {
+        if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // On the blocking pool, as the informer lists.
+            let handle = tokio::runtime::Handle::current();
+            handle
+                .block_on(
+                    self.inner
+                        .propose(Command::create(key("ghost"), pod("ghost", "n1", "o"))),
+                )
+                .unwrap();
+            handle
+                .block_on(self.inner.propose(Command::delete(key("ghost"), None)))
+                .unwrap();
+        }
+        self.inner.list(prefix, start_after, limit)
+    }
+    fn applied_revision(&self) -> Revision {
+        self.inner.applied_revision()
+    }
+    fn window(&self) -> &Arc<flotilla_store::WatchWindow> {
+        self.inner.window()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_created_and_deleted_during_the_list_is_never_seen() {
+    let store = Arc::new(MemoryStore::new(1000));
+    store
+        .propose(Command::create(key("a"), pod("a", "n1", "o")))
+        .await
+        .unwrap();
+    let engine: Arc<dyn Engine> = Arc::new(RacingEngine {
+        inner: Arc::clone(&store),
+        raced: Default::default(),
+    });
+    let seen: Seen = Arc::default();
+    let inf = informer(&seen);
+    let stop = CancellationToken::new();
+    tokio::spawn(inf.clone().run(engine, stop.clone()));
+    tokio::time::timeout(Duration::from_secs(5), inf.synced())
+        .await
+        .unwrap();
+    let rev = store
+        .propose(Command::create(key("b"), pod("b", "n1", "o")))
+        .await
+        .unwrap();
+    settle(&inf, rev).await;
+    assert_eq!(inf.keys(), vec![key("a"), key("b")]);
+    let keys: Vec<String> = seen.lock().unwrap().iter().map(|s| s.0.clone()).collect();
+    assert_eq!(keys, vec![key("a"), key("b")], "the ghost was replayed");
+    stop.cancel();
+}
