@@ -545,7 +545,50 @@ async fn handle(
         if query.watch && target.name.is_none() {
             return watch_response(config, target, &query).await;
         }
-        return match objects::read(&*config.engine, &*config.proposer, target, &query).await {
+        if let Err(e) = query.selectors() {
+            return failure(
+                StatusCode::from_u16(e.code).unwrap_or(StatusCode::BAD_REQUEST),
+                e.reason,
+                &e.message,
+            );
+        }
+        if !query.any_version {
+            if let Err(e) = config.proposer.read_barrier().await {
+                let e = objects::ReadError::from(e);
+                return failure(
+                    StatusCode::from_u16(e.code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                    e.reason,
+                    &e.message,
+                );
+            }
+        }
+        // The scan and the serialisation run on the blocking pool, not on an async worker.
+        let engine = Arc::clone(&config.engine);
+        let (resource, namespace, name) = (
+            target.resource,
+            target.namespace.map(str::to_string),
+            target.name.map(str::to_string),
+        );
+        let read = tokio::task::spawn_blocking(move || {
+            let target = objects::Target {
+                resource,
+                namespace: namespace.as_deref(),
+                name: name.as_deref(),
+            };
+            objects::read_local(&*engine, &target, &query)
+        })
+        .await;
+        let read = match read {
+            Ok(r) => r,
+            Err(e) => {
+                return failure(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    &format!("the read task failed: {e}"),
+                )
+            }
+        };
+        return match read {
             Ok(objects::ReadBody::Json(body)) => json_response(StatusCode::OK, &body),
             Ok(objects::ReadBody::Raw(text)) => Response::builder()
                 .status(StatusCode::OK)

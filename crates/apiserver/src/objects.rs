@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use flotilla_api::{store_key, store_prefix, FieldSelector, LabelSelector, Resource};
-use flotilla_store::{Engine, Proposer, Record, StoreError};
+use flotilla_store::{Engine, Record, StoreError};
 use serde_json::{json, Value};
 
 /// Where a request points, once the path is parsed.
@@ -224,17 +224,30 @@ impl ReadBody {
     }
 }
 
-/// Reads the target: one object, or a list.
+/// Reads the target, one object or a list, after a read barrier unless `resourceVersion=0`
+/// (the server does the same in two steps, the second on the blocking pool).
+#[cfg(test)]
 pub async fn read(
     engine: &dyn Engine,
-    proposer: &dyn Proposer,
+    proposer: &dyn flotilla_store::Proposer,
+    target: &Target<'_>,
+    query: &ReadQuery,
+) -> Result<ReadBody, ReadError> {
+    query.selectors()?;
+    if !query.any_version {
+        proposer.read_barrier().await?;
+    }
+    read_local(engine, target, query)
+}
+
+/// [`read`] after its read barrier: the local replica's answer. A list scans and serialises
+/// every object of the page, so the server calls it on the blocking pool.
+pub fn read_local(
+    engine: &dyn Engine,
     target: &Target<'_>,
     query: &ReadQuery,
 ) -> Result<ReadBody, ReadError> {
     let (labels, fields) = query.selectors()?;
-    if !query.any_version {
-        proposer.read_barrier().await?;
-    }
     let r = target.resource;
     if let Some(name) = target.name {
         let key = store_key(r, target.namespace.unwrap_or(""), name);
@@ -491,7 +504,7 @@ pub(crate) fn table(r: &Resource, objects: Vec<Value>, revision: Option<String>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_store::{Command, MemoryStore};
+    use flotilla_store::{Command, MemoryStore, Proposer};
 
     /// `read`, answering a value.
     async fn read(
