@@ -241,9 +241,8 @@ fn check_preconditions(
     options: &DeleteOptions,
 ) -> Result<(), WriteError> {
     let conflict = |what: &str, want: &str, have: &str| {
-        WriteError::new(
-            409,
-            "Conflict",
+        WriteError::from_store(
+            flotilla_store::ErrorCode::Conflict,
             format!(
                 "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: {what}: {want}, {what} in object meta: {have}",
                 r.plural

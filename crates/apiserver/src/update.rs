@@ -9,7 +9,7 @@
 //! precondition did not match, or the write would have changed nothing.
 
 use flotilla_api::Resource;
-use flotilla_store::{Command, Engine, Proposer, StoreError};
+use flotilla_store::{Command, Engine, ErrorCode, Proposer, StoreError};
 use serde_json::Value;
 
 use crate::objects::object_of;
@@ -45,10 +45,12 @@ pub(crate) async fn read_object(
     }
     let (_, record) = engine.get(key).map_err(|e| store_failure(r, name, e))?;
     let record = record.ok_or_else(|| {
-        WriteError::new(
-            404,
-            "NotFound",
-            format!("{} \"{name}\" not found", r.plural),
+        store_failure(
+            r,
+            name,
+            StoreError::NotFound {
+                key: key.to_string(),
+            },
         )
     })?;
     let object = object_of(&record).ok_or_else(|| {
@@ -73,7 +75,7 @@ pub(crate) async fn guaranteed_update<T>(
     let mut fresh = false;
     for _ in 0..ATTEMPTS {
         let (object, revision) = match read_object(engine, proposer, r, key, name, fresh).await {
-            Err(e) if e.code == 404 && !fresh => {
+            Err(e) if e.store_code == Some(ErrorCode::NotFound) && !fresh => {
                 fresh = true;
                 continue;
             }
@@ -81,7 +83,7 @@ pub(crate) async fn guaranteed_update<T>(
         };
         match attempt(object, revision) {
             // A precondition failed against what may be a stale copy.
-            Err(e) if e.reason == "Conflict" && !fresh => fresh = true,
+            Err(e) if e.is_conflict() && !fresh => fresh = true,
             Err(e) => return Err(e),
             Ok(Attempt::Unchanged(answer)) if fresh => return Ok(answer),
             // Unchanged against the local copy: confirm against the latest.

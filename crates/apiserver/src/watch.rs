@@ -46,6 +46,17 @@ fn line(kind: &str, object: Value) -> Bytes {
     Bytes::from(s)
 }
 
+/// Everything under `prefix`, scanned on the blocking pool.
+async fn list_blocking(
+    engine: &Arc<dyn Engine>,
+    prefix: &str,
+) -> Result<flotilla_store::Listing, flotilla_store::StoreError> {
+    let (engine, prefix) = (Arc::clone(engine), prefix.to_string());
+    tokio::task::spawn_blocking(move || engine.list(&prefix, None, 0))
+        .await
+        .map_err(flotilla_store::StoreError::storage)?
+}
+
 /// Streams the events into `tx` until the client goes, the timeout passes or the window ends.
 pub async fn run(
     engine: Arc<dyn Engine>,
@@ -68,7 +79,7 @@ pub async fn run(
     };
     let after = match req.after {
         Some(rv) => rv,
-        None => match engine.list(&prefix, None, 0) {
+        None => match list_blocking(&engine, &prefix).await {
             Ok(listing) => {
                 for (_, rec) in &listing.items {
                     if let Some(l) = raw_line("ADDED", rec, rec.mod_revision).filter(|_| unfiltered)

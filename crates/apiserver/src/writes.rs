@@ -10,7 +10,7 @@ use flotilla_api::kinds::{admit, FieldValidation, Rejection};
 use flotilla_api::meta::{new_uid, now_rfc3339};
 use flotilla_api::validation::FieldError;
 use flotilla_api::{json_patch, merge_patch, store_key, strategic_merge_patch, Resource};
-use flotilla_store::{Command, Engine, Proposer, StoreError};
+use flotilla_store::{Command, Engine, ErrorCode, Proposer, StoreError};
 use serde_json::{json, Map, Value};
 
 use crate::objects::{object_of, Target};
@@ -26,6 +26,8 @@ pub struct WriteError {
     /// For an invalid object: its group, kind and name, which a Kubernetes `Status` names in
     /// its details (kubectl prints `The Service "web" is invalid`).
     pub invalid: Option<Box<Invalid>>,
+    /// The store's code when the store refused the write, or the object was not there.
+    pub store_code: Option<ErrorCode>,
 }
 
 /// The object a 422 is about.
@@ -44,7 +46,22 @@ impl WriteError {
             message,
             causes: Vec::new(),
             invalid: None,
+            store_code: None,
         }
+    }
+
+    /// The store's refusal of `code`, as Kubernetes words it.
+    pub(crate) fn from_store(code: ErrorCode, message: String) -> WriteError {
+        WriteError {
+            store_code: Some(code),
+            ..WriteError::new(code.http_status(), code.k8s_reason(), message)
+        }
+    }
+
+    /// Whether the store refused the write as a conflict (a revision or precondition that
+    /// does not match).
+    pub(crate) fn is_conflict(&self) -> bool {
+        self.store_code == Some(ErrorCode::Conflict)
     }
 
     fn bad_request(message: String) -> WriteError {
@@ -68,36 +85,22 @@ impl WriteError {
 }
 
 pub(crate) fn store_failure(r: &Resource, name: &str, e: StoreError) -> WriteError {
-    match e {
-        StoreError::AlreadyExists { .. } => WriteError::new(
-            409,
-            "AlreadyExists",
-            format!("{} \"{name}\" already exists", r.plural),
+    let message = match &e {
+        StoreError::AlreadyExists { .. } => format!("{} \"{name}\" already exists", r.plural),
+        StoreError::NotFound { .. } => format!("{} \"{name}\" not found", r.plural),
+        StoreError::Conflict { .. } => format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+            r.plural
         ),
-        StoreError::NotFound { .. } => {
-            WriteError::new(404, "NotFound", format!("{} \"{name}\" not found", r.plural))
-        }
-        StoreError::Conflict { .. } => WriteError::new(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                r.plural
-            ),
-        ),
-        other => WriteError::new(
-            other.code().http_status(),
-            other.code().k8s_reason(),
-            other.to_string(),
-        ),
-    }
+        other => other.to_string(),
+    };
+    WriteError::from_store(e.code(), message)
 }
 
 /// A write retried on conflicts until it gave up: 409.
 pub(crate) fn kept_changing(r: &Resource, name: &str) -> WriteError {
-    WriteError::new(
-        409,
-        "Conflict",
+    WriteError::from_store(
+        ErrorCode::Conflict,
         format!(
             "Operation cannot be fulfilled on {} \"{name}\": the object kept changing",
             r.plural
@@ -135,6 +138,7 @@ pub(crate) fn invalid_object(
             kind,
             name: name.to_string(),
         })),
+        store_code: None,
     }
 }
 

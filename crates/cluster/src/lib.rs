@@ -1,5 +1,5 @@
 //! A cluster member as a whole, as every `flotilla node` runs it: the Raft node started
-//! (bootstrap, join or resume, `flotilla_raft::RaftNode::start`), the admin's credentials
+//! (bootstrap, join or resume, [`start_node`]), the admin's credentials
 //! written by the node that holds the CA key, gossip wired to Raft (liveness for the autopilot,
 //! reconnects, the membership the node lifecycle follows), this node's Node object registered,
 //! and the leader-only loops (garbage collector, node lifecycle) in their [`LeaderGroup`]. The
@@ -8,6 +8,10 @@
 pub mod admin;
 mod gossip;
 mod loops;
+mod seed;
+mod startup;
+
+pub use startup::start_node;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +20,7 @@ use flotilla_controllers::nodes::NodeInfo;
 use flotilla_gossip::{Gossip, Membership, Timing};
 use flotilla_pki::JoinToken;
 use flotilla_raft::{NodeConfig, RaftNode};
+
 use flotilla_store::Leadership;
 use flotilla_util::{GroupStatusHandle, LeaderGroup};
 use tokio::task::JoinHandle;
@@ -47,9 +52,7 @@ impl Member {
     /// Starts the member; returns once it is one (a joiner: once the leader added it).
     pub async fn start(config: MemberConfig) -> Result<Member, String> {
         let data_dir = config.raft.data_dir.clone();
-        let node = RaftNode::start(config.raft)
-            .await
-            .map_err(|e| e.to_string())?;
+        let node = start_node(config.raft).await.map_err(|e| e.to_string())?;
         let join_token = admin::ensure_admin_credentials(&node, &data_dir, config.api_addr)
             .await
             .map_err(|e| format!("cannot write the admin credentials: {e}"))?;

@@ -43,7 +43,7 @@ fn store_status(e: StoreError) -> Status {
 
 impl RaftNode {
     /// Stores the CA unless it is there already (a bootstrap resumed after a crash).
-    pub(crate) async fn publish_ca(&self, ca: &Ca) -> Result<(), StoreError> {
+    pub async fn publish_ca(&self, ca: &Ca) -> Result<(), StoreError> {
         let stored = StoredCa {
             cert_pem: ca.credential().cert_pem.clone(),
             key_pem: ca.credential().key_pem.clone(),

@@ -16,7 +16,6 @@ mod network;
 mod node;
 mod propose;
 mod recent;
-mod seed;
 mod service;
 mod snapshot;
 mod state_machine;
@@ -24,7 +23,8 @@ mod status;
 mod types;
 
 pub use backup::{restore, RestoreConfig, RestoreError, Restored};
-pub use db::{Identity, OpenError};
+pub use db::{Db, Identity, OpenError};
+pub use members::left_marker;
 pub use membership::{plan, target_voters, AutopilotConfig, LivenessSource, Observed, Step};
 pub use node::{NodeConfig, RaftNode, StartError};
 pub use snapshot::verify as verify_snapshot;
