@@ -545,22 +545,12 @@ async fn handle(
         if query.watch && target.name.is_none() {
             return watch_response(config, target, &query).await;
         }
-        if let Err(e) = query.selectors() {
+        if let Err(e) = objects::before_read(&*config.proposer, &query).await {
             return failure(
-                StatusCode::from_u16(e.code).unwrap_or(StatusCode::BAD_REQUEST),
+                StatusCode::from_u16(e.code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
                 e.reason,
                 &e.message,
             );
-        }
-        if !query.any_version {
-            if let Err(e) = config.proposer.read_barrier().await {
-                let e = objects::ReadError::from(e);
-                return failure(
-                    StatusCode::from_u16(e.code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                    e.reason,
-                    &e.message,
-                );
-            }
         }
         // The scan and the serialisation run on the blocking pool, not on an async worker.
         let engine = Arc::clone(&config.engine);

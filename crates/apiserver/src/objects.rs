@@ -224,8 +224,21 @@ impl ReadBody {
     }
 }
 
-/// Reads the target, one object or a list, after a read barrier unless `resourceVersion=0`
-/// (the server does the same in two steps, the second on the blocking pool).
+/// What a read does before it reads the local replica: checks the selectors, and waits for
+/// a read barrier unless `resourceVersion=0`.
+pub async fn before_read(
+    proposer: &dyn flotilla_store::Proposer,
+    query: &ReadQuery,
+) -> Result<(), ReadError> {
+    query.selectors()?;
+    if !query.any_version {
+        proposer.read_barrier().await?;
+    }
+    Ok(())
+}
+
+/// Reads the target, one object or a list (the server does the same, [`read_local`] on the
+/// blocking pool).
 #[cfg(test)]
 pub async fn read(
     engine: &dyn Engine,
@@ -233,10 +246,7 @@ pub async fn read(
     target: &Target<'_>,
     query: &ReadQuery,
 ) -> Result<ReadBody, ReadError> {
-    query.selectors()?;
-    if !query.any_version {
-        proposer.read_barrier().await?;
-    }
+    before_read(proposer, query).await?;
     read_local(engine, target, query)
 }
 

@@ -217,7 +217,7 @@ mod tests {
         let engine: Arc<dyn Engine> = store.clone();
         tokio::spawn(run(
             engine,
-            Arc::clone(store.window_arc()),
+            Arc::clone(store.window()),
             r,
             Some("default".into()),
             request(None),
@@ -292,7 +292,7 @@ mod tests {
         let engine: Arc<dyn Engine> = store.clone();
         tokio::spawn(run(
             engine,
-            Arc::clone(store.window_arc()),
+            Arc::clone(store.window()),
             r,
             None,
             request(Some(1)),

@@ -5,16 +5,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use flotilla_testkit::free_port;
 
 pub struct EtcdCluster {
     pub endpoints: Vec<String>,
     children: Vec<Child>,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 impl EtcdCluster {
@@ -26,9 +21,7 @@ impl EtcdCluster {
     /// scheduler's threads of each (`GOMAXPROCS`), as a Flotilla node runs one async worker.
     pub async fn start(dir: &Path, name: &str, gomaxprocs: Option<u32>) -> Result<EtcdCluster> {
         let bin = etcd_bin()?;
-        let ports: Vec<(u16, u16)> = (0..3)
-            .map(|_| Ok((free_port()?, free_port()?)))
-            .collect::<Result<_>>()?;
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
             .iter()
             .enumerate()

@@ -397,7 +397,7 @@ pub fn next_due<'a>(
 
 mod runner;
 
-pub use runner::{run, SWEEP_EVERY};
+pub use runner::run;
 
 #[cfg(test)]
 mod tests;

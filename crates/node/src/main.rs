@@ -375,7 +375,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let api_config = flotilla_apiserver::ApiConfig {
         engine: Arc::new(node.replica.clone()),
         proposer: Arc::clone(&node) as Arc<dyn flotilla_store::Proposer>,
-        window: Arc::clone(node.replica.window_arc()),
+        window: Arc::clone(flotilla_store::Engine::window(&node.replica)),
         ca_pem: pki.ca_pem.clone(),
         identity: flotilla_pki::Credential {
             cert_pem: pki.chain_pem(),

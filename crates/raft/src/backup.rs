@@ -41,9 +41,10 @@ impl RaftNode {
         let db = Arc::clone(&self.replica.db);
         let snapshots = self.snapshots.clone();
         tokio::task::spawn_blocking(move || {
-            let path = snapshots.temp_path("backup");
-            let (meta, _) =
-                crate::state_machine::write_snapshot(&db, snapshots.temp_path("build"), &path)?;
+            let (meta, _, path) =
+                crate::state_machine::write_snapshot(&db, snapshots.temp_path("build"), |_| {
+                    snapshots.temp_path("backup")
+                })?;
             Ok::<_, io::Error>((path, meta.last_log_id.map_or(0, |l| l.index)))
         })
         .await

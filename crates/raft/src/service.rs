@@ -451,7 +451,7 @@ impl Store for StoreService {
         let watcher = self
             .node
             .replica
-            .window_arc()
+            .window()
             .watch(req.prefix, req.after_revision);
         tokio::spawn(async move {
             let mut watcher = match watcher {

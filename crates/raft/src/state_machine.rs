@@ -50,10 +50,6 @@ impl Replica {
         })
     }
 
-    pub fn window_arc(&self) -> &Arc<WatchWindow> {
-        &self.window
-    }
-
     fn storage(e: impl std::fmt::Display) -> StoreError {
         StoreError::storage(e)
     }
@@ -397,17 +393,9 @@ fn snapshot_meta(
 /// state applied when it is taken, and removes older files.
 fn write_file(db: &Db, snapshots: &SnapshotDir) -> io::Result<Snapshot> {
     let started = std::time::Instant::now();
-    let snap = db.db.snapshot();
-    let meta = snapshot_meta(db, &snap)?;
-    drop(snap);
-    let path = snapshots.path_for(&meta);
-    let (meta, keys) = write_snapshot(db, snapshots.temp_path("build"), &path)?;
-    // The state may have moved on since the point was read: the file is named by its own.
-    let named = snapshots.path_for(&meta);
-    if named != path {
-        std::fs::rename(&path, &named)?;
-    }
-    let path = named;
+    let (meta, keys, path) = write_snapshot(db, snapshots.temp_path("build"), |meta| {
+        snapshots.path_for(meta)
+    })?;
     snapshots.prune(&path)?;
     tracing::info!(
         index = meta.last_log_id.as_ref().map_or(0, |l| l.index),
@@ -422,12 +410,12 @@ fn write_file(db: &Db, snapshots: &SnapshotDir) -> io::Result<Snapshot> {
 }
 
 /// Writes a snapshot file of the state as one RocksDB snapshot sees it: built at `tmp`, moved
-/// to `path` once sealed. Returns its point and how many keys it holds.
+/// to `name(its point)` once sealed. Returns its point, how many keys it holds and its path.
 pub(crate) fn write_snapshot(
     db: &Db,
     tmp: PathBuf,
-    path: &std::path::Path,
-) -> io::Result<(SnapshotMeta, u64)> {
+    name: impl FnOnce(&SnapshotMeta) -> PathBuf,
+) -> io::Result<(SnapshotMeta, u64, PathBuf)> {
     let snap = db.db.snapshot();
     let meta = snapshot_meta(db, &snap)?;
     let mut writer = SnapshotWriter::create(tmp, &meta)?;
@@ -442,8 +430,9 @@ pub(crate) fn write_snapshot(
         writer.record(&key, &value)?;
         keys += 1;
     }
-    writer.finish(path)?;
-    Ok((meta, keys))
+    let path = name(&meta);
+    writer.finish(&path)?;
+    Ok((meta, keys, path))
 }
 
 #[cfg(test)]
@@ -484,7 +473,7 @@ mod tests {
     async fn a_group_applies_in_order_as_one_write() {
         let dir = tempfile::tempdir().unwrap();
         let (db, replica, _, sm) = open_sm(dir.path());
-        let mut watcher = replica.window_arc().watch("/", 0).unwrap();
+        let mut watcher = replica.window().watch("/", 0).unwrap();
 
         sm.apply_group(vec![
             entry(1, Command::create("/a", b"1".to_vec())),

@@ -22,5 +22,5 @@ pub use command::{Command, Op, Outcome, RejectReason, Rejection, Revision};
 pub use error::{ErrorCode, StoreError};
 pub use memory::MemoryStore;
 pub use record::{digest, list_start_key, Event, EventKind, Listing, Record};
-pub use traits::{Consistency, Engine, Leadership, ManualLeadership, Proposer};
+pub use traits::{Consistency, Engine, Leadership, Proposer};
 pub use watch::{WatchWindow, Watcher};

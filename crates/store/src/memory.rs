@@ -28,10 +28,6 @@ impl MemoryStore {
         }
     }
 
-    pub fn window_arc(&self) -> &Arc<WatchWindow> {
-        &self.window
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, (Revision, BTreeMap<String, Record>)> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

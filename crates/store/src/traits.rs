@@ -43,29 +43,6 @@ pub trait Leadership: Send + Sync {
     fn leadership(&self) -> watch::Receiver<Option<u64>>;
 }
 
-/// Leadership set by hand, for tests of leader-only loops.
-pub struct ManualLeadership {
-    tx: watch::Sender<Option<u64>>,
-}
-
-impl ManualLeadership {
-    pub fn new(initial: Option<u64>) -> ManualLeadership {
-        ManualLeadership {
-            tx: watch::channel(initial).0,
-        }
-    }
-
-    pub fn set(&self, term: Option<u64>) {
-        self.tx.send_replace(term);
-    }
-}
-
-impl Leadership for ManualLeadership {
-    fn leadership(&self) -> watch::Receiver<Option<u64>> {
-        self.tx.subscribe()
-    }
-}
-
 /// Submits commands to the replicated log and waits until they are applied.
 #[async_trait]
 pub trait Proposer: Send + Sync {
