@@ -26,6 +26,8 @@ const SAME_LAYER: &[(&str, &str)] = &[
     ("flotilla-rpc", "flotilla-store"),
     // A member runs the leader-only loops.
     ("flotilla-cluster", "flotilla-controllers"),
+    // The agent's loops are built on the informer and work queue.
+    ("flotilla-agent", "flotilla-controllers"),
     // The harnesses share the cluster builder.
     ("flotilla-bench", "flotilla-testkit"),
     ("flotilla-tests", "flotilla-testkit"),

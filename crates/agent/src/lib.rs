@@ -1,7 +1,18 @@
-//! The node agent: it runs the pods bound to its node and reports their status (issue 15).
-//! Its decisions are pure functions of the pod's spec, what the runtime observed and the time,
-//! unit-tested without a runtime; the loops around them drive `flotilla_runtime::PodRuntime`.
-//!
-//! So far: when a container that ended is started again ([`restart`]).
+//! The node agent (the kubelet's job): it runs the pods bound to its node and reports their
+//! status. Its decisions are pure functions of the pod's spec, what the runtime observed, what
+//! it remembers and the time ([`plan`], [`status`], [`restart`], [`spec`], [`env`],
+//! [`volumes::content`]), unit-tested without a runtime; [`agent`] drives
+//! `flotilla_runtime::PodRuntime` with them.
 
+pub mod agent;
+pub mod env;
+pub mod plan;
+pub mod probe;
+pub mod report;
+pub mod resources;
 pub mod restart;
+pub mod spec;
+pub mod status;
+pub mod volumes;
+
+pub use agent::{Agent, Config};

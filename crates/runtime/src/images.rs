@@ -27,6 +27,41 @@ pub struct Image {
     pub size: u64,
 }
 
+/// What an image runs by default (its config's `Entrypoint`, `Cmd`, `Env`, `WorkingDir`,
+/// `User`) and its digests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    /// The manifest's digest: what names this image in the store.
+    pub manifest: String,
+    /// The config's digest: the image id Docker and the kubelet report.
+    pub config_digest: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}
+
+/// The names `reference` may be stored under, most specific first.
+fn reference_candidates(reference: &str) -> Vec<String> {
+    let short = reference
+        .strip_prefix("docker.io/library/")
+        .or_else(|| reference.strip_prefix("docker.io/"))
+        .unwrap_or(reference);
+    let mut out = Vec::new();
+    for name in [reference, short] {
+        out.push(name.to_string());
+        let last = name.rsplit('/').next().unwrap_or(name);
+        if let Some(untagged) = name.strip_suffix(":latest") {
+            out.push(untagged.to_string());
+        } else if !last.contains(':') && !name.contains('@') {
+            out.push(format!("{name}:latest"));
+        }
+    }
+    out.dedup();
+    out
+}
+
 pub struct ImageStore {
     pub(crate) root: PathBuf,
 }
@@ -124,6 +159,44 @@ impl ImageStore {
             return Err(bad(format!("blob {digest} is corrupt in the store")));
         }
         Ok(bytes)
+    }
+
+    /// What the image named `reference` runs by default, from its config: `None` when the
+    /// store has no such image. A reference without a tag is `:latest`, and Docker Hub's
+    /// `docker.io/library/` prefix is optional (`busybox`, `busybox:latest` and
+    /// `docker.io/library/busybox:latest` name one image).
+    pub fn image_config(&self, reference: &str) -> Result<Option<ImageConfig>, RuntimeError> {
+        let refs = self.refs();
+        let Some(manifest) = reference_candidates(reference)
+            .into_iter()
+            .find_map(|r| refs.get(&r).cloned())
+        else {
+            return Ok(None);
+        };
+        let m: serde_json::Value = serde_json::from_slice(&self.blob(&manifest)?)
+            .map_err(|e| bad(format!("manifest {manifest}: {e}")))?;
+        let config_digest = m["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| bad(format!("manifest {manifest} has no config")))?;
+        let config: serde_json::Value = serde_json::from_slice(&self.blob(config_digest)?)
+            .map_err(|e| bad(format!("config {config_digest}: {e}")))?;
+        let c = &config["config"];
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        };
+        Ok(Some(ImageConfig {
+            manifest,
+            config_digest: config_digest.to_string(),
+            entrypoint: strings(&c["Entrypoint"]),
+            cmd: strings(&c["Cmd"]),
+            env: strings(&c["Env"]),
+            working_dir: c["WorkingDir"].as_str().unwrap_or_default().to_string(),
+            user: c["User"].as_str().unwrap_or_default().to_string(),
+        }))
     }
 
     /// Imports the image in the archive at `path` (OCI image layout or `docker save`) as

@@ -15,12 +15,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use flotilla_sys::Signal;
 
 use crate::container::{Runtime, Status};
+use crate::images::{ImageConfig, ImageStore};
 use crate::sandbox::Sandbox;
 use crate::RuntimeError;
 
@@ -51,6 +52,9 @@ pub struct ContainerState {
     pub sandbox: Option<String>,
     /// Set once it has stopped.
     pub ended: Option<Ended>,
+    /// When its process started (its init was created), and when it ended.
+    pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
 }
 
 /// What a command run with [`PodRuntime::exec`] did.
@@ -94,6 +98,9 @@ pub trait PodRuntime: Send + Sync {
     ) -> Result<ExecOutput, RuntimeError>;
     /// What container `id` has written so far (stdout and stderr, in order).
     async fn logs(&self, id: &str) -> Result<String, RuntimeError>;
+
+    /// The node's image named `reference`, if it has it.
+    async fn image(&self, reference: &str) -> Result<Option<ImageConfig>, RuntimeError>;
 }
 
 /// The node's network for its sandboxes.
@@ -265,12 +272,17 @@ impl PodRuntime for ProcessRuntime {
                 code: e.status.code(),
                 oom_killed: e.oom_killed,
             });
+            let finished_at = ended
+                .and_then(|_| rt.root.join(&id).join("exit.json").metadata().ok())
+                .and_then(|m| m.modified().ok());
             Ok(Some(ContainerState {
                 id,
                 status,
                 pid: state.pid,
                 sandbox: state.sandbox,
                 ended,
+                started_at: flotilla_sys::ticks_to_time(state.start_ticks),
+                finished_at,
             }))
         })
         .await
@@ -329,6 +341,14 @@ impl PodRuntime for ProcessRuntime {
         })
         .await
     }
+
+    async fn image(&self, reference: &str) -> Result<Option<ImageConfig>, RuntimeError> {
+        let store = ImageStore::new(&self.images);
+        let reference = reference.to_string();
+        tokio::task::spawn_blocking(move || store.image_config(&reference))
+            .await
+            .map_err(|e| RuntimeError::State(format!("runtime task: {e}")))?
+    }
 }
 
 /// An in-memory runtime for the agent's unit tests: it records what it was asked, runs
@@ -348,6 +368,9 @@ struct FakeState {
     /// The next call of this verb fails with this message.
     failures: BTreeMap<String, String>,
     next_pid: i32,
+    images: BTreeMap<String, ImageConfig>,
+    /// The output and code of `exec`, by the command's first word.
+    exec_results: BTreeMap<String, ExecOutput>,
 }
 
 impl FakeRuntime {
@@ -376,7 +399,31 @@ impl FakeRuntime {
         if let Some(c) = self.lock().containers.get_mut(id) {
             c.status = Status::Stopped;
             c.ended = Some(Ended { code, oom_killed });
+            c.finished_at = Some(SystemTime::now());
         }
+    }
+
+    /// The node has image `reference`, running `cmd` by default.
+    pub fn add_image(&self, reference: &str, cmd: &[&str]) {
+        let config = ImageConfig {
+            manifest: format!("sha256:{:064x}", self.lock().images.len() + 1),
+            config_digest: format!("sha256:{:064x}", self.lock().images.len() + 100),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/bin".into()],
+            ..ImageConfig::default()
+        };
+        self.lock().images.insert(reference.to_string(), config);
+    }
+
+    /// From now on `exec` of a command whose first word is `program` answers `code`, `output`.
+    pub fn exec_answers(&self, program: &str, code: i32, output: &str) {
+        self.lock().exec_results.insert(
+            program.to_string(),
+            ExecOutput {
+                code,
+                output: output.as_bytes().to_vec(),
+            },
+        );
     }
 
     /// Appends to container `id`'s log.
@@ -465,6 +512,8 @@ impl PodRuntime for FakeRuntime {
                 pid,
                 sandbox: request.sandbox.clone(),
                 ended: None,
+                started_at: None,
+                finished_at: None,
             },
         );
         Ok(())
@@ -475,6 +524,7 @@ impl PodRuntime for FakeRuntime {
         match self.lock().containers.get_mut(id) {
             Some(c) if c.status == Status::Created => {
                 c.status = Status::Running;
+                c.started_at = Some(SystemTime::now());
                 Ok(())
             }
             Some(_) => Err(RuntimeError::State(format!(
@@ -519,11 +569,16 @@ impl PodRuntime for FakeRuntime {
         _timeout: Duration,
     ) -> Result<ExecOutput, RuntimeError> {
         self.call("exec", id)?;
-        match self.lock().containers.get(id) {
-            Some(c) if c.status == Status::Running => Ok(ExecOutput {
-                code: 0,
-                output: command.join(" ").into_bytes(),
-            }),
+        let s = self.lock();
+        match s.containers.get(id) {
+            Some(c) if c.status == Status::Running => Ok(command
+                .first()
+                .and_then(|p| s.exec_results.get(p))
+                .cloned()
+                .unwrap_or_else(|| ExecOutput {
+                    code: 0,
+                    output: command.join(" ").into_bytes(),
+                })),
             Some(_) => Err(RuntimeError::State(format!(
                 "container {id} is not running"
             ))),
@@ -533,6 +588,10 @@ impl PodRuntime for FakeRuntime {
 
     async fn logs(&self, id: &str) -> Result<String, RuntimeError> {
         Ok(self.lock().logs.get(id).cloned().unwrap_or_default())
+    }
+
+    async fn image(&self, reference: &str) -> Result<Option<ImageConfig>, RuntimeError> {
+        Ok(self.lock().images.get(reference).cloned())
     }
 }
 

@@ -136,6 +136,19 @@ pub fn bind_mount(source: &Path, target: &Path) -> Result<()> {
     })
 }
 
+/// Mounts a tmpfs on `target` (which must exist) with `data` (`mode=755,size=1048576`), not
+/// executable, without devices or set-uid.
+pub fn mount_tmpfs(target: &Path, data: &str) -> Result<()> {
+    nix::mount::mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data),
+    )
+    .map_err(|e| SysError::new("mount", format!("tmpfs on {}", target.display()), e))
+}
+
 /// Detaches the mount at `target`; a path that is not a mount point (or is gone) is fine.
 pub fn unmount(target: &Path) -> Result<()> {
     match nix::mount::umount2(target, MntFlags::MNT_DETACH) {

@@ -109,6 +109,24 @@ pub fn start_ticks(pid: Pid) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The wall-clock time of `start_ticks` (clock ticks since boot, as [`start_ticks`] reads
+/// them): the boot time from `/proc/stat` plus the ticks at the kernel's `CLK_TCK`.
+pub fn ticks_to_time(start_ticks: u64) -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|h| *h > 0)? as u64;
+    let since_boot = std::time::Duration::from_millis(start_ticks * 1000 / hz);
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(btime) + since_boot)
+}
+
 /// Forks; the child runs `child` and exits with its result, the parent gets the child's pid.
 /// As with [`clone_child`], call it from a single-threaded process.
 pub fn fork_child(child: impl FnOnce() -> i32) -> Result<Pid> {

@@ -1,0 +1,188 @@
+//! Resource quantities, the limits a container's cgroup gets from them, and the pod's QoS
+//! class, as Kubernetes computes them.
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+/// What the node has, for `resourceFieldRef` of a limit a container does not set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeCapacity {
+    pub cpus: u32,
+    pub memory_bytes: u64,
+}
+
+/// A quantity in base units (`64Mi`, `1G`, `500k`, `1e3`, `100m` → 0 rounded up to 1).
+pub fn parse_quantity(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "m" => 0.001,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some((number * factor).ceil() as u64)
+}
+
+/// A CPU quantity in millicores (`250m`, `0.5`, `2`).
+pub fn parse_cpu_millis(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if let Some(m) = text.strip_suffix('m') {
+        return m.parse::<f64>().ok().map(|v| v.ceil() as u64);
+    }
+    text.parse::<f64>().ok().map(|v| (v * 1000.0).ceil() as u64)
+}
+
+fn quantity(c: &Container, set: &str, key: &str) -> Option<String> {
+    let r = c.resources.as_ref()?;
+    let map = match set {
+        "limits" => r.limits.as_ref(),
+        _ => r.requests.as_ref(),
+    }?;
+    map.get(key).map(|q| q.0.clone())
+}
+
+/// The cgroup limits of a container: CPU shares from its request (the limit when only that is
+/// set), a CFS quota from its CPU limit, its memory limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub cpu_shares: u64,
+    pub cpu_quota_us: Option<i64>,
+    pub cpu_period_us: u64,
+    pub memory_bytes: Option<i64>,
+}
+
+/// The CFS period the kubelet uses.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+pub fn limits(c: &Container) -> Limits {
+    let cpu_limit = quantity(c, "limits", "cpu").and_then(|q| parse_cpu_millis(&q));
+    let cpu_request = quantity(c, "requests", "cpu")
+        .and_then(|q| parse_cpu_millis(&q))
+        .or(cpu_limit);
+    Limits {
+        // 1024 shares a core; at least 2, the kernel's minimum.
+        cpu_shares: cpu_request.map_or(2, |m| (m * 1024 / 1000).max(2)),
+        cpu_quota_us: cpu_limit.map(|m| ((m * CPU_PERIOD_US / 1000) as i64).max(1000)),
+        cpu_period_us: CPU_PERIOD_US,
+        memory_bytes: quantity(c, "limits", "memory")
+            .and_then(|q| parse_quantity(&q))
+            .map(|b| b as i64),
+    }
+}
+
+/// The pod's QoS class: `Guaranteed` when every container limits and requests CPU and memory
+/// equally, `BestEffort` when none asks for anything, else `Burstable`.
+pub fn qos_class(pod: &Pod) -> &'static str {
+    let containers: Vec<&Container> = crate::spec::all_containers(pod).collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        for key in ["cpu", "memory"] {
+            let limit = quantity(c, "limits", key);
+            let request = quantity(c, "requests", key).or_else(|| limit.clone());
+            any |= limit.is_some() || request.is_some();
+            let equal = match (&limit, &request) {
+                (Some(l), Some(r)) => {
+                    let parse = |q: &str| {
+                        if key == "cpu" {
+                            parse_cpu_millis(q)
+                        } else {
+                            parse_quantity(q)
+                        }
+                    };
+                    parse(l) == parse(r)
+                }
+                _ => false,
+            };
+            guaranteed &= equal;
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(resources: &[serde_json::Value]) -> Pod {
+        let containers: Vec<_> = resources
+            .iter()
+            .enumerate()
+            .map(|(i, r)| json!({"name": format!("c{i}"), "image": "busybox", "resources": r}))
+            .collect();
+        serde_json::from_value(json!({"spec": {"containers": containers}})).unwrap()
+    }
+
+    #[test]
+    fn quantities_parse_as_kubernetes_writes_them() {
+        assert_eq!(parse_quantity("64Mi"), Some(64 << 20));
+        assert_eq!(parse_quantity("1G"), Some(1_000_000_000));
+        assert_eq!(parse_quantity("1e3"), Some(1000));
+        assert_eq!(parse_quantity("1.5Ki"), Some(1536));
+        assert_eq!(parse_quantity("12"), Some(12));
+        assert_eq!(parse_quantity("ten"), None);
+        assert_eq!(parse_cpu_millis("250m"), Some(250));
+        assert_eq!(parse_cpu_millis("0.5"), Some(500));
+        assert_eq!(parse_cpu_millis("2"), Some(2000));
+    }
+
+    #[test]
+    fn limits_become_shares_quota_and_memory() {
+        let p = pod(&[
+            json!({"limits": {"cpu": "500m", "memory": "32Mi"}, "requests": {"cpu": "250m"}}),
+        ]);
+        let l = limits(&p.spec.as_ref().unwrap().containers[0]);
+        assert_eq!(l.cpu_shares, 256);
+        assert_eq!(l.cpu_quota_us, Some(50_000));
+        assert_eq!(l.memory_bytes, Some(32 << 20));
+        let p = pod(&[json!({})]);
+        assert_eq!(
+            limits(&p.spec.as_ref().unwrap().containers[0]),
+            Limits {
+                cpu_shares: 2,
+                cpu_quota_us: None,
+                cpu_period_us: CPU_PERIOD_US,
+                memory_bytes: None
+            }
+        );
+    }
+
+    #[test]
+    fn qos_classes() {
+        assert_eq!(qos_class(&pod(&[json!({})])), "BestEffort");
+        assert_eq!(
+            qos_class(&pod(&[json!({"limits": {"cpu": "1", "memory": "1Gi"}})])),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&pod(&[
+                json!({"limits": {"cpu": "1", "memory": "1Gi"}}),
+                json!({"requests": {"cpu": "100m"}})
+            ])),
+            "Burstable"
+        );
+    }
+}
