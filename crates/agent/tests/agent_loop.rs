@@ -276,12 +276,8 @@ async fn bad_configuration_is_a_waiting_reason_not_a_crash() {
     let mut p = pod("COLOR");
     p["metadata"]["uid"] = json!("uid-3");
     p["spec"]["initContainers"] = json!([]);
-    h.put(POD, p).await;
-    h.wait_for("the sandbox of uid-3", |h| {
-        h.rt.calls().contains(&"create-sandbox uid-3".to_string())
-    })
-    .await;
     h.rt.fail_next("start", "exec: \"nope\": executable file not found in $PATH");
+    h.put(POD, p).await;
     h.wait_for("RunContainerError", |h| {
         app_status(h)["state"]["waiting"]["reason"] == "RunContainerError"
     })
