@@ -63,9 +63,9 @@ test: lint
 
 # A local 3-node cluster, each node in its own network namespace, data under .flotilla/
 # (`make down` stops it and removes it).
-up: rocksdb
+up: rocksdb busybox-image
 	$(CARGO) build --workspace --bins
-	"$(CARGO_TARGET_DIR)/debug/flotilla" up --nodes 3 --dir "$(UP_DIR)"
+	"$(CARGO_TARGET_DIR)/debug/flotilla" up --nodes 3 --dir "$(UP_DIR)" --image busybox="$(CARGO_TARGET_DIR)/busybox-oci.tar"
 
 down:
 	"$(CARGO_TARGET_DIR)/debug/flotilla" up --down --dir "$(UP_DIR)"

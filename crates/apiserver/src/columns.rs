@@ -60,18 +60,69 @@ fn pod_ready(o: &Value) -> String {
     format!("{ready}/{total}")
 }
 
-fn pod_status(o: &Value) -> String {
-    if o["metadata"]["deletionTimestamp"].is_string() {
-        return "Terminating".into();
+/// A terminated container's reason, or its signal or exit code when it has none.
+fn terminated_reason(t: &Value) -> String {
+    match t["reason"].as_str().filter(|r| !r.is_empty()) {
+        Some(r) => r.to_string(),
+        None if n(&t["signal"]) != 0 => format!("Signal:{}", n(&t["signal"])),
+        None => format!("ExitCode:{}", n(&t["exitCode"])),
     }
-    let waiting = o["status"]["containerStatuses"].as_array().and_then(|c| {
-        c.iter()
-            .find_map(|c| c["state"]["waiting"]["reason"].as_str().map(str::to_string))
-    });
-    waiting
-        .or_else(|| o["status"]["reason"].as_str().map(str::to_string))
-        .or_else(|| o["status"]["phase"].as_str().map(str::to_string))
-        .unwrap_or_else(|| "Pending".into())
+}
+
+/// The STATUS column as kubectl shows it: the first init container not done (`Init:0/1`,
+/// `Init:CrashLoopBackOff`), else the last container's waiting or terminated reason, else the
+/// phase; `Terminating` once deleted.
+fn pod_status(o: &Value) -> String {
+    let status = &o["status"];
+    let mut reason = status["reason"]
+        .as_str()
+        .or_else(|| status["phase"].as_str())
+        .unwrap_or("Pending")
+        .to_string();
+    let inits = status["initContainerStatuses"].as_array().cloned().unwrap_or_default();
+    let total_inits = o["spec"]["initContainers"].as_array().map_or(0, Vec::len);
+    let mut initializing = false;
+    for (i, c) in inits.iter().enumerate() {
+        let state = &c["state"];
+        if state["terminated"].is_object() && n(&state["terminated"]["exitCode"]) == 0 {
+            continue;
+        }
+        initializing = true;
+        let waiting = state["waiting"]["reason"].as_str().unwrap_or("");
+        reason = if state["terminated"].is_object() {
+            format!("Init:{}", terminated_reason(&state["terminated"]))
+        } else if !waiting.is_empty() && waiting != "PodInitializing" {
+            format!("Init:{waiting}")
+        } else {
+            format!("Init:{i}/{total_inits}")
+        };
+        break;
+    }
+    if !initializing {
+        let mut has_running = false;
+        let containers = status["containerStatuses"].as_array().cloned().unwrap_or_default();
+        for c in containers.iter().rev() {
+            let state = &c["state"];
+            if let Some(w) = state["waiting"]["reason"].as_str().filter(|w| !w.is_empty()) {
+                reason = w.to_string();
+            } else if state["terminated"].is_object() {
+                reason = terminated_reason(&state["terminated"]);
+            } else if state["running"].is_object() && c["ready"] == true {
+                has_running = true;
+            }
+        }
+        if reason == "Completed" && has_running {
+            reason = "Running".into();
+        }
+    }
+    if o["metadata"]["deletionTimestamp"].is_string() {
+        return if status["reason"] == "NodeLost" {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
+    }
+    reason
 }
 
 fn restarts(o: &Value) -> i64 {
@@ -538,4 +589,42 @@ mod tests {
         let cm = json!({"data": {"a": "1", "b": "2"}, "binaryData": {"c": ""}});
         assert_eq!(cells(resource("configmaps"), &cm, json!("3s"))[0], json!(3));
     }
+
+    #[test]
+    fn the_pod_status_column_follows_kubectl() {
+        let status = |v: Value| pod_status(&v);
+        let init = |state: Value| {
+            json!({"spec": {"initContainers": [{"name": "i"}, {"name": "j"}]},
+                   "status": {"phase": "Pending", "initContainerStatuses": [
+                       {"state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                       {"state": state}]}})
+        };
+        assert_eq!(status(init(json!({"running": {}}))), "Init:1/2");
+        assert_eq!(
+            status(init(json!({"waiting": {"reason": "CrashLoopBackOff"}}))),
+            "Init:CrashLoopBackOff"
+        );
+        assert_eq!(
+            status(init(json!({"terminated": {"exitCode": 2, "reason": "Error"}}))),
+            "Init:Error"
+        );
+        let pod = |phase: &str, c: Value| json!({"status": {"phase": phase, "containerStatuses": c}});
+        assert_eq!(
+            status(pod("Failed", json!([{"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]))),
+            "OOMKilled"
+        );
+        assert_eq!(
+            status(pod("Running", json!([{"ready": true, "state": {"running": {}}},
+                                         {"state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]))),
+            "Running"
+        );
+        assert_eq!(
+            status(pod("Failed", json!([{"state": {"terminated": {"exitCode": 3}}}]))),
+            "ExitCode:3"
+        );
+        let mut deleting = pod("Running", json!([]));
+        deleting["metadata"] = json!({"deletionTimestamp": "2026-01-01T00:00:00Z"});
+        assert_eq!(status(deleting), "Terminating");
+    }
+
 }

@@ -11,8 +11,9 @@
 //! - An object being deleted whose last finalizer is gone is removed.
 //! - A namespace being deleted is emptied, then removed.
 //! - An event last seen more than [`EVENT_TTL`] ago is removed.
-//! - A pod whose grace period has run out is removed. (The node runtime removes a pod once
-//!   its containers are stopped; this is the backstop for pods no node is running.)
+//! - A pod whose grace period has run out is removed, unless it is bound to a Ready node:
+//!   that node's agent removes it once its containers are gone. This is the backstop for
+//!   pods no node runs (unbound, or on a node that is gone or not Ready).
 //!
 //! The collector keeps a slim index of every object ([`Item`]: identity, owners, deletion
 //! state, not the object) up to date from the watch window, so a round costs no JSON parsing.
@@ -72,6 +73,33 @@ struct Slim {
     last_timestamp: Option<String>,
     #[serde(default)]
     event_time: Option<String>,
+    // Pods: the node they are bound to.
+    #[serde(default)]
+    spec: SlimSpec,
+    // Nodes: their conditions.
+    #[serde(default)]
+    status: SlimStatus,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimSpec {
+    #[serde(default)]
+    node_name: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct SlimStatus {
+    #[serde(default)]
+    conditions: Vec<SlimCondition>,
+}
+
+#[derive(Deserialize)]
+struct SlimCondition {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    status: String,
 }
 
 /// How long an event is kept after it last happened (the Kubernetes API server's default).
@@ -87,6 +115,10 @@ pub struct Item {
     meta: Meta,
     /// For events: when they last happened.
     last_seen: Option<String>,
+    /// For pods: the node they are bound to.
+    node_name: Option<String>,
+    /// For nodes: whether they are Ready.
+    ready: bool,
 }
 
 impl Item {
@@ -94,9 +126,20 @@ impl Item {
     pub fn parse(key: &str, revision: u64, value: &[u8]) -> Option<Item> {
         let slim: Slim = serde_json::from_slice(value).ok()?;
         let event = slim.api_version == "v1" && slim.kind == "Event";
+        let core = slim.api_version == "v1";
         Some(Item {
             key: key.to_string(),
             revision,
+            node_name: (core && slim.kind == "Pod")
+                .then_some(slim.spec.node_name)
+                .flatten(),
+            ready: core
+                && slim.kind == "Node"
+                && slim
+                    .status
+                    .conditions
+                    .iter()
+                    .any(|c| c.kind == "Ready" && c.status == "True"),
             last_seen: event
                 .then(|| slim.last_timestamp.or(slim.event_time))
                 .flatten(),
@@ -265,6 +308,20 @@ pub fn plan<'a>(items: impl IntoIterator<Item = &'a Item>, now: SystemTime) -> V
         }
     }
     let has_dependents = |item: &Item| dependents.contains_key(item.meta.uid.as_str());
+    // A pod bound to a Ready node is removed by that node's agent once its containers are
+    // gone, however long that takes; the collector removes only the others.
+    let ready_nodes: HashSet<&str> = items
+        .iter()
+        .filter(|i| i.is("Node") && i.ready)
+        .map(|i| i.meta.name.as_str())
+        .collect();
+    let agent_finishes = |item: &Item| {
+        item.is("Pod")
+            && item
+                .node_name
+                .as_deref()
+                .is_some_and(|n| ready_nodes.contains(n))
+    };
     let mut actions = Vec::new();
     let mut touched: HashSet<&str> = HashSet::new();
 
@@ -315,7 +372,7 @@ pub fn plan<'a>(items: impl IntoIterator<Item = &'a Item>, now: SystemTime) -> V
                 .as_deref()
                 .and_then(parse_rfc3339)
                 .is_none_or(|at| at <= now);
-            if due {
+            if due && !agent_finishes(item) {
                 actions.push(Action::Delete {
                     key: item.key.clone(),
                     revision: item.revision,

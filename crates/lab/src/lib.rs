@@ -6,4 +6,4 @@ pub mod net;
 pub mod up;
 
 pub use net::{LabError, LabNet, LAB_SUPERNET, MAX_NODES};
-pub use up::{down, up, Up, UpConfig, UpError, KUBECONFIG_FILE, STATE_FILE};
+pub use up::{clean_pods, down, up, Up, UpConfig, UpError, KUBECONFIG_FILE, STATE_FILE};

@@ -180,12 +180,17 @@ impl LabNet {
         Ok(i)
     }
 
-    /// A command that runs `program` inside node `i`'s namespace (`ip netns exec` execs it, so
-    /// the child's pid is the program's).
-    pub fn command(&self, i: usize, program: &std::path::Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.netns(i)]).arg(program);
-        c
+    /// A command that runs `program` inside node `i`'s network namespace: the child enters it
+    /// between fork and exec (so its pid is the program's), and keeps the host's mounts (its
+    /// `/sys` and cgroup file systems: a node runs containers).
+    pub fn command(&self, i: usize, program: &std::path::Path) -> Result<Command, LabError> {
+        let mut c = Command::new(program);
+        let ns = std::path::Path::new("/run/netns").join(self.netns(i));
+        flotilla_sys::spawn_in_netns(&mut c, &ns).map_err(|source| LabError::Spawn {
+            command: format!("enter {}", ns.display()),
+            source,
+        })?;
+        Ok(c)
     }
 
     /// Applies nftables `rules` inside node `i`'s namespace, replacing the lab table.

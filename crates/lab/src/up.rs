@@ -102,6 +102,8 @@ pub struct UpConfig {
     pub flotilla: PathBuf,
     /// Extra flags for every `flotilla node`.
     pub node_args: Vec<String>,
+    /// Images (name, archive) imported into every node's image store before it starts.
+    pub images: Vec<(String, PathBuf)>,
 }
 
 /// A started lab.
@@ -233,11 +235,18 @@ async fn start_node(
     join: Option<&(String, String)>,
 ) -> Result<Ready, UpError> {
     use std::os::unix::process::CommandExt;
+    let images = flotilla_runtime::images::ImageStore::new(dir.join(name).join("images"));
+    for (image, archive) in &config.images {
+        images.import(archive, image).map_err(|e| UpError::Io {
+            path: archive.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    }
     let out_path = dir.join(format!("{name}.out"));
     let log_path = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&out_path).map_err(io_err(&out_path))?;
     let log = std::fs::File::create(&log_path).map_err(io_err(&log_path))?;
-    let mut command = net.command(i, &config.flotilla);
+    let mut command = net.command(i, &config.flotilla)?;
     command
         .arg("node")
         .arg("--name")
@@ -372,7 +381,9 @@ pub async fn down(dir: &Path) -> Result<Option<usize>, UpError> {
     tokio::task::spawn_blocking(move || net.destroy())
         .await
         .expect("lab task")?;
+    let flotilla = std::env::current_exe().map_err(io_err(dir))?;
     for name in &state.nodes {
+        clean_pods(&flotilla, &dir.join(name));
         remove(&dir.join(name))?;
         remove(&dir.join(format!("{name}.out")))?;
         remove(&dir.join(format!("{name}.log")))?;
@@ -382,6 +393,33 @@ pub async fn down(dir: &Path) -> Result<Option<usize>, UpError> {
     // Only if nothing of the user's is in it.
     let _ = std::fs::remove_dir(dir);
     Ok(Some(state.nodes.len()))
+}
+
+/// Removes what node `data_dir`'s agent left running (containers, sandboxes, volume mounts),
+/// once the node is stopped: `flotilla runtime clean`. Best effort: a failure is printed.
+pub fn clean_pods(flotilla: &Path, data_dir: &Path) {
+    let root = data_dir.join("runtime");
+    if !root.exists() {
+        return;
+    }
+    let out = std::process::Command::new(flotilla)
+        .arg("runtime")
+        .arg("--root")
+        .arg(&root)
+        .arg("clean")
+        .arg("--volumes")
+        .arg(data_dir.join("pods"))
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "cannot clean up the pods of {}: {}",
+            data_dir.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => eprintln!("cannot clean up the pods of {}: {e}", data_dir.display()),
+    }
 }
 
 fn remove(path: &Path) -> Result<(), UpError> {
@@ -421,6 +459,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             flotilla: PathBuf::from("/nonexistent/flotilla"),
             node_args: vec![],
+            images: vec![],
         })
         .await
         .unwrap_err();

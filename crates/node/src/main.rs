@@ -19,6 +19,7 @@ use flotilla_pki::JoinToken;
 use flotilla_raft::{NodeConfig, RaftNode};
 use flotilla_util::GroupStatusHandle;
 
+mod agent;
 mod client;
 mod image_cli;
 mod kubeconfig;
@@ -206,6 +207,9 @@ struct NodeArgs {
     /// Log entries kept after a snapshot for followers that lag a little.
     #[arg(long, default_value_t = 5_000)]
     snapshot_keep_logs: u64,
+    /// Pods the agent works on at once (creating, starting, stopping their containers).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    pod_workers: u16,
     /// Changes kept in memory for watchers; an older watch start gets "compacted".
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     watch_window: u64,
@@ -364,11 +368,18 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let member = Member::start(MemberConfig {
         raft: config,
         timing,
-        info,
+        info: info.clone(),
         api_addr,
     })
     .await?;
     let node = Arc::clone(&member.node);
+    agent::spawn(
+        Arc::clone(&node),
+        &data_dir,
+        &info,
+        args.pod_workers as usize,
+        member.stopping(),
+    );
     let pki = flotilla_pki::NodePki::load(&data_dir)
         .map_err(|e| format!("cannot read the node's credentials: {e}"))?
         .ok_or("no credentials under the data dir")?;

@@ -146,6 +146,53 @@ enum RuntimeCommand {
     /// Pod sandboxes.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+    /// Remove every container (killed first) and sandbox of this root; with --volumes, also
+    /// unmount and remove the pods' volumes there (what a node's agent keeps under
+    /// DATA_DIR/pods). For a node that is gone for good.
+    Clean {
+        #[arg(long, value_name = "DIR")]
+        volumes: Option<PathBuf>,
+    },
+}
+
+/// Removes every sandbox and container of `rt`, then the pods' volumes under `volumes`.
+fn clean(rt: &Runtime, volumes: Option<PathBuf>) -> Result<(), RuntimeError> {
+    let sandboxes: Vec<String> = std::fs::read_dir(rt.root.join(".sandboxes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    let mut first_error = None;
+    for id in sandboxes {
+        if let Err(e) = rt.delete_sandbox(&id, true) {
+            first_error.get_or_insert(e);
+        }
+    }
+    for id in rt.list() {
+        if let Err(e) = rt.delete(&id, true) {
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(dir) = volumes {
+        for pod in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            for v in std::fs::read_dir(pod.path().join("volumes"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                flotilla_sys::fs::unmount(&v.path())?;
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 fn signal(name: &str) -> Result<Signal, String> {
@@ -231,6 +278,7 @@ pub fn run(args: RuntimeArgs) -> i32 {
             .create_with(&id, &bundle, &placement.options())
             .map(|_| ()),
         RuntimeCommand::Start { id } => rt.start(&id),
+        RuntimeCommand::Clean { volumes } => clean(&rt, volumes),
         RuntimeCommand::Run {
             bundle,
             report,

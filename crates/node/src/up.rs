@@ -16,6 +16,22 @@ pub struct UpArgs {
     /// An extra flag for every node (repeatable): `--node-arg=--stabilization=5s`.
     #[arg(long = "node-arg", value_name = "FLAG", allow_hyphen_values = true)]
     node_args: Vec<String>,
+    /// An image archive (OCI or `docker save`) for every node's image store (repeatable):
+    /// `--image busybox=busybox-oci.tar`.
+    #[arg(long = "image", value_name = "NAME=ARCHIVE", value_parser = parse_image)]
+    images: Vec<(String, PathBuf)>,
+}
+
+fn parse_image(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+        .ok_or_else(|| format!("expected NAME=ARCHIVE, got {s:?}"))?;
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        return Err(format!("{} is not a file", path.display()));
+    }
+    Ok((name.to_string(), path))
 }
 
 pub async fn run(args: UpArgs) -> Result<(), String> {
@@ -49,6 +65,7 @@ pub async fn run(args: UpArgs) -> Result<(), String> {
         dir: args.dir.clone(),
         flotilla,
         node_args: args.node_args,
+        images: args.images,
     })
     .await
     .map_err(|e| e.to_string())?;

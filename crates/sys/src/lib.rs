@@ -16,7 +16,8 @@ pub use nix::sys::signal::Signal;
 pub use nix::unistd::Pid;
 pub use process::{
     can_administer, clone_child, close_raw, exit_now, fork_child, kill, mkfifo, new_session,
-    pid_alive, pipe, redirect_output, start_ticks, ticks_to_time, wait_exit, ExitStatus,
+    pid_alive, pipe, redirect_output, spawn_in_netns, start_ticks, ticks_to_time, wait_exit,
+    ExitStatus,
 };
 pub use syscall::{LinuxSyscall, RecordingSyscall, Syscall};
 

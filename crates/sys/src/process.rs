@@ -166,3 +166,23 @@ pub fn exit_now(code: i32) -> ! {
     // point (the caller has flushed what it wrote).
     unsafe { libc::_exit(code) }
 }
+
+/// Makes `command` start in the network namespace at `netns` (a file such as
+/// `/run/netns/NAME`): the child enters it between fork and exec. Nothing else changes, unlike
+/// `ip netns exec`, which also gives the child a mount namespace of its own with `/sys`
+/// remounted (and so no cgroup file systems).
+pub fn spawn_in_netns(
+    command: &mut std::process::Command,
+    netns: &std::path::Path,
+) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let fd: std::os::fd::OwnedFd = std::fs::File::open(netns)?.into();
+    // SAFETY: between fork and exec the closure makes one system call (setns) on a descriptor
+    // it owns, allocating nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sched::setns(&fd, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+    }
+    Ok(())
+}

@@ -117,7 +117,7 @@ fn spawn(
         .append(true)
         .open(log)?;
     let mut command = match lab {
-        Some((lab, i)) => lab.command(i, &flotilla_bin()),
+        Some((lab, i)) => lab.command(i, &flotilla_bin())?,
         None => Command::new(flotilla_bin()),
     };
     let mut child = command
@@ -557,6 +557,9 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.kill(i);
+        }
+        for n in &self.nodes {
+            flotilla_lab::clean_pods(&flotilla_bin(), &n.data_dir);
         }
         if let Some(lab) = &self.lab {
             if let Err(e) = lab.destroy() {

@@ -170,6 +170,27 @@ fn a_pod_goes_when_its_grace_period_ends() {
 }
 
 #[test]
+fn a_pod_on_a_ready_node_is_left_to_its_agent() {
+    let pod = item(
+        "/core/pods/default/p",
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default", "uid": "p",
+            "deletionTimestamp": "2027-01-15T07:59:00Z"}, "spec": {"nodeName": "n1"}}),
+    );
+    let node = |ready: &str| {
+        item(
+            "/core/nodes/n1",
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "uid": "n1"},
+                "status": {"conditions": [{"type": "Ready", "status": ready}]}}),
+        )
+    };
+    // Its agent removes it once its containers are gone.
+    assert!(plan([&pod, &node("True")], now()).is_empty());
+    // A node that is not Ready, or gone, runs nothing: the collector removes it.
+    assert_eq!(plan([&pod, &node("Unknown")], now()).len(), 1);
+    assert_eq!(plan([&pod], now()).len(), 1);
+}
+
+#[test]
 fn events_expire_an_hour_after_they_last_happened() {
     let event = |last: &str| {
         item(
