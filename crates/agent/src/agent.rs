@@ -764,6 +764,7 @@ impl Agent {
                     "Killing",
                     &format!("Container {name} failed liveness probe, will be restarted"),
                 ));
+                self.shared.results.handled(key, &name);
                 let m = memory.containers.entry(name.clone()).or_default();
                 m.unhealthy = false;
                 m.ready = false;

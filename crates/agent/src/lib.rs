@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod env;
+pub mod network;
 pub mod plan;
 pub mod probe;
 pub mod report;

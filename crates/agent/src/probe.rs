@@ -227,6 +227,13 @@ impl Results {
         f(&mut entry.1);
     }
 
+    /// The container's failed liveness (or startup) was acted on: it is being restarted.
+    pub fn handled(&self, key: &str, name: &str) {
+        if let Some((_, v)) = self.lock().get_mut(&(key.to_string(), name.to_string())) {
+            v.unhealthy = false;
+        }
+    }
+
     pub fn forget(&self, key: &str) {
         self.lock().retain(|(k, _), _| k != key);
     }

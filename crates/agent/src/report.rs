@@ -3,7 +3,7 @@
 //! A status is written only if it changed, onto the pod as stored now (its `status` alone), and
 //! only while the stored pod is the one it was computed for (same uid).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,23 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// Recent events remembered for counting repeats (the map is cleared beyond this).
+const SEEN_EVENTS: usize = 4096;
+
+/// The update of the event at `key` for one more occurrence: `count` up, `lastTimestamp` now.
+fn repeat_command(engine: &dyn Engine, key: &str) -> Option<Command> {
+    let record = engine.get(key).ok()?.1?;
+    let mut object: Value = serde_json::from_slice(&record.value).ok()?;
+    let count = object["count"].as_u64().unwrap_or(1) + 1;
+    object["count"] = json!(count);
+    object["lastTimestamp"] = json!(now_rfc3339());
+    Some(Command::update(
+        key,
+        serde_json::to_vec(&object).expect("JSON serialises"),
+        Some(record.mod_revision),
+    ))
+}
 
 /// How long reports are gathered before they are written.
 const GATHER: Duration = Duration::from_millis(5);
@@ -48,6 +65,19 @@ impl Event {
 
     pub fn warning(pod: &Pod, container: Option<&str>, reason: &str, message: &str) -> Event {
         Event::new(pod, container, "Warning", reason, message)
+    }
+
+    /// What makes two events the same occurrence repeated (counted in one object).
+    fn signature(&self) -> String {
+        format!(
+            "{}/{}/{}/{}/{}/{}",
+            self.namespace,
+            self.uid,
+            self.container.as_deref().unwrap_or(""),
+            self.kind,
+            self.reason,
+            self.message
+        )
     }
 
     /// The Event object.
@@ -151,6 +181,8 @@ async fn write_loop(
     stop: CancellationToken,
 ) {
     let mut retry: BTreeMap<String, (String, Value)> = BTreeMap::new();
+    // Recent events by what they say, for counting repeats into one object.
+    let mut seen: HashMap<String, String> = HashMap::new();
     loop {
         let first = if retry.is_empty() {
             tokio::select! {
@@ -188,14 +220,26 @@ async fn write_loop(
                 }
             }
         });
-        let event_writes = events.iter().map(|e| {
+        if seen.len() > SEEN_EVENTS {
+            seen.clear();
+        }
+        let event_commands: Vec<Command> = events
+            .iter()
+            .map(|e| {
+                let signature = e.signature();
+                if let Some(key) = seen.get(&signature) {
+                    if let Some(command) = repeat_command(engine.as_ref(), key) {
+                        return command;
+                    }
+                }
+                let (key, object) = e.object(&node);
+                seen.insert(signature, key.clone());
+                Command::create(key, object.to_string())
+            })
+            .collect();
+        let event_writes = event_commands.into_iter().map(|command| {
             let proposer = Arc::clone(&proposer);
-            let (key, object) = e.object(&node);
-            async move {
-                proposer
-                    .propose(Command::create(key, object.to_string()))
-                    .await
-            }
+            async move { proposer.propose(command).await }
         });
         let (results, event_results) = tokio::join!(
             futures::future::join_all(writes),

@@ -113,6 +113,12 @@ pub fn spawn(
             workers,
         };
         tracing::info!(%cidr, bridge = BRIDGE, "agent starting");
+        tokio::spawn(flotilla_agent::network::run(
+            ctx.clone(),
+            info.name.clone(),
+            Arc::new(flotilla_agent::network::HostNetwork),
+            stop.clone(),
+        ));
         Agent::start(ctx, Arc::new(runtime) as Arc<dyn PodRuntime>, config, stop).await;
     });
 }

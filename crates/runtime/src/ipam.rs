@@ -12,7 +12,7 @@ use std::str::FromStr;
 use crate::RuntimeError;
 
 /// An IPv4 network: address and prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Cidr {
     pub network: Ipv4Addr,
     pub prefix: u8,

@@ -228,3 +228,73 @@ mod tests {
         assert!(name.len() <= 15);
     }
 }
+
+/// The routing protocol number that tags the routes to other nodes' pod CIDRs, so that a sync
+/// tells them from everyone else's routes (`ip route` shows `proto 241`).
+pub const POD_ROUTE_PROTOCOL: u8 = 241;
+
+/// Makes this namespace's main-table routes tagged [`POD_ROUTE_PROTOCOL`] exactly `wanted`
+/// (pod CIDR → the node address it is reached through, host-gw): adds or replaces what is
+/// missing or different, deletes the rest. Returns how many routes changed.
+pub async fn sync_pod_routes(
+    h: &Handle,
+    wanted: &std::collections::BTreeMap<Cidr, Ipv4Addr>,
+) -> Result<usize, RuntimeError> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
+    let protocol = RouteProtocol::Other(POD_ROUTE_PROTOCOL);
+    let mut have: std::collections::BTreeMap<Cidr, (Option<Ipv4Addr>, rtnetlink::packet_route::route::RouteMessage)> =
+        Default::default();
+    let mut routes = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    while let Some(route) = routes.try_next().await.map_err(|e| err("list routes", e))? {
+        if route.header.protocol != protocol {
+            continue;
+        }
+        let mut dest = None;
+        let mut gateway = None;
+        for a in &route.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => dest = Some(*d),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+                _ => {}
+            }
+        }
+        if let Some(d) = dest {
+            let cidr = Cidr {
+                network: d,
+                prefix: route.header.destination_prefix_length,
+            };
+            have.insert(cidr, (gateway, route));
+        }
+    }
+    let mut changed = 0;
+    for (cidr, via) in wanted {
+        if have.get(cidr).map(|(g, _)| *g) == Some(Some(*via)) {
+            continue;
+        }
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(cidr.network, cidr.prefix)
+            .gateway(*via)
+            .protocol(protocol)
+            .build();
+        h.route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| err(&format!("route {cidr} via {via}"), e))?;
+        changed += 1;
+    }
+    for (cidr, (_, route)) in have {
+        if !wanted.contains_key(&cidr) {
+            match h.route().del(route).execute().await {
+                Ok(()) => changed += 1,
+                Err(e) if errno(&e) == Some(3) => {}
+                Err(e) => return Err(err(&format!("delete route {cidr}"), e)),
+            }
+        }
+    }
+    Ok(changed)
+}
