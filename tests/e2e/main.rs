@@ -1,6 +1,7 @@
 //! End-to-end tests with real `flotilla node` processes. One binary, one module per behaviour.
 
 mod admission;
+mod agent;
 mod backup;
 mod cas;
 mod crash;

@@ -474,6 +474,8 @@ impl Agent {
         let wait = result?;
         let observed = self.observe(pod, &uid).await?;
         self.sync_probes(key, pod, &uid, &observed, &memory);
+        self.report_backoffs(pod, &observed, &mut memory);
+        self.memory().insert(key.to_string(), memory.clone());
         if !memory.finished {
             let now = self.shared.ctx.clock.now();
             let status =
@@ -534,6 +536,33 @@ impl Agent {
             }
         }
         Ok(Some(self.shared.ctx.clock.now() + Duration::from_millis(100)))
+    }
+
+    /// Event `BackOff`, once per wait, for each container waiting in a crash loop.
+    fn report_backoffs(&self, pod: &Pod, observed: &Observed, memory: &mut PodMemory) {
+        let now = self.shared.ctx.clock.now();
+        let policy = plan::restart_policy(pod);
+        for (name, state) in &observed.containers {
+            let m = memory.containers.entry(name.clone()).or_default();
+            let waiting = matches!(
+                plan::restart_decision(policy, state, m, now),
+                crate::restart::Restart::At(_)
+            );
+            if waiting && m.backoff_reported != Some(m.restart_count) {
+                m.backoff_reported = Some(m.restart_count);
+                self.shared.reporter.event(Event::warning(
+                    pod,
+                    Some(name),
+                    "BackOff",
+                    &format!(
+                        "Back-off restarting failed container {name} in pod {}_{}({})",
+                        pod.metadata.name.as_deref().unwrap_or(""),
+                        pod.metadata.namespace.as_deref().unwrap_or(""),
+                        memory.uid
+                    ),
+                ));
+            }
+        }
     }
 
     fn apply_probe_results(&self, key: &str, observed: &Observed, memory: &mut PodMemory) {

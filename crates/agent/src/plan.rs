@@ -43,6 +43,8 @@ pub struct ContainerMemory {
     pub unhealthy: bool,
     /// The image id (config digest) it runs.
     pub image_id: String,
+    /// The restart count whose crash-loop wait was reported (event `BackOff`).
+    pub backoff_reported: Option<u32>,
 }
 
 /// The pod's termination, once it began.

@@ -683,6 +683,45 @@ pub async fn kube_client(kubeconfig: &Path, addr: &str) -> Result<kube::Client> 
     Ok(kube::Client::try_from(config)?)
 }
 
+/// The busybox image as an OCI archive in `dir`, made by `deploy/busybox-image.sh` from
+/// Debian's `busybox-static`.
+pub fn busybox_archive(dir: &Path) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/busybox-image.sh");
+    let archive = dir.join("busybox-oci.tar");
+    let status = Command::new("sh")
+        .arg(&script)
+        .arg(&archive)
+        .status()
+        .expect("run deploy/busybox-image.sh");
+    assert!(status.success(), "building the busybox image failed");
+    archive
+}
+
+impl Cluster {
+    /// Imports the image `archive` as `name` into every node's image store
+    /// (`DATA_DIR/images`, where the node's agent finds it).
+    pub fn import_image(&self, name: &str, archive: &Path) -> Result<()> {
+        for n in &self.nodes {
+            let store = n.data_dir.join("images");
+            let out = Command::new(flotilla_bin())
+                .arg("image")
+                .arg("--root")
+                .arg(&store)
+                .arg("import")
+                .arg(archive)
+                .args(["--name", name])
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "import into {}: {}",
+                store.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A busybox root file system at `dir` (Debian's `busybox-static`, which `make deps`
 /// installs): the binary, a link per applet, and `/etc/passwd`.
 pub fn busybox_rootfs(rootfs: &Path) {
