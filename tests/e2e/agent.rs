@@ -98,8 +98,17 @@ impl Ctx {
     }
 
     /// Runs `command` in container `container` of pod `name` on `node`, with the runtime.
-    fn exec(&self, node: &str, name: &str, container: &str, command: &str) -> (Option<i32>, String) {
-        let uid = self.pod(name)["metadata"]["uid"].as_str().unwrap().to_string();
+    fn exec(
+        &self,
+        node: &str,
+        name: &str,
+        container: &str,
+        command: &str,
+    ) -> (Option<i32>, String) {
+        let uid = self.pod(name)["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let root = self.node_dir(node).join("runtime");
         let id = format!("{uid}_{container}");
         let (code, out, err) = runtime_cli(&root, &["exec", &id, "--", "sh", "-c", command]);
@@ -517,7 +526,8 @@ spec:
                     ctx.pid("n2", &ku, "app"),
                     du.clone(),
                     ctx.pid("n2", &du, "app"),
-                    keeper["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].clone(),
+                    keeper["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+                        .clone(),
                 )
             }
         })
@@ -541,11 +551,20 @@ spec:
         // doomed's container and sandbox go; keeper's container is the same process.
         let gone = wait_until_blocking(Duration::from_secs(60), || {
             (!Path::new(&format!("/proc/{doomed_pid}")).exists()
-                && !ctx.node_dir("n2").join(format!("runtime/.sandboxes/{doomed_uid}")).exists())
+                && !ctx
+                    .node_dir("n2")
+                    .join(format!("runtime/.sandboxes/{doomed_uid}"))
+                    .exists())
             .then_some(())
         });
-        assert!(gone.is_some(), "the deleted pod's container or sandbox remained");
-        assert!(!ctx.node_dir("n2").join(format!("pods/{doomed_uid}")).exists());
+        assert!(
+            gone.is_some(),
+            "the deleted pod's container or sandbox remained"
+        );
+        assert!(!ctx
+            .node_dir("n2")
+            .join(format!("pods/{doomed_uid}"))
+            .exists());
         assert_eq!(ctx.pid("n2", &keeper_uid, "app"), keeper_pid);
         assert!(Path::new(&format!("/proc/{keeper_pid}")).exists());
         let keeper = ctx.pod("keeper");
@@ -553,10 +572,7 @@ spec:
         assert_eq!(s["restartCount"], 0);
         assert_eq!(s["state"]["running"]["startedAt"], started_at);
         assert_eq!(ctx.row("keeper").1, "Running");
-        assert_eq!(
-            ctx.exec_ok("n2", "keeper", "app", "echo alive"),
-            "alive\n"
-        );
+        assert_eq!(ctx.exec_ok("n2", "keeper", "app", "echo alive"), "alive\n");
     })
     .await
     .unwrap();

@@ -116,9 +116,10 @@ fn uses(pod: &Pod, kind: &str, name: &str) -> bool {
         "configmap" => {
             v.config_map.as_ref().is_some_and(|c| c.name == name)
                 || v.projected.as_ref().is_some_and(|p| {
-                    p.sources.iter().flatten().any(|s| {
-                        s.config_map.as_ref().is_some_and(|c| c.name == name)
-                    })
+                    p.sources
+                        .iter()
+                        .flatten()
+                        .any(|s| s.config_map.as_ref().is_some_and(|c| c.name == name))
                 })
         }
         _ => {
@@ -478,8 +479,13 @@ impl Agent {
         self.memory().insert(key.to_string(), memory.clone());
         if !memory.finished {
             let now = self.shared.ctx.clock.now();
-            let status =
-                crate::status::pod_status(pod, &observed, &memory, &self.shared.config.node_ip, now);
+            let status = crate::status::pod_status(
+                pod,
+                &observed,
+                &memory,
+                &self.shared.config.node_ip,
+                now,
+            );
             let current = pod
                 .status
                 .as_ref()
@@ -532,10 +538,15 @@ impl Agent {
             tracing::debug!(key, ?step, "agent step");
             match step {
                 Step::Wait(at) => return Ok(at),
-                step => self.run_step(key, pod, uid, &observed, memory, step).await?,
+                step => {
+                    self.run_step(key, pod, uid, &observed, memory, step)
+                        .await?
+                }
             }
         }
-        Ok(Some(self.shared.ctx.clock.now() + Duration::from_millis(100)))
+        Ok(Some(
+            self.shared.ctx.clock.now() + Duration::from_millis(100),
+        ))
     }
 
     /// Event `BackOff`, once per wait, for each container waiting in a crash loop.
@@ -589,7 +600,14 @@ impl Agent {
 
     /// Starts the probes of running container instances that have none yet, and stops those
     /// of instances that no longer run.
-    fn sync_probes(&self, key: &str, pod: &Pod, uid: &str, observed: &Observed, memory: &PodMemory) {
+    fn sync_probes(
+        &self,
+        key: &str,
+        pod: &Pod,
+        uid: &str,
+        observed: &Observed,
+        memory: &PodMemory,
+    ) {
         let running: BTreeMap<String, u64> = if memory.termination.is_some() {
             BTreeMap::new()
         } else {
@@ -601,8 +619,15 @@ impl Agent {
                 .collect()
         };
         self.stop_probes(key, Some(&running));
-        let ip = observed.sandbox.map(|ip| ip.to_string()).unwrap_or_default();
-        let containers = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+        let ip = observed
+            .sandbox
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        let containers = pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
         let mut probes = self.shared.probes.lock().unwrap_or_else(|p| p.into_inner());
         for c in containers {
             let Some(instance) = running.get(&c.name).copied() else {
@@ -646,12 +671,18 @@ impl Agent {
     }
 
     fn refresh_volumes(&self, pod: &Pod, uid: &str, memory: &mut PodMemory) {
-        let has_files = pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).is_some_and(|vs| {
-            vs.iter().any(|v| {
-                v.config_map.is_some() || v.secret.is_some() || v.projected.is_some()
-                    || v.downward_api.is_some()
-            })
-        });
+        let has_files = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|vs| {
+                vs.iter().any(|v| {
+                    v.config_map.is_some()
+                        || v.secret.is_some()
+                        || v.projected.is_some()
+                        || v.downward_api.is_some()
+                })
+            });
         if !has_files {
             return;
         }
@@ -758,7 +789,10 @@ impl Agent {
                     }
                 }
             }
-            Step::Run { name } => self.run_container(pod, uid, &name, observed, memory).await?,
+            Step::Run { name } => {
+                self.run_container(pod, uid, &name, observed, memory)
+                    .await?
+            }
             Step::Remove { name } => {
                 if let Some(state) = observed.containers.get(&name) {
                     let m = memory.containers.entry(name.clone()).or_default();
@@ -799,9 +833,13 @@ impl Agent {
                 m.ready = false;
                 let id = container_id(uid, &name);
                 let grace = plan::grace_period(pod);
-                if let Some(hook) = c.and_then(|c| c.lifecycle.as_ref()).and_then(|l| l.pre_stop.clone()) {
+                if let Some(hook) = c
+                    .and_then(|c| c.lifecycle.as_ref())
+                    .and_then(|l| l.pre_stop.clone())
+                {
                     let ip = observed.sandbox.map(|i| i.to_string()).unwrap_or_default();
-                    let _ = tokio::time::timeout(grace, self.run_hook(&id, &ip, c.unwrap(), &hook)).await;
+                    let _ = tokio::time::timeout(grace, self.run_hook(&id, &ip, c.unwrap(), &hook))
+                        .await;
                 }
                 let _ = rt.kill_container(&id, Signal::SIGTERM).await;
                 // Killed for good after the grace period, unless it went.
@@ -838,10 +876,18 @@ impl Agent {
                 }
             }
             Step::PreStop => {
-                let deadline = memory.termination.as_ref().map(|t| t.deadline).unwrap_or(now);
+                let deadline = memory
+                    .termination
+                    .as_ref()
+                    .map(|t| t.deadline)
+                    .unwrap_or(now);
                 let limit = deadline.duration_since(now).unwrap_or_default();
                 let ip = observed.sandbox.map(|i| i.to_string()).unwrap_or_default();
-                let hooks = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+                let hooks = pod
+                    .spec
+                    .as_ref()
+                    .map(|s| s.containers.clone())
+                    .unwrap_or_default();
                 let runs = hooks.iter().filter_map(|c| {
                     let hook = c.lifecycle.as_ref()?.pre_stop.clone()?;
                     let running = observed
@@ -869,7 +915,11 @@ impl Agent {
                 }
             }
             Step::Signal { kill } => {
-                let signal = if kill { Signal::SIGKILL } else { Signal::SIGTERM };
+                let signal = if kill {
+                    Signal::SIGKILL
+                } else {
+                    Signal::SIGTERM
+                };
                 for (name, s) in &observed.containers {
                     let id = container_id(uid, name);
                     match s.status {
@@ -918,7 +968,10 @@ impl Agent {
                 .shared
                 .ctx
                 .proposer
-                .propose(flotilla_store::Command::delete(key, Some(record.mod_revision)))
+                .propose(flotilla_store::Command::delete(
+                    key,
+                    Some(record.mod_revision),
+                ))
                 .await
             {
                 Ok(_) | Err(StoreError::NotFound { .. }) => return Ok(()),
@@ -972,7 +1025,10 @@ impl Agent {
         let image_name = c.image.clone().unwrap_or_default();
         let fail = |memory: &mut PodMemory, reason: &str, message: String, delay: Duration| {
             let m = memory.containers.entry(name.to_string()).or_default();
-            let first = m.waiting.as_ref().map(|(r, msg)| (r.as_str(), msg.as_str()))
+            let first = m
+                .waiting
+                .as_ref()
+                .map(|(r, msg)| (r.as_str(), msg.as_str()))
                 != Some((reason, message.as_str()));
             m.waiting = Some((reason.to_string(), message.clone()));
             m.retry_at = Some(now + delay);
@@ -1072,9 +1128,12 @@ impl Agent {
             m.restarts_in_a_row += 1;
             let message = format!("failed to start container {name:?}: {e}");
             fail(memory, "RunContainerError", message.clone(), delay);
-            self.shared
-                .reporter
-                .event(Event::warning(pod, Some(name), "Failed", &format!("Error: {message}")));
+            self.shared.reporter.event(Event::warning(
+                pod,
+                Some(name),
+                "Failed",
+                &format!("Error: {message}"),
+            ));
             let _ = rt.delete_container(&id).await;
             return Ok(());
         }
@@ -1093,7 +1152,11 @@ impl Agent {
         m.started = verdict.started;
         m.unhealthy = false;
         if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
-            let ip = observed.sandbox.or(memory.ip).map(|i| i.to_string()).unwrap_or_default();
+            let ip = observed
+                .sandbox
+                .or(memory.ip)
+                .map(|i| i.to_string())
+                .unwrap_or_default();
             if let Err(e) = self.run_hook(&id, &ip, c, &hook).await {
                 self.shared.reporter.event(Event::warning(
                     pod,
@@ -1126,7 +1189,10 @@ impl Agent {
         let mut out = Vec::new();
         for m in c.volume_mounts.iter().flatten() {
             let v = volumes.iter().find(|v| v.name == m.name).ok_or_else(|| {
-                ConfigError(format!("volumeMount {:?} names no volume of the pod", m.name))
+                ConfigError(format!(
+                    "volumeMount {:?} names no volume of the pod",
+                    m.name
+                ))
             })?;
             let mut source = match &v.host_path {
                 Some(h) => PathBuf::from(&h.path),
@@ -1172,5 +1238,7 @@ fn instance_of(state: &flotilla_runtime::ContainerState) -> u64 {
     state
         .started_at
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-        .map_or(state.pid as u64, |d| d.as_millis() as u64 ^ ((state.pid as u64) << 48))
+        .map_or(state.pid as u64, |d| {
+            d.as_millis() as u64 ^ ((state.pid as u64) << 48)
+        })
 }

@@ -112,8 +112,7 @@ fn field(pod: &Pod, path: &str, rt: &Runtime) -> Result<String, ConfigError> {
         other => {
             if let Some(v) = label_or_annotation("metadata.labels", &meta.labels) {
                 v
-            } else if let Some(v) = label_or_annotation("metadata.annotations", &meta.annotations)
-            {
+            } else if let Some(v) = label_or_annotation("metadata.annotations", &meta.annotations) {
                 v
             } else {
                 return Err(ConfigError(format!(
@@ -391,12 +390,16 @@ mod tests {
 
     #[test]
     fn a_missing_key_or_object_names_it() {
-        let p = pod(json!([{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "NOPE"}}}]));
+        let p = pod(
+            json!([{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "NOPE"}}}]),
+        );
         assert_eq!(
             env_of(&p).unwrap_err().0,
             "couldn't find key NOPE in ConfigMap default/cfg"
         );
-        let p = pod(json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "k"}}}]));
+        let p = pod(
+            json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "k"}}}]),
+        );
         assert_eq!(env_of(&p).unwrap_err().0, "secret \"gone\" not found");
     }
 

@@ -28,7 +28,9 @@ pub struct NodeRoute {
 pub fn parse_node(object: &Value) -> Option<NodeRoute> {
     Some(NodeRoute {
         name: object["metadata"]["name"].as_str()?.to_string(),
-        cidr: object["spec"]["podCIDR"].as_str().and_then(|c| c.parse().ok()),
+        cidr: object["spec"]["podCIDR"]
+            .as_str()
+            .and_then(|c| c.parse().ok()),
         address: object["status"]["addresses"]
             .as_array()
             .into_iter()

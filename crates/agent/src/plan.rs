@@ -94,18 +94,26 @@ pub enum Step {
     CreateSandbox,
     PrepareVolumes,
     /// Create and start the container.
-    Run { name: String },
+    Run {
+        name: String,
+    },
     /// Keep how an ended (or half-made) container went in memory, then delete it, so that it
     /// can run again.
-    Remove { name: String },
+    Remove {
+        name: String,
+    },
     /// Stop a running container that failed its liveness probe (it restarts by its policy).
-    Restart { name: String },
+    Restart {
+        name: String,
+    },
     /// The pod is being deleted: set the deadline of its grace period.
     BeginTermination,
     /// Run the preStop hooks of the running containers, at most until the deadline.
     PreStop,
     /// Send SIGTERM (or SIGKILL once the grace period is over) to what still runs.
-    Signal { kill: bool },
+    Signal {
+        kill: bool,
+    },
     /// Remove the sandbox, the containers and the volumes.
     TearDown,
     /// Delete the pod's object: it is gone from the node.
@@ -310,7 +318,10 @@ fn terminating(pod: &Pod, observed: &Observed, t: &Termination, now: SystemTime)
     let running = observed.containers.values().any(|s| !stopped(s));
     if running && !t.pre_stop_done {
         let has_hook = app_containers(pod).iter().any(|c| {
-            c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).is_some()
+            c.lifecycle
+                .as_ref()
+                .and_then(|l| l.pre_stop.as_ref())
+                .is_some()
                 && observed
                     .containers
                     .get(&c.name)

@@ -62,7 +62,12 @@ pub async fn run_once(
             Err(e) => return Outcome::Failure(e),
         };
         let host = tcp.host.clone().unwrap_or_else(|| pod_ip.to_string());
-        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
+        return match tokio::time::timeout(
+            timeout,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
             Ok(Ok(_)) => Outcome::Success,
             Ok(Err(e)) => Outcome::Failure(format!("dial tcp {host}:{port}: {e}")),
             Err(_) => Outcome::Failure(format!("dial tcp {host}:{port}: i/o timeout")),
@@ -89,7 +94,7 @@ pub async fn run_once(
         let get = async {
             let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
             s.write_all(request.as_bytes()).await?;
-            let mut head = vec![0u8; 64];
+            let mut head = [0u8; 64];
             let mut n = 0;
             while n < head.len() {
                 let r = s.read(&mut head[n..]).await?;
@@ -122,7 +127,9 @@ pub async fn run_once(
             )),
         };
     }
-    Outcome::Failure("the probe has no handler this node supports (exec, httpGet, tcpSocket)".into())
+    Outcome::Failure(
+        "the probe has no handler this node supports (exec, httpGet, tcpSocket)".into(),
+    )
 }
 
 /// The probes' verdicts on one container instance.
@@ -198,14 +205,17 @@ impl Counter {
     }
 }
 
+/// (pod key, container name) → (container instance, verdict).
+type VerdictMap = HashMap<(String, String), (u64, Verdict)>;
+
 /// Probe verdicts by pod key, container name and container instance (its start time).
 #[derive(Clone, Default)]
 pub struct Results {
-    inner: Arc<Mutex<HashMap<(String, String), (u64, Verdict)>>>,
+    inner: Arc<Mutex<VerdictMap>>,
 }
 
 impl Results {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (u64, Verdict)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VerdictMap> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -302,8 +312,16 @@ pub fn start(
         let run = async {
             if let Some(p) = container.startup_probe.clone() {
                 let ok = run_loop(
-                    &*runtime, &results, &*report, &key, &container, &id, &pod_ip, instance,
-                    Kind::Startup, &p,
+                    &*runtime,
+                    &results,
+                    &*report,
+                    &key,
+                    &container,
+                    &id,
+                    &pod_ip,
+                    instance,
+                    Kind::Startup,
+                    &p,
                 )
                 .await;
                 if !ok {
@@ -315,8 +333,16 @@ pub fn start(
             let l = async {
                 if let Some(p) = &live {
                     run_loop(
-                        &*runtime, &results, &*report, &key, &container, &id, &pod_ip,
-                        instance, Kind::Liveness, p,
+                        &*runtime,
+                        &results,
+                        &*report,
+                        &key,
+                        &container,
+                        &id,
+                        &pod_ip,
+                        instance,
+                        Kind::Liveness,
+                        p,
                     )
                     .await;
                 }
@@ -324,8 +350,16 @@ pub fn start(
             let r = async {
                 if let Some(p) = &ready {
                     run_loop(
-                        &*runtime, &results, &*report, &key, &container, &id, &pod_ip,
-                        instance, Kind::Readiness, p,
+                        &*runtime,
+                        &results,
+                        &*report,
+                        &key,
+                        &container,
+                        &id,
+                        &pod_ip,
+                        instance,
+                        Kind::Readiness,
+                        p,
                     )
                     .await;
                 }
@@ -363,7 +397,11 @@ async fn run_loop(
         let outcome = run_once(runtime, container, id, pod_ip, probe).await;
         let ok = outcome == Outcome::Success;
         if let Outcome::Failure(message) = &outcome {
-            report.unhealthy(key, &container.name, &format!("{} probe failed: {message}", kind.name()));
+            report.unhealthy(
+                key,
+                &container.name,
+                &format!("{} probe failed: {message}", kind.name()),
+            );
         }
         if let Some(verdict) = counter.record(ok) {
             results.update(key, &container.name, instance, |v| match kind {
@@ -438,7 +476,10 @@ mod tests {
         else {
             panic!("cat fails")
         };
-        assert!(m.contains("exited with 1") && m.contains("No such file"), "{m}");
+        assert!(
+            m.contains("exited with 1") && m.contains("No such file"),
+            "{m}"
+        );
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let open = listener.local_addr().unwrap().port();
@@ -450,12 +491,26 @@ mod tests {
             ..Probe::default()
         };
         assert_eq!(
-            run_once(&rt, &container, "c", "127.0.0.1", &tcp(IntOrString::Int(open.into()))).await,
+            run_once(
+                &rt,
+                &container,
+                "c",
+                "127.0.0.1",
+                &tcp(IntOrString::Int(open.into()))
+            )
+            .await,
             Outcome::Success
         );
         drop(listener);
         assert!(matches!(
-            run_once(&rt, &container, "c", "127.0.0.1", &tcp(IntOrString::Int(open.into()))).await,
+            run_once(
+                &rt,
+                &container,
+                "c",
+                "127.0.0.1",
+                &tcp(IntOrString::Int(open.into()))
+            )
+            .await,
             Outcome::Failure(_)
         ));
         let Outcome::Failure(m) = run_once(

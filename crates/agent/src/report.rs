@@ -47,9 +47,19 @@ pub struct Event {
 }
 
 impl Event {
-    fn new(pod: &Pod, container: Option<&str>, kind: &'static str, reason: &str, message: &str) -> Event {
+    fn new(
+        pod: &Pod,
+        container: Option<&str>,
+        kind: &'static str,
+        reason: &str,
+        message: &str,
+    ) -> Event {
         Event {
-            namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
             pod: pod.metadata.name.clone().unwrap_or_default(),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             container: container.map(str::to_string),
@@ -121,7 +131,11 @@ impl Event {
 }
 
 enum Report {
-    Status { key: String, uid: String, status: Value },
+    Status {
+        key: String,
+        uid: String,
+        status: Value,
+    },
     Event(Event),
 }
 

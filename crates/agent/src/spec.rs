@@ -180,8 +180,7 @@ pub fn oci_config(
     let env: Vec<String> = order.iter().map(|k| format!("{k}={}", vars[k])).collect();
 
     let (image_uid, image_gid) = numeric_user(&image.user);
-    if !image.user.is_empty() && image_uid.is_none() && sc.and_then(|s| s.run_as_user).is_none()
-    {
+    if !image.user.is_empty() && image_uid.is_none() && sc.and_then(|s| s.run_as_user).is_none() {
         return Err(ConfigError(format!(
             "image {} runs as user {:?}, which is not numeric: set securityContext.runAsUser",
             container.image.as_deref().unwrap_or(""),
@@ -414,7 +413,10 @@ mod tests {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert_eq!(env, ["PATH=/bin", "LANG=de", "X=1", "HOSTNAME=web"]);
-        assert_eq!(c["process"]["user"], json!({"uid": 1000, "gid": 2000, "additionalGids": []}));
+        assert_eq!(
+            c["process"]["user"],
+            json!({"uid": 1000, "gid": 2000, "additionalGids": []})
+        );
         assert_eq!(c["process"]["cwd"], "/srv");
         assert_eq!(c["process"]["noNewPrivileges"], true);
         assert_eq!(c["root"]["readonly"], true);

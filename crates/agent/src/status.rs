@@ -11,8 +11,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{json, Value};
 
 use crate::plan::{
-    initialized, restart_decision, restart_policy, terminal, ContainerMemory, Observed,
-    PodMemory,
+    initialized, restart_decision, restart_policy, terminal, ContainerMemory, Observed, PodMemory,
 };
 use crate::restart::{terminated_reason, Restart, RESTART_BACKOFF};
 use crate::spec::container_id;
@@ -135,7 +134,13 @@ fn humantime_secs(d: std::time::Duration) -> String {
 }
 
 /// A condition, with the transition time of the previous status when its value is the same.
-fn condition(previous: &Value, kind: &str, ok: bool, reason: Option<&str>, now: SystemTime) -> Value {
+fn condition(
+    previous: &Value,
+    kind: &str,
+    ok: bool,
+    reason: Option<&str>,
+    now: SystemTime,
+) -> Value {
     let status = if ok { "True" } else { "False" };
     let old = previous["conditions"]
         .as_array()
@@ -233,7 +238,13 @@ pub fn pod_status(
         Some("ContainersNotReady")
     };
     let mut conditions = vec![
-        condition(&previous, "PodReadyToStartContainers", observed.sandbox.is_some(), None, now),
+        condition(
+            &previous,
+            "PodReadyToStartContainers",
+            observed.sandbox.is_some(),
+            None,
+            now,
+        ),
         condition(
             &previous,
             "Initialized",
@@ -372,7 +383,10 @@ mod tests {
         assert_eq!(app["ready"], true);
         assert_eq!(app["imageID"], "sha256:abc");
         assert!(app["state"]["running"]["startedAt"].is_string());
-        assert_eq!(s["initContainerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+        assert_eq!(
+            s["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+            "Completed"
+        );
     }
 
     #[test]
@@ -418,7 +432,10 @@ mod tests {
             "10.0.0.1",
             at(5),
         );
-        assert_eq!(s["containerStatuses"][0]["state"]["terminated"]["reason"], "OOMKilled");
+        assert_eq!(
+            s["containerStatuses"][0]["state"]["terminated"]["reason"],
+            "OOMKilled"
+        );
         assert_eq!(s["phase"], "Failed");
         let s = pod_status(
             &pod("OnFailure"),

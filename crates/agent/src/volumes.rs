@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{KeyToPath, Pod, Volume};
@@ -177,9 +177,7 @@ pub fn content(
                 match lookup.config_map(ns, &c.name) {
                     Some(data) => files.extend(items(&data, &c.items, mode, &what, optional)?),
                     None if optional => {}
-                    None => {
-                        return Err(ConfigError(format!("configmap \"{}\" not found", c.name)))
-                    }
+                    None => return Err(ConfigError(format!("configmap \"{}\" not found", c.name))),
                 }
             }
             if let Some(s) = &source.secret {

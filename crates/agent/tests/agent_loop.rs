@@ -173,7 +173,10 @@ async fn a_bound_pod_runs_restarts_and_goes_when_deleted() {
         .unwrap()
         .contains(&json!("COLOR=blue")));
     let volume = h.dir.path().join("pods/uid-1/volumes/config");
-    assert_eq!(std::fs::read_to_string(volume.join("COLOR")).unwrap(), "blue");
+    assert_eq!(
+        std::fs::read_to_string(volume.join("COLOR")).unwrap(),
+        "blue"
+    );
     assert!(config["mounts"]
         .as_array()
         .unwrap()
@@ -187,7 +190,10 @@ async fn a_bound_pod_runs_restarts_and_goes_when_deleted() {
     )
     .await;
     h.wait_for("the updated file", |_| {
-        std::fs::read_to_string(volume.join("COLOR")).ok().as_deref() == Some("green")
+        std::fs::read_to_string(volume.join("COLOR"))
+            .ok()
+            .as_deref()
+            == Some("green")
     })
     .await;
 
@@ -204,7 +210,10 @@ async fn a_bound_pod_runs_restarts_and_goes_when_deleted() {
         app_status(h)["state"]["waiting"]["reason"] == "CrashLoopBackOff"
     })
     .await;
-    assert_eq!(app_status(&h)["lastState"]["terminated"]["reason"], "OOMKilled");
+    assert_eq!(
+        app_status(&h)["lastState"]["terminated"]["reason"],
+        "OOMKilled"
+    );
     let events: Vec<Value> = h
         .store
         .list("/core/events/default/", None, 0)
@@ -215,7 +224,9 @@ async fn a_bound_pod_runs_restarts_and_goes_when_deleted() {
         .collect();
     for reason in ["Pulled", "Created", "Started"] {
         assert!(
-            events.iter().any(|e| e["reason"] == reason && e["involvedObject"]["name"] == "web"),
+            events
+                .iter()
+                .any(|e| e["reason"] == reason && e["involvedObject"]["name"] == "web"),
             "no {reason} event in {events:#?}"
         );
     }
@@ -225,7 +236,8 @@ async fn a_bound_pod_runs_restarts_and_goes_when_deleted() {
     deleting["metadata"]["deletionTimestamp"] = json!(flotilla_api::meta::now_rfc3339());
     deleting["metadata"]["deletionGracePeriodSeconds"] = json!(5);
     h.put(POD, deleting).await;
-    h.wait_for("the pod object to go", |h| h.get(POD).is_none()).await;
+    h.wait_for("the pod object to go", |h| h.get(POD).is_none())
+        .await;
     assert!(h.rt.sandboxes().await.unwrap().is_empty());
     assert!(h
         .rt
@@ -276,7 +288,10 @@ async fn bad_configuration_is_a_waiting_reason_not_a_crash() {
     let mut p = pod("COLOR");
     p["metadata"]["uid"] = json!("uid-3");
     p["spec"]["initContainers"] = json!([]);
-    h.rt.fail_next("start", "exec: \"nope\": executable file not found in $PATH");
+    h.rt.fail_next(
+        "start",
+        "exec: \"nope\": executable file not found in $PATH",
+    );
     h.put(POD, p).await;
     h.wait_for("RunContainerError", |h| {
         app_status(h)["state"]["waiting"]["reason"] == "RunContainerError"
@@ -284,7 +299,10 @@ async fn bad_configuration_is_a_waiting_reason_not_a_crash() {
     .await;
     let message = app_status(&h)["state"]["waiting"]["message"].clone();
     assert!(
-        message.as_str().unwrap().contains("executable file not found"),
+        message
+            .as_str()
+            .unwrap()
+            .contains("executable file not found"),
         "{message}"
     );
     // The container that could not start is not left behind (it is retried after a backoff).

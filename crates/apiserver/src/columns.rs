@@ -79,7 +79,10 @@ fn pod_status(o: &Value) -> String {
         .or_else(|| status["phase"].as_str())
         .unwrap_or("Pending")
         .to_string();
-    let inits = status["initContainerStatuses"].as_array().cloned().unwrap_or_default();
+    let inits = status["initContainerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let total_inits = o["spec"]["initContainers"].as_array().map_or(0, Vec::len);
     let mut initializing = false;
     for (i, c) in inits.iter().enumerate() {
@@ -100,10 +103,16 @@ fn pod_status(o: &Value) -> String {
     }
     if !initializing {
         let mut has_running = false;
-        let containers = status["containerStatuses"].as_array().cloned().unwrap_or_default();
+        let containers = status["containerStatuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         for c in containers.iter().rev() {
             let state = &c["state"];
-            if let Some(w) = state["waiting"]["reason"].as_str().filter(|w| !w.is_empty()) {
+            if let Some(w) = state["waiting"]["reason"]
+                .as_str()
+                .filter(|w| !w.is_empty())
+            {
                 reason = w.to_string();
             } else if state["terminated"].is_object() {
                 reason = terminated_reason(&state["terminated"]);
@@ -605,26 +614,37 @@ mod tests {
             "Init:CrashLoopBackOff"
         );
         assert_eq!(
-            status(init(json!({"terminated": {"exitCode": 2, "reason": "Error"}}))),
+            status(init(
+                json!({"terminated": {"exitCode": 2, "reason": "Error"}})
+            )),
             "Init:Error"
         );
-        let pod = |phase: &str, c: Value| json!({"status": {"phase": phase, "containerStatuses": c}});
+        let pod =
+            |phase: &str, c: Value| json!({"status": {"phase": phase, "containerStatuses": c}});
         assert_eq!(
-            status(pod("Failed", json!([{"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]))),
+            status(pod(
+                "Failed",
+                json!([{"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}])
+            )),
             "OOMKilled"
         );
         assert_eq!(
-            status(pod("Running", json!([{"ready": true, "state": {"running": {}}},
-                                         {"state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]))),
+            status(pod(
+                "Running",
+                json!([{"ready": true, "state": {"running": {}}},
+                                         {"state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}])
+            )),
             "Running"
         );
         assert_eq!(
-            status(pod("Failed", json!([{"state": {"terminated": {"exitCode": 3}}}]))),
+            status(pod(
+                "Failed",
+                json!([{"state": {"terminated": {"exitCode": 3}}}])
+            )),
             "ExitCode:3"
         );
         let mut deleting = pod("Running", json!([]));
         deleting["metadata"] = json!({"deletionTimestamp": "2026-01-01T00:00:00Z"});
         assert_eq!(status(deleting), "Terminating");
     }
-
 }

@@ -217,18 +217,6 @@ pub fn host_end(ip: Ipv4Addr) -> String {
     format!("flt{:08x}", u32::from(ip))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_ends_are_short_and_follow_the_address() {
-        let name = host_end(Ipv4Addr::new(10, 244, 3, 17));
-        assert_eq!(name, "flt0af40311");
-        assert!(name.len() <= 15);
-    }
-}
-
 /// The routing protocol number that tags the routes to other nodes' pod CIDRs, so that a sync
 /// tells them from everyone else's routes (`ip route` shows `proto 241`).
 pub const POD_ROUTE_PROTOCOL: u8 = 241;
@@ -242,8 +230,13 @@ pub async fn sync_pod_routes(
 ) -> Result<usize, RuntimeError> {
     use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteProtocol};
     let protocol = RouteProtocol::Other(POD_ROUTE_PROTOCOL);
-    let mut have: std::collections::BTreeMap<Cidr, (Option<Ipv4Addr>, rtnetlink::packet_route::route::RouteMessage)> =
-        Default::default();
+    let mut have: std::collections::BTreeMap<
+        Cidr,
+        (
+            Option<Ipv4Addr>,
+            rtnetlink::packet_route::route::RouteMessage,
+        ),
+    > = Default::default();
     let mut routes = h
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
@@ -297,4 +290,16 @@ pub async fn sync_pod_routes(
         }
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ends_are_short_and_follow_the_address() {
+        let name = host_end(Ipv4Addr::new(10, 244, 3, 17));
+        assert_eq!(name, "flt0af40311");
+        assert!(name.len() <= 15);
+    }
 }
