@@ -395,6 +395,39 @@ spec:
         });
         assert_eq!(got.as_deref(), Some("hello-from-n1\n"), "n3 → n1 by pod IP");
 
+        // A hostNetwork pod listens on its node's address.
+        let port = flotilla_tests::free_port();
+        ctx.apply(
+            "hostnet",
+            &format!(
+                r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostnet}}
+spec:
+  nodeName: n2
+  hostNetwork: true
+  containers:
+  - name: web
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /www && echo on-the-node > /www/index.html && exec httpd -f -p {port} -h /www"]
+"#
+            ),
+        );
+        ctx.wait_row("hostnet", Duration::from_secs(60), |ready, _, _| ready == "1/1");
+        let n2_addr = lab.addr(1).to_string();
+        assert_eq!(ctx.pod("hostnet")["status"]["podIP"], n2_addr.as_str());
+        let got = wait_until_blocking(Duration::from_secs(30), || {
+            let out = std::process::Command::new("busybox")
+                .args(["wget", "-q", "-O", "-", &format!("http://{n2_addr}:{port}/")])
+                .output()
+                .unwrap();
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        });
+        assert_eq!(got.as_deref(), Some("on-the-node\n"));
+
         // 4. Deletion: the preStop hook runs (into a hostPath), then SIGTERM, then SIGKILL
         //    once the grace period is over; nothing of the pod remains on the node.
         let host = ctx.dir.join("hostpath");

@@ -664,7 +664,16 @@ async fn the_process_runtime_runs_a_pod_for_a_multi_threaded_caller() {
             search: vec![],
         },
     };
-    let sandbox = rt.create_sandbox("pod1", "web").await.unwrap();
+    let sandbox = rt
+        .create_sandbox(
+            "pod1",
+            &flotilla_runtime::SandboxRequest {
+                hostname: "web".into(),
+                host_network: false,
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(rt.sandboxes().await.unwrap(), ["pod1"]);
     let bundle = spec_bundle(
         &dir.path().join("bundle"),

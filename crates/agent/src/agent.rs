@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use flotilla_api::meta::parse_rfc3339;
 use flotilla_controllers::{run_workers, Context, Informer, Next, WorkQueue};
-use flotilla_runtime::{ContainerRequest, PodRuntime, RuntimeError, Status};
+use flotilla_runtime::{ContainerRequest, PodRuntime, RuntimeError, SandboxRequest, Status};
 use flotilla_store::{Record, StoreError};
 use flotilla_sys::Signal;
 use flotilla_util::Backoff;
@@ -231,6 +231,10 @@ fn memory_from_status(pod: &Pod) -> PodMemory {
     memory
 }
 
+fn host_network(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
+}
+
 fn hostname(pod: &Pod) -> String {
     let name = pod
         .spec
@@ -427,10 +431,26 @@ impl Agent {
         Ok(())
     }
 
+    /// A pod's address: its sandbox's, or the node's for a `hostNetwork` pod.
+    fn pod_ip(&self, pod: &Pod, sandbox_ip: Ipv4Addr) -> Ipv4Addr {
+        if host_network(pod) {
+            self.shared
+                .config
+                .node_ip
+                .parse()
+                .unwrap_or(Ipv4Addr::UNSPECIFIED)
+        } else {
+            sandbox_ip
+        }
+    }
+
     async fn observe(&self, pod: &Pod, uid: &str) -> Result<Observed, Retry> {
         let rt = &self.shared.runtime;
         let mut observed = Observed {
-            sandbox: rt.sandbox(&sandbox_id(uid)).await?.map(|s| s.ip),
+            sandbox: rt
+                .sandbox(&sandbox_id(uid))
+                .await?
+                .map(|s| self.pod_ip(pod, s.ip)),
             ..Observed::default()
         };
         for c in spec::all_containers(pod) {
@@ -724,17 +744,26 @@ impl Agent {
             Step::Wait(_) => {}
             Step::CreateSandbox => {
                 let id = sandbox_id(uid);
-                let made = match rt.create_sandbox(&id, &hostname(pod)).await {
+                let host_network = host_network(pod);
+                let request = SandboxRequest {
+                    hostname: if host_network {
+                        self.shared.config.node_name.clone()
+                    } else {
+                        hostname(pod)
+                    },
+                    host_network,
+                };
+                let made = match rt.create_sandbox(&id, &request).await {
                     Err(RuntimeError::SandboxExists(_)) => {
                         // Half made by an earlier attempt: start over.
                         rt.delete_sandbox(&id).await?;
-                        rt.create_sandbox(&id, &hostname(pod)).await
+                        rt.create_sandbox(&id, &request).await
                     }
                     other => other,
                 };
                 match made {
                     Ok(s) => {
-                        memory.ip = Some(s.ip);
+                        memory.ip = Some(self.pod_ip(pod, s.ip));
                         memory.start_time.get_or_insert(now);
                     }
                     Err(e) => {

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod env;
 pub mod network;
+pub mod node_status;
 pub mod plan;
 pub mod probe;
 pub mod report;

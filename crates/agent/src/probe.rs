@@ -449,7 +449,9 @@ mod tests {
     #[tokio::test]
     async fn exec_and_tcp_probes_report_what_they_saw() {
         let rt = flotilla_runtime::FakeRuntime::new();
-        rt.create_sandbox("s", "h").await.unwrap();
+        rt.create_sandbox("s", &flotilla_runtime::SandboxRequest::default())
+            .await
+            .unwrap();
         let request = flotilla_runtime::ContainerRequest {
             bundle: "/b".into(),
             sandbox: Some("s".into()),

@@ -94,6 +94,9 @@ const ALL_CAPABILITIES: [&str; 41] = [
     "CAP_CHECKPOINT_RESTORE",
 ];
 
+/// At most this many processes and threads in one container (a fork bomb stays in its pod).
+pub const PIDS_LIMIT: i64 = 4096;
+
 /// A volume mounted into the container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
@@ -274,6 +277,7 @@ pub fn oci_config(
     let limits = crate::resources::limits(container);
     let mut resources = json!({
         "cpu": {"shares": limits.cpu_shares, "period": limits.cpu_period_us},
+        "pids": {"limit": PIDS_LIMIT},
     });
     if let Some(q) = limits.cpu_quota_us {
         resources["cpu"]["quota"] = json!(q);
@@ -425,6 +429,7 @@ mod tests {
         assert!(!caps.contains(&json!("CAP_KILL")));
         assert_eq!(c["linux"]["resources"]["memory"]["limit"], 16 << 20);
         assert_eq!(c["linux"]["resources"]["cpu"]["quota"], 10_000);
+        assert_eq!(c["linux"]["resources"]["pids"]["limit"], PIDS_LIMIT);
         let mounts = c["mounts"].as_array().unwrap();
         let data = mounts.iter().find(|m| m["destination"] == "/data").unwrap();
         assert_eq!(data["source"], "/v/data");

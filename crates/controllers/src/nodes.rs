@@ -45,9 +45,16 @@ pub struct NodeInfo {
     pub internal_ip: String,
     pub cpus: u32,
     pub memory_bytes: u64,
+    /// The size of the file system holding the node's data (pods' volumes, containers' upper
+    /// layers): its `ephemeral-storage`.
+    pub storage_bytes: u64,
     /// Extra labels (`--label k=v`), besides the well-known ones.
     pub labels: BTreeMap<String, String>,
 }
+
+/// Memory kept back from pods for the node itself (the kubelet's default hard eviction
+/// threshold).
+const RESERVED_MEMORY: u64 = 100 << 20;
 
 impl NodeInfo {
     /// The host this runs on: CPUs, memory, OS and architecture.
@@ -67,6 +74,7 @@ impl NodeInfo {
             internal_ip: internal_ip.to_string(),
             cpus,
             memory_bytes,
+            storage_bytes: 0,
             labels,
         }
     }
@@ -81,10 +89,22 @@ impl NodeInfo {
         json!(labels)
     }
 
-    fn resources(&self) -> Value {
+    fn capacity(&self) -> Value {
         json!({
             "cpu": self.cpus.to_string(),
             "memory": format!("{}Ki", self.memory_bytes / 1024),
+            "ephemeral-storage": format!("{}Ki", self.storage_bytes / 1024),
+            "pods": "110",
+        })
+    }
+
+    /// What pods may use: the memory less what the node keeps, 90% of the storage (the
+    /// kubelet's eviction thresholds).
+    fn allocatable(&self) -> Value {
+        json!({
+            "cpu": self.cpus.to_string(),
+            "memory": format!("{}Ki", self.memory_bytes.saturating_sub(RESERVED_MEMORY) / 1024),
+            "ephemeral-storage": format!("{}Ki", self.storage_bytes / 10 * 9 / 1024),
             "pods": "110",
         })
     }
@@ -119,6 +139,25 @@ fn ready_condition(ready: bool, now: &str) -> Value {
     })
 }
 
+/// A pressure condition (`MemoryPressure`, `DiskPressure`, `PIDPressure`); the node's agent
+/// keeps them current.
+pub fn pressure_condition(
+    kind: &str,
+    under: bool,
+    reason: &str,
+    message: &str,
+    now: &str,
+) -> Value {
+    json!({
+        "type": kind,
+        "status": if under { "True" } else { "False" },
+        "reason": reason,
+        "message": message,
+        "lastHeartbeatTime": now,
+        "lastTransitionTime": now,
+    })
+}
+
 /// A new Node object with pod CIDR `cidr`, Ready.
 pub fn new_node(info: &NodeInfo, cidr: &str, uid: &str, now: &str) -> Value {
     json!({
@@ -136,16 +175,46 @@ pub fn new_node(info: &NodeInfo, cidr: &str, uid: &str, now: &str) -> Value {
                 {"type": "InternalIP", "address": info.internal_ip},
                 {"type": "Hostname", "address": info.name},
             ],
-            "capacity": info.resources(),
-            "allocatable": info.resources(),
-            "conditions": [ready_condition(true, now)],
-            "nodeInfo": {
-                "architecture": kube_arch(),
-                "operatingSystem": "linux",
-                "kubeletVersion": concat!("v1.32.0-flotilla.", env!("CARGO_PKG_VERSION")),
-                "containerRuntimeVersion": "flotilla://0.1",
-            },
+            "capacity": info.capacity(),
+            "allocatable": info.allocatable(),
+            "conditions": [
+                ready_condition(true, now),
+                pressure_condition("MemoryPressure", false, "KubeletHasSufficientMemory", "the node has sufficient memory available", now),
+                pressure_condition("DiskPressure", false, "KubeletHasNoDiskPressure", "the node has no disk pressure", now),
+                pressure_condition("PIDPressure", false, "KubeletHasSufficientPID", "the node has sufficient PIDs available", now),
+            ],
+            "nodeInfo": node_info(),
         },
+    })
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `status.nodeInfo`: versions, OS image, kernel, machine and boot ids.
+fn node_info() -> Value {
+    let os_image = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|r| {
+            r.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "Linux".into());
+    json!({
+        "architecture": kube_arch(),
+        "operatingSystem": "linux",
+        "osImage": os_image,
+        "kernelVersion": read_trimmed("/proc/sys/kernel/osrelease"),
+        "machineID": read_trimmed("/etc/machine-id"),
+        "bootID": read_trimmed("/proc/sys/kernel/random/boot_id"),
+        "systemUUID": "",
+        "kubeletVersion": concat!("v1.32.0-flotilla.", env!("CARGO_PKG_VERSION")),
+        "kubeProxyVersion": "",
+        "containerRuntimeVersion": concat!("flotilla://", env!("CARGO_PKG_VERSION")),
     })
 }
 
@@ -183,8 +252,9 @@ pub fn register_existing(info: &NodeInfo, current: &Record, now: &str) -> Option
         {"type": "InternalIP", "address": info.internal_ip},
         {"type": "Hostname", "address": info.name},
     ]);
-    node["status"]["capacity"] = info.resources();
-    node["status"]["allocatable"] = info.resources();
+    node["status"]["capacity"] = info.capacity();
+    node["status"]["allocatable"] = info.allocatable();
+    node["status"]["nodeInfo"] = node_info();
     set_ready(&mut node, true, now);
     (node != old).then(|| {
         Command::update(
@@ -344,6 +414,7 @@ mod tests {
             internal_ip: "10.0.0.1".into(),
             cpus: 2,
             memory_bytes: 4 << 30,
+            storage_bytes: 100 << 30,
             labels: BTreeMap::from([("zone".into(), "a".into())]),
         }
     }

@@ -70,6 +70,7 @@ pub fn spawn(
         return;
     }
     let layout = Layout::of(data_dir);
+    let data_dir = data_dir.to_path_buf();
     let info = info.clone();
     tokio::spawn(async move {
         let Some(cidr) = pod_cidr(&node, &info.name, &stop).await else {
@@ -113,6 +114,13 @@ pub fn spawn(
             workers,
         };
         tracing::info!(%cidr, bridge = BRIDGE, "agent starting");
+        tokio::spawn(flotilla_agent::node_status::run(
+            ctx.clone(),
+            info.name.clone(),
+            data_dir.clone(),
+            Duration::from_secs(10),
+            stop.clone(),
+        ));
         tokio::spawn(flotilla_agent::network::run(
             ctx.clone(),
             info.name.clone(),

@@ -360,11 +360,13 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let api_addr = api_listener
         .local_addr()
         .map_err(|e| format!("cannot read the API address: {e}"))?;
-    let info = NodeInfo::of_host(
+    let mut info = NodeInfo::of_host(
         &config.name,
         &advertise.to_string(),
         args.labels.iter().cloned().collect(),
     );
+    let _ = std::fs::create_dir_all(&data_dir);
+    info.storage_bytes = flotilla_sys::fs::capacity(&data_dir).map_or(0, |(total, _)| total);
     let member = Member::start(MemberConfig {
         raft: config,
         timing,

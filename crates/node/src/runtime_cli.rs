@@ -66,6 +66,10 @@ enum SandboxCommand {
         /// A search domain for /etc/resolv.conf (repeatable).
         #[arg(long, value_name = "DOMAIN")]
         search: Vec<String>,
+        /// Use the host's network and UTS namespaces (a `hostNetwork` pod): no veth, no
+        /// address.
+        #[arg(long)]
+        host_network: bool,
         id: String,
     },
     /// The sandbox as JSON.
@@ -240,6 +244,7 @@ fn sandbox(rt: &Runtime, command: SandboxCommand) -> Result<(), RuntimeError> {
             ipam_dir,
             dns,
             search,
+            host_network,
             id,
         } => {
             let config = SandboxConfig {
@@ -252,6 +257,7 @@ fn sandbox(rt: &Runtime, command: SandboxCommand) -> Result<(), RuntimeError> {
                 },
                 dns,
                 search,
+                host_network,
             };
             print(&rt.create_sandbox(&id, &config)?);
         }

@@ -19,7 +19,7 @@ pub mod sandbox;
 pub use container::{CreateOptions, Exit, Runtime, State, Status};
 pub use pod::{
     ContainerRequest, ContainerState, Ended, ExecOutput, FakeRuntime, NodeNetwork, PodRuntime,
-    ProcessRuntime,
+    ProcessRuntime, SandboxRequest,
 };
 pub use sandbox::{Sandbox, SandboxConfig};
 

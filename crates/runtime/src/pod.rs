@@ -25,6 +25,14 @@ use crate::images::{ImageConfig, ImageStore};
 use crate::sandbox::Sandbox;
 use crate::RuntimeError;
 
+/// A sandbox to create.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SandboxRequest {
+    pub hostname: String,
+    /// On the node's network (`hostNetwork`).
+    pub host_network: bool,
+}
+
 /// A container to create: an OCI bundle (its `config.json` says what runs, with what
 /// environment, mounts and limits), in a sandbox, with an image of the node's store as its
 /// root when set.
@@ -70,8 +78,13 @@ pub struct ExecOutput {
 /// what is gone is not an error).
 #[async_trait]
 pub trait PodRuntime: Send + Sync {
-    /// Creates sandbox `id` with `hostname`: network, IPC and UTS namespaces, an address.
-    async fn create_sandbox(&self, id: &str, hostname: &str) -> Result<Sandbox, RuntimeError>;
+    /// Creates sandbox `id`: network, IPC and UTS namespaces and an address (IPC only, with
+    /// `host_network`).
+    async fn create_sandbox(
+        &self,
+        id: &str,
+        request: &SandboxRequest,
+    ) -> Result<Sandbox, RuntimeError>;
     async fn sandbox(&self, id: &str) -> Result<Option<Sandbox>, RuntimeError>;
     /// Removes sandbox `id` with its containers (killed first); nothing if it is gone.
     async fn delete_sandbox(&self, id: &str) -> Result<(), RuntimeError>;
@@ -176,14 +189,18 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[async_trait]
 impl PodRuntime for ProcessRuntime {
-    async fn create_sandbox(&self, id: &str, hostname: &str) -> Result<Sandbox, RuntimeError> {
+    async fn create_sandbox(
+        &self,
+        id: &str,
+        request: &SandboxRequest,
+    ) -> Result<Sandbox, RuntimeError> {
         let net = &self.network;
         let ipam = net.ipam_dir.display().to_string();
         let mut args = vec![
             "sandbox",
             "create",
             "--hostname",
-            hostname,
+            &request.hostname,
             "--bridge",
             &net.bridge,
             "--pod-cidr",
@@ -197,6 +214,9 @@ impl PodRuntime for ProcessRuntime {
         }
         for s in &net.search {
             args.extend(["--search", s.as_str()]);
+        }
+        if request.host_network {
+            args.push("--host-network");
         }
         args.push(id);
         let out = self.cli(&args, COMMAND_TIMEOUT).await?;
@@ -447,7 +467,11 @@ impl FakeRuntime {
 
 #[async_trait]
 impl PodRuntime for FakeRuntime {
-    async fn create_sandbox(&self, id: &str, hostname: &str) -> Result<Sandbox, RuntimeError> {
+    async fn create_sandbox(
+        &self,
+        id: &str,
+        request: &SandboxRequest,
+    ) -> Result<Sandbox, RuntimeError> {
         self.call("create-sandbox", id)?;
         let mut s = self.lock();
         if s.sandboxes.contains_key(id) {
@@ -456,14 +480,19 @@ impl PodRuntime for FakeRuntime {
         let n = s.sandboxes.len() as u8 + 2;
         let sandbox = Sandbox {
             id: id.to_string(),
-            hostname: hostname.to_string(),
-            ip: std::net::Ipv4Addr::new(10, 244, 0, n),
+            hostname: request.hostname.clone(),
+            ip: if request.host_network {
+                std::net::Ipv4Addr::UNSPECIFIED
+            } else {
+                std::net::Ipv4Addr::new(10, 244, 0, n)
+            },
             gateway: std::net::Ipv4Addr::new(10, 244, 0, 1),
             bridge: "flt0".into(),
             veth: format!("veth{n}"),
             ipam_dir: PathBuf::from("/fake/ipam"),
             cidr: "10.244.0.0/24".into(),
             dir: PathBuf::from("/fake/sandboxes").join(id),
+            host_network: request.host_network,
         };
         s.sandboxes.insert(id.to_string(), sandbox.clone());
         Ok(sandbox)
@@ -602,7 +631,16 @@ mod tests {
     #[tokio::test]
     async fn the_fake_follows_a_pods_lifecycle_and_fails_on_request() {
         let rt = FakeRuntime::new();
-        let sb = rt.create_sandbox("pod-a", "web").await.unwrap();
+        let sb = rt
+            .create_sandbox(
+                "pod-a",
+                &SandboxRequest {
+                    hostname: "web".into(),
+                    host_network: false,
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(sb.hostname, "web");
         let request = ContainerRequest {
             bundle: "/b".into(),

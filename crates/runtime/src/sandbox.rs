@@ -34,6 +34,9 @@ pub struct SandboxConfig {
     /// Name servers and search domains for `/etc/resolv.conf`; none: the host's file.
     pub dns: Vec<Ipv4Addr>,
     pub search: Vec<String>,
+    /// The pod uses the node's network and UTS namespaces (`hostNetwork`): no veth, no
+    /// address of its own; only its IPC namespace is new.
+    pub host_network: bool,
 }
 
 /// A created sandbox, as kept in `sandbox.json`.
@@ -49,6 +52,9 @@ pub struct Sandbox {
     pub ipam_dir: PathBuf,
     pub cidr: String,
     pub dir: PathBuf,
+    /// On the node's network (`hostNetwork`): `ip` is unspecified and there is no veth.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
 }
 
 impl Sandbox {
@@ -136,6 +142,22 @@ fn build_namespaces(
 ) -> Result<(), RuntimeError> {
     std::thread::scope(|s| {
         s.spawn(|| -> Result<(), RuntimeError> {
+            let bind = |ns: &str| -> Result<(), RuntimeError> {
+                let file = dir.join("ns").join(ns);
+                fs::File::create(&file)?;
+                flotilla_sys::fs::bind_mount(
+                    Path::new(&format!("/proc/thread-self/ns/{ns}")),
+                    &file,
+                )?;
+                Ok(())
+            };
+            if config.host_network {
+                // The node's network and UTS namespaces, a new IPC namespace.
+                bind("net")?;
+                bind("uts")?;
+                flotilla_sys::fs::unshare(CloneFlags::CLONE_NEWIPC)?;
+                return bind("ipc");
+            }
             let rt = net::runtime()?;
             let host = net::connect(&rt)?;
             flotilla_sys::fs::unshare(
@@ -143,12 +165,7 @@ fn build_namespaces(
             )?;
             flotilla_sys::LinuxSyscall.sethostname(&config.hostname)?;
             for (ns, _) in SHARED {
-                let file = dir.join("ns").join(ns);
-                fs::File::create(&file)?;
-                flotilla_sys::fs::bind_mount(
-                    Path::new(&format!("/proc/thread-self/ns/{ns}")),
-                    &file,
-                )?;
+                bind(ns)?;
             }
             let pod = net::connect(&rt)?;
             rt.block_on(async {
@@ -190,30 +207,41 @@ impl Runtime {
         let owner = dir.display().to_string();
         let sandbox = (|| {
             fs::create_dir(dir.join("ns"))?;
-            let ip = ipam.allocate(&owner)?;
+            let ip = if config.host_network {
+                Ipv4Addr::UNSPECIFIED
+            } else {
+                ipam.allocate(&owner)?
+            };
             let sandbox = Sandbox {
                 id: id.to_string(),
                 hostname: config.hostname.clone(),
                 ip,
                 gateway: config.network.cidr.gateway(),
                 bridge: config.network.bridge.clone(),
-                veth: net::host_end(ip),
+                veth: if config.host_network {
+                    String::new()
+                } else {
+                    net::host_end(ip)
+                },
                 ipam_dir: config.ipam_dir.clone(),
                 cidr: config.network.cidr.to_string(),
                 dir: dir.clone(),
+                host_network: config.host_network,
             };
             // Written first, so that a failure below can be undone by `delete_sandbox`.
             fs::write(
                 dir.join("sandbox.json"),
                 serde_json::to_vec_pretty(&sandbox).expect("JSON"),
             )?;
-            fs::write(
-                dir.join("hosts"),
+            let hosts = if config.host_network {
+                fs::read_to_string("/etc/hosts").unwrap_or_default()
+            } else {
                 format!(
                     "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{}\n",
                     config.hostname
-                ),
-            )?;
+                )
+            };
+            fs::write(dir.join("hosts"), hosts)?;
             fs::write(dir.join("resolv.conf"), resolv_conf(config))?;
             fs::write(dir.join("hostname"), format!("{}\n", config.hostname))?;
             build_namespaces(&dir, config, ip, &sandbox.veth)?;
@@ -268,14 +296,18 @@ impl Runtime {
             }
             self.delete(&c, true)?;
         }
-        let veth = sandbox.veth.clone();
-        net::on_host(|h| async move { net::delete_link(&h, &veth).await })?;
+        if !sandbox.host_network {
+            let veth = sandbox.veth.clone();
+            net::on_host(|h| async move { net::delete_link(&h, &veth).await })?;
+        }
         for (ns, _) in SHARED {
             flotilla_sys::fs::unmount(&sandbox.ns_path(ns))?;
         }
-        let cidr = sandbox.cidr.parse().map_err(RuntimeError::Spec)?;
-        Ipam::new(&sandbox.ipam_dir, cidr)
-            .release(sandbox.ip, &sandbox.dir.display().to_string())?;
+        if !sandbox.host_network {
+            let cidr = sandbox.cidr.parse().map_err(RuntimeError::Spec)?;
+            Ipam::new(&sandbox.ipam_dir, cidr)
+                .release(sandbox.ip, &sandbox.dir.display().to_string())?;
+        }
         fs::remove_dir_all(&sandbox.dir)?;
         Ok(())
     }
@@ -319,6 +351,7 @@ mod tests {
             ipam_dir: dir.path().join("ipam"),
             dns: Vec::new(),
             search: Vec::new(),
+            host_network: false,
         };
         assert!(rt.create_sandbox("p", &config).is_err());
         assert!(!dir.path().join("rt").exists() && !dir.path().join("ipam").exists());

@@ -200,3 +200,14 @@ pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Result<()> {
 pub fn set_opaque(dir: &Path) -> Result<()> {
     set_xattr(dir, "trusted.overlay.opaque", b"y")
 }
+
+/// The size and the space available to unprivileged users of the file system holding `path`,
+/// in bytes.
+pub fn capacity(path: &Path) -> Option<(u64, u64)> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    let block = s.fragment_size() as u64;
+    Some((
+        s.blocks() as u64 * block,
+        s.blocks_available() as u64 * block,
+    ))
+}

@@ -30,12 +30,39 @@ pub(super) fn default_spec(spec: &mut PodSpec, restart_always: bool) {
         default_container(c);
     }
     for v in spec.volumes.iter_mut().flatten() {
+        // A volume that names no source is an empty directory, as Kubernetes defaults it.
+        if volume_types(v).is_empty() {
+            v.empty_dir = Some(Default::default());
+        }
         if let Some(cm) = v.config_map.as_mut() {
             cm.default_mode.get_or_insert(0o644);
         }
         if let Some(s) = v.secret.as_mut() {
             s.default_mode.get_or_insert(0o644);
         }
+    }
+}
+
+/// The volume types a node can mount (the rest of Kubernetes' are refused at admission,
+/// rather than leaving a pod stuck on its node).
+const SUPPORTED_VOLUMES: [&str; 6] = [
+    "emptyDir",
+    "configMap",
+    "secret",
+    "hostPath",
+    "downwardAPI",
+    "projected",
+];
+
+/// The source fields a volume sets (its JSON keys besides `name`).
+fn volume_types(v: &k8s_openapi::api::core::v1::Volume) -> Vec<String> {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .filter(|(k, _)| k != "name")
+            .map(|(k, _)| k)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -91,6 +118,17 @@ pub(super) fn validate_spec(spec: &PodSpec, path: &str, errors: &mut Vec<FieldEr
         errors.extend(dns1123_label(&field, &v.name));
         if !volumes.insert(v.name.as_str()) {
             errors.push(FieldError::duplicate(field, &v.name));
+        }
+        let at = format!("{path}.volumes[{i}]");
+        match volume_types(v).as_slice() {
+            [] => {}
+            [one] if SUPPORTED_VOLUMES.contains(&one.as_str()) => {}
+            [one] => errors.push(FieldError::not_supported(&at, one, &SUPPORTED_VOLUMES)),
+            [_, second, ..] => errors.push(FieldError {
+                reason: "FieldValueForbidden",
+                message: "Forbidden: may not specify more than 1 volume type".into(),
+                field: format!("{at}.{second}"),
+            }),
         }
     }
     let mut names = BTreeSet::new();

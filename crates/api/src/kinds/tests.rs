@@ -322,3 +322,40 @@ fn schemas_name_their_kinds_and_resolve_their_references() {
         assert!(schemas.contains_key(name), "dangling reference to {name}");
     }
 }
+
+#[test]
+fn volume_types_a_node_cannot_mount_are_refused() {
+    let r = resource("", "pods");
+    let pod = |volumes: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}], "volumes": volumes}})
+    };
+    // No source: an empty directory, as Kubernetes defaults it.
+    let out = admit_new(r, pod(json!([{"name": "x"}]))).unwrap().object;
+    assert_eq!(out["spec"]["volumes"][0]["emptyDir"], json!({}));
+    let err = admit_new(
+        r,
+        pod(json!([{"name": "x", "nfs": {"server": "a", "path": "/"}}])),
+    )
+    .unwrap_err();
+    let Rejection::Invalid(errors) = err else {
+        panic!("expected field errors")
+    };
+    assert_eq!(errors[0].field, "spec.volumes[0]");
+    assert!(
+        errors[0].message.contains("\"nfs\""),
+        "{}",
+        errors[0].message
+    );
+    assert!(
+        errors[0].message.contains("\"configMap\""),
+        "{}",
+        errors[0].message
+    );
+    let two = pod(json!([{"name": "x", "emptyDir": {}, "hostPath": {"path": "/tmp"}}]));
+    assert_eq!(
+        fields(admit_new(r, two).unwrap_err()),
+        ["spec.volumes[0].hostPath"]
+    );
+}
