@@ -16,7 +16,7 @@ ROCKSDB_PREFIX ?= /var/cache/flotilla/rocksdb-$(ROCKSDB_VERSION)-release
 export ROCKSDB_LIB_DIR := $(ROCKSDB_PREFIX)
 export ROCKSDB_STATIC := 1
 
-.PHONY: deps rocksdb build test lint up down bench busybox-image
+.PHONY: deps bench-deps rocksdb build test lint up down bench busybox-image
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -70,9 +70,25 @@ up: rocksdb busybox-image
 down:
 	"$(CARGO_TARGET_DIR)/debug/flotilla" up --down --dir "$(UP_DIR)"
 
-bench: rocksdb
+# The peers the benchmarks run against that `make test` does not need: Docker (its daemon is
+# started by the bench in a namespace of its own, never as a host service).
+BENCH_PACKAGES := docker.io
+
+bench-deps: deps
+	@missing=""; for p in $(BENCH_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing (no service is started)"; \
+	  made=0; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made=1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  [ $$made = 1 ] && rm -f /usr/sbin/policy-rc.d; true; \
+	fi
+
+bench: rocksdb bench-deps
 	$(CARGO) build --release --workspace --bins
 	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" store --json bench-store.json
 	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" membership --json bench-membership.json
 	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" api --json bench-api.json
 	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" runtime --json bench-runtime.json
+	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" pods --json bench-pods.json

@@ -4,6 +4,7 @@ mod api;
 mod etcd;
 mod load;
 mod membership;
+mod pods;
 mod runtime;
 mod store;
 
@@ -30,6 +31,8 @@ enum Command {
     Membership(membership::MembershipArgs),
     /// Container start: run-to-exit of /bin/true under Flotilla's runtime, runc and crun.
     Runtime(runtime::RuntimeArgs),
+    /// Pod start on one node: created through the API → Running, against `docker run -d`.
+    Pods(pods::PodsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Store(args) => runtime.block_on(store::run(args)),
         Command::Api(args) => runtime.block_on(api::run(args)),
         Command::Membership(args) => runtime.block_on(membership::run(args)),
+        Command::Pods(args) => runtime.block_on(pods::run_bench(args)),
         Command::Runtime(_) => unreachable!("run before the async runtime starts"),
     }
 }
