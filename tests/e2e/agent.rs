@@ -222,15 +222,18 @@ spec:
         );
         // The secret is on a tmpfs of the node, never its disk.
         let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
-        let secret_dir = ctx.node_dir("n2").join(format!("pods/{uid}/volumes/secret"));
+        // So are the bundles, whose configs hold the environment (the password too).
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-        assert!(
-            mounts
-                .lines()
-                .any(|l| l.contains(secret_dir.to_str().unwrap()) && l.split(' ').nth(2) == Some("tmpfs")),
-            "no tmpfs at {}",
-            secret_dir.display()
-        );
+        for dir in ["volumes/secret", "bundles"] {
+            let path = ctx.node_dir("n2").join(format!("pods/{uid}/{dir}"));
+            assert!(
+                mounts.lines().any(|l| {
+                    l.split(' ').nth(1) == path.to_str() && l.split(' ').nth(2) == Some("tmpfs")
+                }),
+                "no tmpfs at {}",
+                path.display()
+            );
+        }
         // A configMap update reaches the mounted file.
         ctx.kubectl(&["patch", "configmap", "cfg", "-p", r#"{"data":{"app.conf":"port=8080\n"}}"#]);
         let updated = wait_until_blocking(Duration::from_secs(30), || {
@@ -295,6 +298,49 @@ spec:
             hog["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
             137
         );
+
+        // Bad input is a status, not a crash: a missing key, a program that is not there.
+        ctx.apply(
+            "bad",
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: badkey}
+spec:
+  nodeName: n1
+  containers:
+  - name: app
+    image: busybox
+    command: ["sleep", "3600"]
+    env: [{name: X, valueFrom: {configMapKeyRef: {name: cfg, key: NOPE}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: badcmd}
+spec:
+  nodeName: n1
+  containers:
+  - {name: app, image: busybox, command: ["/nope", "x"]}
+"#,
+        );
+        ctx.wait_row("badkey", Duration::from_secs(60), |_, status, _| {
+            status == "CreateContainerConfigError"
+        });
+        assert_eq!(
+            ctx.pod("badkey")["status"]["containerStatuses"][0]["state"]["waiting"]["message"],
+            "couldn't find key NOPE in ConfigMap default/cfg"
+        );
+        let failed = wait_until_blocking(Duration::from_secs(60), || {
+            let s = ctx.pod("badcmd")["status"]["containerStatuses"][0].clone();
+            (s["state"]["waiting"]["reason"] == "RunContainerError").then_some(s)
+        })
+        .expect("badcmd never showed RunContainerError");
+        let message = failed["state"]["waiting"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(r#"exec: "/nope": stat /nope: no such file or directory"#),
+            "{message}"
+        );
+        assert_eq!(failed["lastState"]["terminated"]["reason"], "StartError");
 
         // 3. Liveness over HTTP restarts the container; readiness follows a file.
         ctx.apply(
@@ -587,17 +633,17 @@ spec:
                 && !ctx
                     .node_dir("n2")
                     .join(format!("runtime/.sandboxes/{doomed_uid}"))
+                    .exists()
+                && !ctx
+                    .node_dir("n2")
+                    .join(format!("pods/{doomed_uid}"))
                     .exists())
             .then_some(())
         });
         assert!(
             gone.is_some(),
-            "the deleted pod's container or sandbox remained"
+            "the deleted pod's container, sandbox or volumes remained"
         );
-        assert!(!ctx
-            .node_dir("n2")
-            .join(format!("pods/{doomed_uid}"))
-            .exists());
         assert_eq!(ctx.pid("n2", &keeper_uid, "app"), keeper_pid);
         assert!(Path::new(&format!("/proc/{keeper_pid}")).exists());
         let keeper = ctx.pod("keeper");

@@ -1122,7 +1122,7 @@ impl Agent {
             "Pulled",
             &format!("Container image \"{image_name}\" already present on machine"),
         ));
-        let bundle = self.bundle_dir(uid, name);
+        let bundle = self.bundle_dir(uid, name)?;
         std::fs::create_dir_all(&bundle)?;
         std::fs::write(bundle.join("config.json"), config.to_string())?;
         let id = container_id(uid, name);
@@ -1131,10 +1131,40 @@ impl Agent {
             sandbox: Some(sandbox_id(uid)),
             image: Some(image.manifest.clone()),
         };
-        if let Err(e) = rt.create_container(&id, &request).await {
+        // A program that cannot be executed fails `create` (the runtime looks it up before
+        // the container is ready) or `start`: Kubernetes' RunContainerError, a StartError
+        // that counts as a restart and backs off like a crash.
+        let start_failed = |memory: &mut PodMemory, message: String| {
             let m = memory.containers.entry(name.to_string()).or_default();
             let delay = RESTART_BACKOFF.delay(m.restarts_in_a_row);
-            if fail(memory, "CreateContainerError", e.to_string(), delay) {
+            m.restart_count += 1;
+            m.restarts_in_a_row += 1;
+            m.last_terminated = Some(Terminated {
+                exit_code: 128,
+                reason: "StartError".into(),
+                started_at: None,
+                finished_at: Some(now),
+                container_id: format!("flotilla://{id}"),
+            });
+            fail(memory, "RunContainerError", message, delay);
+        };
+        if let Err(e) = rt.create_container(&id, &request).await {
+            let _ = rt.delete_container(&id).await;
+            let text = e.to_string();
+            if text.contains("exec: \"") {
+                let message = format!("failed to start container {name:?}: {text}");
+                start_failed(memory, message.clone());
+                self.shared.reporter.event(Event::warning(
+                    pod,
+                    Some(name),
+                    "Failed",
+                    &format!("Error: {message}"),
+                ));
+                return Ok(());
+            }
+            let m = memory.containers.entry(name.to_string()).or_default();
+            let delay = RESTART_BACKOFF.delay(m.restarts_in_a_row);
+            if fail(memory, "CreateContainerError", text, delay) {
                 self.shared.reporter.event(Event::warning(
                     pod,
                     Some(name),
@@ -1142,7 +1172,6 @@ impl Agent {
                     &format!("Error: {e}"),
                 ));
             }
-            let _ = rt.delete_container(&id).await;
             return Ok(());
         }
         self.shared.reporter.event(Event::normal(
@@ -1152,18 +1181,15 @@ impl Agent {
             &format!("Created container {name}"),
         ));
         if let Err(e) = rt.start_container(&id).await {
-            let m = memory.containers.entry(name.to_string()).or_default();
-            let delay = RESTART_BACKOFF.delay(m.restarts_in_a_row);
-            m.restarts_in_a_row += 1;
+            let _ = rt.delete_container(&id).await;
             let message = format!("failed to start container {name:?}: {e}");
-            fail(memory, "RunContainerError", message.clone(), delay);
+            start_failed(memory, message.clone());
             self.shared.reporter.event(Event::warning(
                 pod,
                 Some(name),
                 "Failed",
                 &format!("Error: {message}"),
             ));
-            let _ = rt.delete_container(&id).await;
             return Ok(());
         }
         self.shared.reporter.event(Event::normal(
@@ -1199,13 +1225,8 @@ impl Agent {
         Ok(())
     }
 
-    fn bundle_dir(&self, uid: &str, name: &str) -> PathBuf {
-        self.shared
-            .config
-            .volumes
-            .pod_dir(uid)
-            .join("bundles")
-            .join(name)
+    fn bundle_dir(&self, uid: &str, name: &str) -> std::io::Result<PathBuf> {
+        Ok(self.shared.config.volumes.bundles(uid)?.join(name))
     }
 
     /// The container's volume mounts, as bind mounts of the volumes' directories.

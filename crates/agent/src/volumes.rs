@@ -319,14 +319,30 @@ impl Volumes {
         Ok(dir)
     }
 
-    /// Removes everything of pod `uid`: unmounts its tmpfs volumes, then its directory.
+    /// Where pod `uid`'s container bundles (`NAME/config.json`) are written: a tmpfs of its
+    /// own (when mounts are allowed), because a config holds the container's environment,
+    /// secrets included, which never go to disk.
+    pub fn bundles(&self, uid: &str) -> io::Result<PathBuf> {
+        let dir = self.pod_dir(uid).join("bundles");
+        fs::create_dir_all(&dir)?;
+        if self.mounts && !is_mount_point(&dir) {
+            flotilla_sys::fs::mount_tmpfs(&dir, "mode=700,size=4m").map_err(io::Error::other)?;
+        }
+        Ok(dir)
+    }
+
+    /// Removes everything of pod `uid`: unmounts its tmpfs volumes and bundles, then its
+    /// directory.
     pub fn remove(&self, uid: &str) -> io::Result<()> {
         let dir = self.pod_dir(uid);
-        if let Ok(entries) = fs::read_dir(dir.join("volumes")) {
-            for e in entries.flatten() {
-                if is_mount_point(&e.path()) {
-                    flotilla_sys::fs::unmount(&e.path()).map_err(io::Error::other)?;
-                }
+        let volumes = fs::read_dir(dir.join("volumes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path());
+        for path in volumes.chain([dir.join("bundles")]) {
+            if is_mount_point(&path) {
+                flotilla_sys::fs::unmount(&path).map_err(io::Error::other)?;
             }
         }
         match fs::remove_dir_all(&dir) {

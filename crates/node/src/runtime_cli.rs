@@ -187,6 +187,7 @@ fn clean(rt: &Runtime, volumes: Option<PathBuf>) -> Result<(), RuntimeError> {
             {
                 flotilla_sys::fs::unmount(&v.path())?;
             }
+            flotilla_sys::fs::unmount(&pod.path().join("bundles"))?;
         }
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),

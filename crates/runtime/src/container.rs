@@ -154,6 +154,7 @@ fn init_main(
         };
         init::prepare_rootfs(&sys, spec, rootfs)?;
         init::configure(&sys, spec)?;
+        init::find_program(spec)?;
         out.write_all(b"ready\n")
             .map_err(|e| RuntimeError::Setup(format!("report: {e}")))?;
         match (go, fifo_path) {
@@ -426,12 +427,18 @@ impl Runtime {
             if report != "ready" || joined.is_err() {
                 let _ = flotilla_sys::kill(pid, Signal::SIGKILL);
                 let _ = flotilla_sys::wait_exit(shim.unwrap_or(pid));
-                let reason = match joined {
-                    Err(e) => format!("cgroup: {e}"),
-                    Ok(()) if report.is_empty() => {
+                // The init's own error first: one that exits at once also makes joining
+                // its cgroup fail.
+                let reason = match (report.strip_prefix("error: "), joined) {
+                    (Some(error), _) => error
+                        .strip_prefix("container setup failed: ")
+                        .unwrap_or(error)
+                        .to_string(),
+                    (None, Err(e)) => format!("cgroup: {e}"),
+                    (None, Ok(())) if report.is_empty() => {
                         "the container's init exited before it was ready".into()
                     }
-                    Ok(()) => report.trim_start_matches("error: ").to_string(),
+                    (None, Ok(())) => report.clone(),
                 };
                 return Err(RuntimeError::Setup(reason));
             }
@@ -470,10 +477,15 @@ impl Runtime {
         loop {
             match file.read(&mut byte) {
                 Ok(1) => break,
+                // A process that exits at once may have taken the go and gone between the
+                // read and this check: its byte is still in the FIFO.
                 _ if !self.alive(&state) => {
+                    if matches!(file.read(&mut byte), Ok(1)) {
+                        break;
+                    }
                     return Err(RuntimeError::State(format!(
                         "container {id} exited before it started"
-                    )))
+                    )));
                 }
                 _ if Instant::now() > deadline => {
                     return Err(RuntimeError::State(format!(

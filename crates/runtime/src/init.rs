@@ -269,6 +269,60 @@ fn names(set: &Option<oci_spec::runtime::Capabilities>) -> Option<Vec<String>> {
         .map(|s| s.iter().map(|c| format!("CAP_{c}")).collect())
 }
 
+/// Finds the program `process.args[0]` names in the container's root, as `execvp` would with
+/// the process's `PATH`, so that a missing or non-executable program fails `create` with
+/// exec's own words (as runc does) rather than a process that exits 127.
+pub fn find_program(spec: &Spec) -> Result<PathBuf, RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| RuntimeError::Spec("the spec has no process".into()))?;
+    let program = process
+        .args()
+        .as_ref()
+        .and_then(|a| a.first())
+        .ok_or_else(|| RuntimeError::Spec("process.args is empty".into()))?;
+    let executable = |path: &Path| -> Result<(), String> {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            let text = e.to_string();
+            let short = text
+                .split(" (os error")
+                .next()
+                .unwrap_or(&text)
+                .to_lowercase();
+            format!("stat {}: {short}", path.display())
+        })?;
+        if meta.is_dir() || meta.permissions().mode() & 0o111 == 0 {
+            return Err("permission denied".into());
+        }
+        Ok(())
+    };
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return executable(&path)
+            .map(|()| path)
+            .map_err(|e| RuntimeError::Setup(format!("exec: {program:?}: {e}")));
+    }
+    let path_var = process
+        .env()
+        .iter()
+        .flatten()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .to_string();
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| executable(p).is_ok())
+        .ok_or_else(|| {
+            RuntimeError::Setup(format!(
+                "exec: {program:?}: executable file not found in $PATH"
+            ))
+        })
+}
+
 /// Becomes the spec's process: cwd, user and groups, capabilities, `no_new_privs`, execve.
 pub fn exec(sys: &dyn Syscall, spec: &Spec) -> Result<std::convert::Infallible, RuntimeError> {
     let process = spec
