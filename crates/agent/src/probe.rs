@@ -528,4 +528,63 @@ mod tests {
         };
         assert!(m.contains("no port named"), "{m}");
     }
+
+    #[tokio::test]
+    async fn an_http_probe_passes_on_2xx_and_3xx_and_names_other_codes() {
+        let rt = flotilla_runtime::FakeRuntime::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Answers /ok with 200, /moved with 302, anything else with 404, and records paths.
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+                let status = match path.as_str() {
+                    "/ok" => "200 OK",
+                    "/moved" => "302 Found",
+                    _ => "404 Not Found",
+                };
+                s.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                seen.push((path, request.contains("User-Agent: kube-probe/")));
+            }
+            seen
+        });
+        let container: Container =
+            serde_json::from_value(serde_json::json!({"name": "web"})).unwrap();
+        let get = |path: &str| Probe {
+            http_get: Some(k8s_openapi::api::core::v1::HTTPGetAction {
+                path: Some(path.into()),
+                port: IntOrString::Int(port.into()),
+                ..Default::default()
+            }),
+            ..Probe::default()
+        };
+        assert_eq!(
+            run_once(&rt, &container, "c", "127.0.0.1", &get("/ok")).await,
+            Outcome::Success
+        );
+        assert_eq!(
+            run_once(&rt, &container, "c", "127.0.0.1", &get("/moved")).await,
+            Outcome::Success
+        );
+        assert_eq!(
+            run_once(&rt, &container, "c", "127.0.0.1", &get("/gone")).await,
+            Outcome::Failure("HTTP probe failed with statuscode: 404".into())
+        );
+        let seen = server.await.unwrap();
+        assert_eq!(
+            seen,
+            [
+                ("/ok".to_string(), true),
+                ("/moved".to_string(), true),
+                ("/gone".to_string(), true)
+            ]
+        );
+    }
 }
