@@ -350,15 +350,47 @@ fn terminating(pod: &Pod, observed: &Observed, t: &Termination, now: SystemTime)
     Step::Finish
 }
 
+/// What the planner's and the status's tests share: times and observed containers.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use flotilla_runtime::Ended;
-    use serde_json::json;
+pub(crate) mod fixtures {
+    use std::time::{Duration, SystemTime};
 
-    fn at(s: u64) -> SystemTime {
+    use flotilla_runtime::{ContainerState, Ended, Status};
+
+    /// `s` seconds into a fixed time.
+    pub(crate) fn at(s: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000 + s)
     }
+
+    /// A container of sandbox `u` as the runtime shows it, ended with `code` (OOM-killed if
+    /// `oom`) when set.
+    pub(crate) fn container(
+        status: Status,
+        code: Option<i32>,
+        oom: bool,
+        started: u64,
+        finished: u64,
+    ) -> ContainerState {
+        ContainerState {
+            id: "x".into(),
+            status,
+            pid: 1,
+            sandbox: Some("u".into()),
+            ended: code.map(|code| Ended {
+                code,
+                oom_killed: oom,
+            }),
+            started_at: Some(at(started)),
+            finished_at: code.map(|_| at(finished)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::at;
+    use super::*;
+    use serde_json::json;
 
     fn pod(policy: &str) -> Pod {
         serde_json::from_value(json!({
@@ -376,18 +408,7 @@ mod tests {
     }
 
     fn state(status: Status, ended: Option<i32>, started: u64, finished: u64) -> ContainerState {
-        ContainerState {
-            id: "x".into(),
-            status,
-            pid: 1,
-            sandbox: Some("u".into()),
-            ended: ended.map(|code| Ended {
-                code,
-                oom_killed: false,
-            }),
-            started_at: Some(at(started)),
-            finished_at: ended.map(|_| at(finished)),
-        }
+        fixtures::container(status, ended, false, started, finished)
     }
 
     fn ready_memory() -> PodMemory {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use flotilla_runtime::images::ImageConfig;
+use flotilla_runtime::init::DEFAULT_CAPABILITIES;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{json, Value};
 
@@ -29,25 +30,6 @@ pub fn sandbox_id(uid: &str) -> String {
 pub fn container_id(uid: &str, name: &str) -> String {
     format!("{uid}_{name}")
 }
-
-/// The capabilities a container gets unless it adds or drops some (the container runtimes'
-/// usual default set).
-pub const DEFAULT_CAPABILITIES: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
 
 /// Every capability, for a privileged container.
 const ALL_CAPABILITIES: [&str; 41] = [

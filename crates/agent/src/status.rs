@@ -286,14 +286,10 @@ pub fn pod_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::fixtures::at;
     use crate::plan::{ContainerMemory, Terminated};
-    use flotilla_runtime::{ContainerState, Ended};
+    use flotilla_runtime::ContainerState;
     use std::net::Ipv4Addr;
-    use std::time::Duration;
-
-    fn at(s: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000 + s)
-    }
 
     fn pod(policy: &str) -> Pod {
         serde_json::from_value(json!({
@@ -309,18 +305,7 @@ mod tests {
     }
 
     fn state(status: Status, code: Option<i32>, oom: bool) -> ContainerState {
-        ContainerState {
-            id: "x".into(),
-            status,
-            pid: 7,
-            sandbox: Some("u".into()),
-            ended: code.map(|code| Ended {
-                code,
-                oom_killed: oom,
-            }),
-            started_at: Some(at(1)),
-            finished_at: code.map(|_| at(3)),
-        }
+        crate::plan::fixtures::container(status, code, oom, 1, 3)
     }
 
     fn memory() -> PodMemory {

@@ -104,6 +104,53 @@ fn downward_field(pod: &Pod, path: &str, rt: &Runtime) -> Result<Vec<u8>, Config
         .unwrap_or_default())
 }
 
+/// The files a configMap or secret source gives: its keys (or the `items` chosen), nothing
+/// when it is missing and optional.
+#[allow(clippy::too_many_arguments)]
+fn source_files(
+    data: Option<BTreeMap<String, Vec<u8>>>,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    chosen: &Option<Vec<KeyToPath>>,
+    mode: u32,
+    optional: bool,
+) -> Result<BTreeMap<String, (Vec<u8>, u32)>, ConfigError> {
+    match data {
+        Some(data) => items(
+            &data,
+            chosen,
+            mode,
+            &format!("{kind} {ns}/{name}"),
+            optional,
+        ),
+        None if optional => Ok(BTreeMap::new()),
+        None => Err(ConfigError(format!(
+            "{} \"{name}\" not found",
+            kind.to_lowercase()
+        ))),
+    }
+}
+
+/// The files of downward API items.
+fn downward_files(
+    pod: &Pod,
+    items: &[k8s_openapi::api::core::v1::DownwardAPIVolumeFile],
+    mode: u32,
+    rt: &Runtime,
+) -> Result<BTreeMap<String, (Vec<u8>, u32)>, ConfigError> {
+    let mut files = BTreeMap::new();
+    for item in items {
+        let Some(f) = &item.field_ref else { continue };
+        let m = item.mode.map(|m| m as u32).unwrap_or(mode);
+        files.insert(
+            item.path.clone(),
+            (downward_field(pod, &f.field_path, rt)?, m),
+        );
+    }
+    Ok(files)
+}
+
 /// What volume `v` of `pod` holds now.
 pub fn content(
     pod: &Pod,
@@ -112,6 +159,7 @@ pub fn content(
     rt: &Runtime,
 ) -> Result<Content, ConfigError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mode_of = |m: Option<i32>| m.unwrap_or(0o644) as u32;
     if let Some(e) = &v.empty_dir {
         return Ok(Content::EmptyDir {
             memory: e.medium.as_deref() == Some("Memory"),
@@ -122,14 +170,10 @@ pub fn content(
         });
     }
     if let Some(c) = &v.config_map {
+        let data = lookup.config_map(ns, &c.name);
+        let mode = mode_of(c.default_mode);
         let optional = c.optional == Some(true);
-        let mode = c.default_mode.unwrap_or(0o644) as u32;
-        let what = format!("ConfigMap {ns}/{}", c.name);
-        let files = match lookup.config_map(ns, &c.name) {
-            Some(data) => items(&data, &c.items, mode, &what, optional)?,
-            None if optional => BTreeMap::new(),
-            None => return Err(ConfigError(format!("configmap \"{}\" not found", c.name))),
-        };
+        let files = source_files(data, "ConfigMap", ns, &c.name, &c.items, mode, optional)?;
         return Ok(Content::Files {
             files,
             secret: false,
@@ -137,68 +181,51 @@ pub fn content(
     }
     if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
+        let data = lookup.secret(ns, &name);
+        let mode = mode_of(s.default_mode);
         let optional = s.optional == Some(true);
-        let mode = s.default_mode.unwrap_or(0o644) as u32;
-        let what = format!("Secret {ns}/{name}");
-        let files = match lookup.secret(ns, &name) {
-            Some(data) => items(&data, &s.items, mode, &what, optional)?,
-            None if optional => BTreeMap::new(),
-            None => return Err(ConfigError(format!("secret \"{name}\" not found"))),
-        };
+        let files = source_files(data, "Secret", ns, &name, &s.items, mode, optional)?;
         return Ok(Content::Files {
             files,
             secret: true,
         });
     }
     if let Some(d) = &v.downward_api {
-        let mode = d.default_mode.unwrap_or(0o644) as u32;
-        let mut files = BTreeMap::new();
-        for item in d.items.iter().flatten() {
-            let Some(f) = &item.field_ref else { continue };
-            let m = item.mode.map(|m| m as u32).unwrap_or(mode);
-            files.insert(
-                item.path.clone(),
-                (downward_field(pod, &f.field_path, rt)?, m),
-            );
-        }
+        let items = d.items.as_deref().unwrap_or_default();
         return Ok(Content::Files {
-            files,
+            files: downward_files(pod, items, mode_of(d.default_mode), rt)?,
             secret: false,
         });
     }
     if let Some(p) = &v.projected {
-        let mode = p.default_mode.unwrap_or(0o644) as u32;
+        let mode = mode_of(p.default_mode);
         let mut files = BTreeMap::new();
         let mut secret = false;
         for source in p.sources.iter().flatten() {
             if let Some(c) = &source.config_map {
+                let data = lookup.config_map(ns, &c.name);
                 let optional = c.optional == Some(true);
-                let what = format!("ConfigMap {ns}/{}", c.name);
-                match lookup.config_map(ns, &c.name) {
-                    Some(data) => files.extend(items(&data, &c.items, mode, &what, optional)?),
-                    None if optional => {}
-                    None => return Err(ConfigError(format!("configmap \"{}\" not found", c.name))),
-                }
+                files.extend(source_files(
+                    data,
+                    "ConfigMap",
+                    ns,
+                    &c.name,
+                    &c.items,
+                    mode,
+                    optional,
+                )?);
             }
             if let Some(s) = &source.secret {
                 secret = true;
+                let data = lookup.secret(ns, &s.name);
                 let optional = s.optional == Some(true);
-                let what = format!("Secret {ns}/{}", s.name);
-                match lookup.secret(ns, &s.name) {
-                    Some(data) => files.extend(items(&data, &s.items, mode, &what, optional)?),
-                    None if optional => {}
-                    None => return Err(ConfigError(format!("secret \"{}\" not found", s.name))),
-                }
+                files.extend(source_files(
+                    data, "Secret", ns, &s.name, &s.items, mode, optional,
+                )?);
             }
             if let Some(d) = &source.downward_api {
-                for item in d.items.iter().flatten() {
-                    let Some(f) = &item.field_ref else { continue };
-                    let m = item.mode.map(|m| m as u32).unwrap_or(mode);
-                    files.insert(
-                        item.path.clone(),
-                        (downward_field(pod, &f.field_path, rt)?, m),
-                    );
-                }
+                let items = d.items.as_deref().unwrap_or_default();
+                files.extend(downward_files(pod, items, mode, rt)?);
             }
         }
         return Ok(Content::Files { files, secret });

@@ -124,4 +124,3 @@ pub async fn kube_client(kubeconfig: &Path, addr: &str) -> Result<kube::Client> 
     config.cluster_url = format!("https://{addr}:6443").parse()?;
     Ok(kube::Client::try_from(config)?)
 }
-
