@@ -169,7 +169,8 @@ impl Agent {
             m.last_terminated = Some(Terminated {
                 exit_code: 128,
                 reason: "StartError".into(),
-                started_at: None,
+                // Never started: the epoch, as Kubernetes reports a StartError.
+                started_at: Some(std::time::SystemTime::UNIX_EPOCH),
                 finished_at: Some(now),
                 container_id: format!("flotilla://{id}"),
             });
