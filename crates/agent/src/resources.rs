@@ -10,43 +10,7 @@ pub struct NodeCapacity {
     pub memory_bytes: u64,
 }
 
-/// A quantity in base units (`64Mi`, `1G`, `500k`, `1e3`, `100m` → 0 rounded up to 1).
-pub fn parse_quantity(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let factor: f64 = match suffix {
-        "" => 1.0,
-        "m" => 0.001,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
-        _ => return None,
-    };
-    Some((number * factor).ceil() as u64)
-}
-
-/// A CPU quantity in millicores (`250m`, `0.5`, `2`).
-pub fn parse_cpu_millis(text: &str) -> Option<u64> {
-    let text = text.trim();
-    if let Some(m) = text.strip_suffix('m') {
-        return m.parse::<f64>().ok().map(|v| v.ceil() as u64);
-    }
-    text.parse::<f64>().ok().map(|v| (v * 1000.0).ceil() as u64)
-}
+pub use flotilla_api::quantity::{parse_cpu_millis, parse_quantity};
 
 fn quantity(c: &Container, set: &str, key: &str) -> Option<String> {
     let r = c.resources.as_ref()?;
