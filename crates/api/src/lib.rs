@@ -4,6 +4,7 @@
 //! Pure code, no I/O: the API server (issue 4) builds on it.
 
 pub mod cluster;
+pub mod deletion;
 pub mod kinds;
 pub mod meta;
 pub mod patch;

@@ -18,6 +18,24 @@ pub fn new_uid() -> String {
     )
 }
 
+/// The letters of generated names: no vowels, no look-alikes (as Kubernetes' `generateName`).
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// `n` random characters for a generated name (`web-7d9f8-x4k2p`).
+pub fn random_suffix(n: usize) -> String {
+    (0..n)
+        .map(|_| NAME_ALPHABET[rand::random_range(0..NAME_ALPHABET.len())] as char)
+        .collect()
+}
+
+/// A number spelled in the letters of generated names, as a pod template's hash is.
+pub fn safe_encode(n: u64) -> String {
+    n.to_string()
+        .bytes()
+        .map(|d| NAME_ALPHABET[usize::from(d - b'0') * 3 % NAME_ALPHABET.len()] as char)
+        .collect()
+}
+
 /// Now as an RFC 3339 UTC timestamp with whole seconds (`2026-12-01T03:10:48Z`).
 pub fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())

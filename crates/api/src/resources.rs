@@ -108,7 +108,7 @@ pub const RESOURCES: &[Resource] = &[
         true,
         &["po"],
         ALL,
-        &["status", "eviction", "log", "exec"],
+        &["status", "binding", "eviction", "log", "exec"],
     ),
     core(
         "Service",

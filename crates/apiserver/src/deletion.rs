@@ -8,9 +8,8 @@
 //! the grace period); a namespace becomes `Terminating` until the collector has emptied it.
 //! The planning is pure ([`plan`]); [`delete`] reads, plans and writes with the revision read.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use flotilla_api::meta::rfc3339;
 use flotilla_api::{store_key, Resource};
 use flotilla_store::{Command, Engine, Proposer};
 use serde_json::{json, Value};
@@ -19,171 +18,64 @@ use crate::objects::{query_param, Target};
 use crate::update::{guaranteed_update, Attempt};
 use crate::writes::WriteError;
 
-/// What happens to an object's dependents.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Propagation {
-    Background,
-    Foreground,
-    Orphan,
-}
+pub use flotilla_api::deletion::{plan, DeleteOptions, Deletion, Propagation};
 
-impl Propagation {
-    /// The finalizer that makes the collector act on the dependents first, if any.
-    fn finalizer(self) -> Option<&'static str> {
-        match self {
-            Propagation::Background => None,
-            Propagation::Foreground => Some("foregroundDeletion"),
-            Propagation::Orphan => Some("orphan"),
-        }
-    }
-}
-
-/// `DeleteOptions`, from the body and the query (the query wins, as in Kubernetes).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeleteOptions {
-    pub propagation: Propagation,
-    pub grace_period_seconds: Option<i64>,
-    pub precondition_uid: Option<String>,
-    pub precondition_resource_version: Option<String>,
-}
-
-impl DeleteOptions {
-    /// Parses the options. A protobuf body (`kubectl drain`) is read as the defaults.
-    pub fn parse(
-        query: Option<&str>,
-        body: &[u8],
-        content_type: &str,
-    ) -> Result<DeleteOptions, WriteError> {
-        let bad = |m: String| WriteError::new(400, "BadRequest", m);
-        let body: Value = if body.is_empty() || content_type.contains("protobuf") {
-            json!({})
-        } else {
-            serde_json::from_slice(body)
-                .map_err(|e| bad(format!("the DeleteOptions body is not valid JSON: {e}")))?
-        };
-        let policy = query_param(query, "propagationPolicy")
-            .or_else(|| body["propagationPolicy"].as_str().map(str::to_string));
-        let propagation = match policy.as_deref() {
-            None => match body["orphanDependents"].as_bool() {
-                Some(true) => Propagation::Orphan,
-                _ => Propagation::Background,
-            },
-            Some("Background") => Propagation::Background,
-            Some("Foreground") => Propagation::Foreground,
-            Some("Orphan") => Propagation::Orphan,
-            Some(other) => {
-                return Err(WriteError::new(
-                    422,
-                    "Invalid",
-                    format!(
-                        "propagationPolicy: Unsupported value: {other:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""
-                    ),
-                ))
-            }
-        };
-        let grace =
-            match query_param(query, "gracePeriodSeconds") {
-                Some(g) => Some(g.parse::<i64>().map_err(|_| {
-                    bad(format!("gracePeriodSeconds must be an integer, not {g:?}"))
-                })?),
-                None => body["gracePeriodSeconds"].as_i64(),
-            };
-        if let Some(g) = grace.filter(|g| *g < 0) {
+/// Parses the options. A protobuf body (`kubectl drain`) is read as the defaults.
+pub fn parse_options(
+    query: Option<&str>,
+    body: &[u8],
+    content_type: &str,
+) -> Result<DeleteOptions, WriteError> {
+    let bad = |m: String| WriteError::new(400, "BadRequest", m);
+    let body: Value = if body.is_empty() || content_type.contains("protobuf") {
+        json!({})
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| bad(format!("the DeleteOptions body is not valid JSON: {e}")))?
+    };
+    let policy = query_param(query, "propagationPolicy")
+        .or_else(|| body["propagationPolicy"].as_str().map(str::to_string));
+    let propagation = match policy.as_deref() {
+        None => match body["orphanDependents"].as_bool() {
+            Some(true) => Propagation::Orphan,
+            _ => Propagation::Background,
+        },
+        Some("Background") => Propagation::Background,
+        Some("Foreground") => Propagation::Foreground,
+        Some("Orphan") => Propagation::Orphan,
+        Some(other) => {
             return Err(WriteError::new(
                 422,
                 "Invalid",
                 format!(
-                    "gracePeriodSeconds: Invalid value: {g}: must be greater than or equal to 0"
+                    "propagationPolicy: Unsupported value: {other:?}: supported values: \"Background\", \"Foreground\", \"Orphan\""
                 ),
-            ));
+            ))
         }
-        let pre = &body["preconditions"];
-        Ok(DeleteOptions {
-            propagation,
-            grace_period_seconds: grace,
-            precondition_uid: pre["uid"].as_str().map(str::to_string),
-            precondition_resource_version: pre["resourceVersion"].as_str().map(str::to_string),
-        })
-    }
-}
-
-/// What a DELETE does to the object read.
-#[derive(Debug, PartialEq)]
-pub enum Deletion {
-    /// Remove it now.
-    Remove,
-    /// Write it back marked for deletion (deletion timestamp, finalizers, a namespace's phase).
-    Mark(Value),
-    /// Already marked: nothing to write.
-    Unchanged,
-}
-
-fn finalizers(object: &Value) -> Vec<String> {
-    object["metadata"]["finalizers"]
-        .as_array()
-        .map(|f| {
-            f.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Decides what deleting `object` (a `r`) with `options` at `now` does.
-pub fn plan(r: &Resource, object: &Value, options: &DeleteOptions, now: SystemTime) -> Deletion {
-    let mut finalizers = finalizers(object);
-    let is_pod = r.kind == "Pod" && r.group.is_empty();
-    let deleting = !object["metadata"]["deletionTimestamp"].is_null();
-    // A forced pod deletion (grace 0) ends a graceful one.
-    let forced = is_pod && options.grace_period_seconds == Some(0);
-    if deleting && !(forced && finalizers.is_empty()) {
-        return Deletion::Unchanged;
-    }
-    if let Some(f) = options.propagation.finalizer() {
-        if !finalizers.iter().any(|x| x == f) {
-            finalizers.push(f.to_string());
-        }
-    }
-    let is_namespace = r.kind == "Namespace" && r.group.is_empty();
-    let grace = if is_pod && !forced {
-        let scheduled = object["spec"]["nodeName"]
-            .as_str()
-            .is_some_and(|n| !n.is_empty());
-        let finished = matches!(
-            object["status"]["phase"].as_str(),
-            Some("Succeeded" | "Failed")
-        );
-        let grace = options
-            .grace_period_seconds
-            .or_else(|| object["spec"]["terminationGracePeriodSeconds"].as_i64())
-            .unwrap_or(30);
-        if scheduled && !finished {
-            grace.max(0)
-        } else {
-            0
-        }
-    } else {
-        0
     };
-    if finalizers.is_empty() && grace == 0 && !is_namespace {
-        return Deletion::Remove;
+    let grace =
+        match query_param(query, "gracePeriodSeconds") {
+            Some(g) => Some(g.parse::<i64>().map_err(|_| {
+                bad(format!("gracePeriodSeconds must be an integer, not {g:?}"))
+            })?),
+            None => body["gracePeriodSeconds"].as_i64(),
+        };
+    if let Some(g) = grace.filter(|g| *g < 0) {
+        return Err(WriteError::new(
+            422,
+            "Invalid",
+            format!(
+                "gracePeriodSeconds: Invalid value: {g}: must be greater than or equal to 0"
+            ),
+        ));
     }
-    let mut marked = object.clone();
-    let at = now + Duration::from_secs(grace as u64);
-    let meta = &mut marked["metadata"];
-    meta["deletionTimestamp"] = json!(rfc3339(at));
-    meta["deletionGracePeriodSeconds"] = json!(grace);
-    if finalizers.is_empty() {
-        if let Some(m) = meta.as_object_mut() {
-            m.remove("finalizers");
-        }
-    } else {
-        meta["finalizers"] = json!(finalizers);
-    }
-    if is_namespace {
-        marked["status"]["phase"] = json!("Terminating");
-    }
-    Deletion::Mark(marked)
+    let pre = &body["preconditions"];
+    Ok(DeleteOptions {
+        propagation,
+        grace_period_seconds: grace,
+        precondition_uid: pre["uid"].as_str().map(str::to_string),
+        precondition_resource_version: pre["resourceVersion"].as_str().map(str::to_string),
+    })
 }
 
 /// DELETE: removes or marks the object and answers with it as it was left.

@@ -333,7 +333,7 @@ async fn write(
             .await
             .map(|w| (StatusCode::OK, w)),
         (&Method::DELETE, Some(n)) => {
-            let options = match deletion::DeleteOptions::parse(query, body, content_type) {
+            let options = match deletion::parse_options(query, body, content_type) {
                 Ok(o) => o,
                 Err(e) => return write_failure(&e, target.resource, name),
             };

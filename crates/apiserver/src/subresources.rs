@@ -1,6 +1,7 @@
 //! Subresources: `scale` (the `autoscaling/v1` Scale view of `spec.replicas`, what `kubectl
 //! scale` reads and patches), `status` (the whole object on read; on write only its `status`
-//! is taken, as Kubernetes does) and `eviction` (a pod deletion, as `kubectl drain` asks).
+//! is taken, as Kubernetes does), `eviction` (a pod deletion, as `kubectl drain` asks) and
+//! `binding` (a scheduler's placement of a pod on a node).
 
 use flotilla_api::store_key;
 use flotilla_store::{Command, Engine, Proposer};
@@ -100,9 +101,9 @@ async fn evict(
         eviction["deleteOptions"].to_string().into_bytes()
     };
     let options = if options.is_empty() || options == b"null" {
-        crate::deletion::DeleteOptions::parse(None, b"", "")?
+        crate::deletion::parse_options(None, b"", "")?
     } else {
-        crate::deletion::DeleteOptions::parse(None, &options, "application/json")?
+        crate::deletion::parse_options(None, &options, "application/json")?
     };
     let name = target.name.unwrap_or("");
     crate::deletion::delete(engine, proposer, target, name, &options).await?;
@@ -113,6 +114,80 @@ async fn evict(
         "status": "Success",
         "code": 201,
     }))
+}
+
+/// `POST pods/NAME/binding` with a `Binding` (`target.name` the node): sets `spec.nodeName`
+/// of a pod that has none, with `PodScheduled=True`; a pod already bound is a 409.
+async fn bind(
+    engine: &dyn Engine,
+    proposer: &dyn Proposer,
+    method: &hyper::Method,
+    target: &Target<'_>,
+    body: &[u8],
+) -> Result<Value, WriteError> {
+    if *method != hyper::Method::POST {
+        return Err(not_supported("binding"));
+    }
+    let binding: Value = serde_json::from_slice(body).map_err(|e| {
+        WriteError::new(400, "BadRequest", format!("the Binding is not valid JSON: {e}"))
+    })?;
+    let name = target.name.unwrap_or("");
+    let node = binding["target"]["name"].as_str().unwrap_or("").to_string();
+    if node.is_empty() {
+        return Err(invalid_object(
+            "",
+            "Binding",
+            name,
+            vec![flotilla_api::FieldError::required("target.name")],
+        ));
+    }
+    let r = target.resource;
+    let key = store_key(r, target.namespace.unwrap_or(""), name);
+    guaranteed_update(engine, proposer, r, &key, name, |object, revision| {
+        if let Some(bound) = object["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            return Err(WriteError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{bound}\""
+                ),
+            ));
+        }
+        let mut updated = object.clone();
+        updated["spec"]["nodeName"] = json!(node);
+        let conditions = updated["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut conditions: Vec<Value> = conditions
+            .into_iter()
+            .filter(|c| c["type"] != "PodScheduled")
+            .collect();
+        conditions.push(json!({
+            "type": "PodScheduled",
+            "status": "True",
+            "lastProbeTime": null,
+            "lastTransitionTime": flotilla_api::meta::now_rfc3339(),
+        }));
+        updated["status"]["conditions"] = json!(conditions);
+        if let Some(m) = updated["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let command = Command::update(key.clone(), updated.to_string(), Some(revision));
+        Ok(Attempt::Write(
+            command,
+            Box::new(|_| {
+                json!({
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "code": 201,
+                })
+            }),
+        ))
+    })
+    .await
 }
 
 /// Serves a subresource request: the answer, or why not.
@@ -130,6 +205,9 @@ pub async fn handle(
     let key = store_key(r, target.namespace.unwrap_or(""), name);
     if sub == "eviction" {
         return evict(engine, proposer, method, target, body, content_type).await;
+    }
+    if sub == "binding" {
+        return bind(engine, proposer, method, target, body).await;
     }
     if !matches!(sub, "scale" | "status") {
         return Err(not_supported(sub));
@@ -224,6 +302,40 @@ pub async fn handle(
 mod tests {
     use super::*;
     use flotilla_store::MemoryStore;
+
+    #[tokio::test]
+    async fn binding_sets_the_node_once() {
+        let store = MemoryStore::new(100);
+        let pod = json!({"kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+        store
+            .propose(Command::create("/core/pods/default/p", pod.to_string()))
+            .await
+            .unwrap();
+        let (target, sub) =
+            parse(&["api", "v1", "namespaces", "default", "pods", "p", "binding"]).unwrap();
+        let body = br#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"kind":"Node","name":"n1"}}"#;
+        let post = hyper::Method::POST;
+        let ok = handle(&store, &store, &post, &target, sub, body, "application/json")
+            .await
+            .unwrap();
+        assert_eq!(ok["status"], "Success");
+        let (_, rec) = store.get("/core/pods/default/p").unwrap();
+        let stored: Value = serde_json::from_slice(&rec.unwrap().value).unwrap();
+        assert_eq!(stored["spec"]["nodeName"], "n1");
+        assert_eq!(stored["status"]["conditions"][0]["type"], "PodScheduled");
+        let again = handle(&store, &store, &post, &target, sub, body, "application/json")
+            .await
+            .unwrap_err();
+        assert_eq!(again.code, 409);
+        assert!(again.message.contains("already assigned to node \"n1\""), "{}", again.message);
+        let empty = br#"{"target":{}}"#;
+        let bad = handle(&store, &store, &post, &target, sub, empty, "application/json")
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code, 422);
+    }
 
     #[tokio::test]
     async fn scale_reads_and_patches_spec_replicas() {

@@ -770,7 +770,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.code, 404);
 
-        let options = crate::deletion::DeleteOptions::parse(None, b"", "").unwrap();
+        let options = crate::deletion::parse_options(None, b"", "").unwrap();
         let delete = || crate::deletion::delete(&store, &store, &list, "one", &options);
         let gone = delete().await.unwrap();
         assert_eq!(gone["data"]["j"], "3");

@@ -10,7 +10,8 @@ use flotilla_util::LeaderGroup;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// The leader-only loops: the garbage collector and the node lifecycle.
+/// The leader-only loops: the garbage collector, the node lifecycle, the scheduler and the
+/// workload controllers.
 pub(crate) fn leader_group(
     node: &Arc<RaftNode>,
     members: watch::Receiver<ClusterMembers>,
@@ -24,6 +25,10 @@ pub(crate) fn leader_group(
     group.add("garbage-collector", {
         let ctx = ctx.clone();
         move |stop| flotilla_controllers::gc::run(ctx.clone(), stop)
+    });
+    group.add("scheduler", {
+        let ctx = ctx.clone();
+        move |stop| flotilla_controllers::scheduling::run_scheduler(ctx.clone(), stop)
     });
     group.add("node-lifecycle", move |stop| {
         flotilla_controllers::run_node_lifecycle(ctx.clone(), members.clone(), stop)

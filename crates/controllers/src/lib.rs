@@ -5,11 +5,14 @@
 //! `flotilla_util::LeaderGroup`. This crate reads and writes only through the store contract
 //! (`flotilla-store`), never Raft, so every loop runs against `MemoryStore` in tests.
 
+pub mod events;
 pub mod gc;
 pub mod informer;
 pub mod namespaces;
 pub mod nodes;
 pub mod queue;
+pub mod scheduling;
+pub mod workloads;
 
 pub use informer::{Cached, Change, Informer};
 pub use nodes::{run_node_lifecycle, ClusterMembers};

@@ -1,0 +1,172 @@
+//! Events the control loops write about the objects they manage (`ScalingReplicaSet`,
+//! `SuccessfulCreate`, `FailedScheduling`, …), as core/v1 Event objects. The same occurrence
+//! repeated is counted in one object (`count`, `lastTimestamp`), as Kubernetes' recorder does.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use flotilla_api::meta::{new_uid, now_rfc3339};
+use flotilla_store::{Command, Engine, Proposer};
+use serde_json::{json, Value};
+
+/// Recent events remembered for counting repeats (the map is cleared beyond this).
+const SEEN: usize = 4096;
+
+/// The object an event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Involved {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl Involved {
+    /// Reads the reference from an object's JSON.
+    pub fn of(object: &Value) -> Involved {
+        let m = &object["metadata"];
+        let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+        Involved {
+            api_version: s(&object["apiVersion"]),
+            kind: s(&object["kind"]),
+            namespace: s(&m["namespace"]),
+            name: s(&m["name"]),
+            uid: s(&m["uid"]),
+        }
+    }
+}
+
+/// The Event object (and its store key) for one occurrence.
+pub fn event_object(
+    involved: &Involved,
+    field_path: Option<&str>,
+    type_: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+    host: Option<&str>,
+) -> (String, Value) {
+    let now = now_rfc3339();
+    let suffix: String = new_uid().chars().filter(|c| *c != '-').take(16).collect();
+    let name = format!("{}.{suffix}", involved.name);
+    let namespace = if involved.namespace.is_empty() {
+        "default"
+    } else {
+        &involved.namespace
+    };
+    let mut reference = json!({
+        "kind": involved.kind,
+        "namespace": involved.namespace,
+        "name": involved.name,
+        "uid": involved.uid,
+        "apiVersion": involved.api_version,
+    });
+    if let Some(f) = field_path {
+        reference["fieldPath"] = json!(f);
+    }
+    let mut source = json!({"component": component});
+    if let Some(h) = host {
+        source["host"] = json!(h);
+    }
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": new_uid(),
+            "creationTimestamp": now,
+        },
+        "involvedObject": reference,
+        "reason": reason,
+        "message": message,
+        "source": source,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "type": type_,
+        "reportingComponent": component,
+        "reportingInstance": host.unwrap_or(component),
+    });
+    (format!("/core/events/{namespace}/{name}"), object)
+}
+
+/// The update of the event at `key` for one more occurrence: `count` up, `lastTimestamp` now.
+pub fn repeat_command(engine: &dyn Engine, key: &str) -> Option<Command> {
+    let record = engine.get(key).ok()?.1?;
+    let mut object: Value = serde_json::from_slice(&record.value).ok()?;
+    let count = object["count"].as_u64().unwrap_or(1) + 1;
+    object["count"] = json!(count);
+    object["lastTimestamp"] = json!(now_rfc3339());
+    Some(Command::update(
+        key,
+        serde_json::to_vec(&object).expect("JSON serialises"),
+        Some(record.mod_revision),
+    ))
+}
+
+/// Writes events for one component (`deployment-controller`, `default-scheduler`). Clones
+/// share what was seen.
+#[derive(Clone)]
+pub struct Recorder {
+    engine: Arc<dyn Engine>,
+    proposer: Arc<dyn Proposer>,
+    component: &'static str,
+    seen: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl Recorder {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        proposer: Arc<dyn Proposer>,
+        component: &'static str,
+    ) -> Recorder {
+        Recorder {
+            engine,
+            proposer,
+            component,
+            seen: Arc::default(),
+        }
+    }
+
+    pub async fn normal(&self, involved: &Involved, reason: &str, message: &str) {
+        self.record(involved, "Normal", reason, message).await
+    }
+
+    pub async fn warning(&self, involved: &Involved, reason: &str, message: &str) {
+        self.record(involved, "Warning", reason, message).await
+    }
+
+    /// Writes the event (or counts a repeat); a failure is logged, never returned: an event
+    /// is worth no retry of the work it describes.
+    pub async fn record(&self, involved: &Involved, type_: &str, reason: &str, message: &str) {
+        let signature = format!(
+            "{}/{}/{}/{type_}/{reason}/{message}",
+            involved.namespace, involved.kind, involved.uid
+        );
+        let known = self.seen.lock().expect("seen").get(&signature).cloned();
+        let command = known
+            .and_then(|key| repeat_command(self.engine.as_ref(), &key))
+            .unwrap_or_else(|| {
+                let (key, object) = event_object(
+                    involved,
+                    None,
+                    type_,
+                    reason,
+                    message,
+                    self.component,
+                    None,
+                );
+                let mut seen = self.seen.lock().expect("seen");
+                if seen.len() > SEEN {
+                    seen.clear();
+                }
+                seen.insert(signature, key.clone());
+                Command::create(key, object.to_string())
+            });
+        if let Err(e) = self.proposer.propose(command).await {
+            tracing::debug!(error = %e, reason, "cannot write an event");
+        }
+    }
+}
