@@ -116,4 +116,3 @@ pub fn plan(r: &Resource, object: &Value, options: &DeleteOptions, now: SystemTi
     }
     Deletion::Mark(marked)
 }
-

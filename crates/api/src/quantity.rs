@@ -130,7 +130,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             Requests::of_pod(&spec),
-            Requests { cpu_millis: 3000, memory: 128 << 20, ephemeral_storage: 0 }
+            Requests {
+                cpu_millis: 3000,
+                memory: 128 << 20,
+                ephemeral_storage: 0
+            }
         );
     }
 }

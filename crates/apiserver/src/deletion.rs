@@ -53,20 +53,18 @@ pub fn parse_options(
             ))
         }
     };
-    let grace =
-        match query_param(query, "gracePeriodSeconds") {
-            Some(g) => Some(g.parse::<i64>().map_err(|_| {
-                bad(format!("gracePeriodSeconds must be an integer, not {g:?}"))
-            })?),
-            None => body["gracePeriodSeconds"].as_i64(),
-        };
+    let grace = match query_param(query, "gracePeriodSeconds") {
+        Some(g) => Some(
+            g.parse::<i64>()
+                .map_err(|_| bad(format!("gracePeriodSeconds must be an integer, not {g:?}")))?,
+        ),
+        None => body["gracePeriodSeconds"].as_i64(),
+    };
     if let Some(g) = grace.filter(|g| *g < 0) {
         return Err(WriteError::new(
             422,
             "Invalid",
-            format!(
-                "gracePeriodSeconds: Invalid value: {g}: must be greater than or equal to 0"
-            ),
+            format!("gracePeriodSeconds: Invalid value: {g}: must be greater than or equal to 0"),
         ));
     }
     let pre = &body["preconditions"];
@@ -158,6 +156,7 @@ fn check_preconditions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn options(propagation: Propagation, grace: Option<i64>) -> DeleteOptions {
         DeleteOptions {
@@ -179,7 +178,7 @@ mod tests {
 
     #[test]
     fn options_come_from_the_body_and_the_query() {
-        let o = DeleteOptions::parse(
+        let o = parse_options(
             None,
             br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Foreground","preconditions":{"uid":"u"}}"#,
             "application/json",
@@ -187,7 +186,7 @@ mod tests {
         .unwrap();
         assert_eq!(o.propagation, Propagation::Foreground);
         assert_eq!(o.precondition_uid.as_deref(), Some("u"));
-        let o = DeleteOptions::parse(
+        let o = parse_options(
             Some("propagationPolicy=Orphan&gracePeriodSeconds=0"),
             b"",
             "",
@@ -195,19 +194,19 @@ mod tests {
         .unwrap();
         assert_eq!(o, options(Propagation::Orphan, Some(0)));
         assert_eq!(
-            DeleteOptions::parse(None, br#"{"orphanDependents":true}"#, "application/json")
+            parse_options(None, br#"{"orphanDependents":true}"#, "application/json")
                 .unwrap()
                 .propagation,
             Propagation::Orphan
         );
         assert_eq!(
-            DeleteOptions::parse(Some("propagationPolicy=Later"), b"", "")
+            parse_options(Some("propagationPolicy=Later"), b"", "")
                 .unwrap_err()
                 .code,
             422
         );
         assert_eq!(
-            DeleteOptions::parse(None, b"{", "application/json")
+            parse_options(None, b"{", "application/json")
                 .unwrap_err()
                 .code,
             400

@@ -129,7 +129,11 @@ async fn bind(
         return Err(not_supported("binding"));
     }
     let binding: Value = serde_json::from_slice(body).map_err(|e| {
-        WriteError::new(400, "BadRequest", format!("the Binding is not valid JSON: {e}"))
+        WriteError::new(
+            400,
+            "BadRequest",
+            format!("the Binding is not valid JSON: {e}"),
+        )
     })?;
     let name = target.name.unwrap_or("");
     let node = binding["target"]["name"].as_str().unwrap_or("").to_string();
@@ -317,23 +321,51 @@ mod tests {
             parse(&["api", "v1", "namespaces", "default", "pods", "p", "binding"]).unwrap();
         let body = br#"{"apiVersion":"v1","kind":"Binding","metadata":{"name":"p"},"target":{"kind":"Node","name":"n1"}}"#;
         let post = hyper::Method::POST;
-        let ok = handle(&store, &store, &post, &target, sub, body, "application/json")
-            .await
-            .unwrap();
+        let ok = handle(
+            &store,
+            &store,
+            &post,
+            &target,
+            sub,
+            body,
+            "application/json",
+        )
+        .await
+        .unwrap();
         assert_eq!(ok["status"], "Success");
         let (_, rec) = store.get("/core/pods/default/p").unwrap();
         let stored: Value = serde_json::from_slice(&rec.unwrap().value).unwrap();
         assert_eq!(stored["spec"]["nodeName"], "n1");
         assert_eq!(stored["status"]["conditions"][0]["type"], "PodScheduled");
-        let again = handle(&store, &store, &post, &target, sub, body, "application/json")
-            .await
-            .unwrap_err();
+        let again = handle(
+            &store,
+            &store,
+            &post,
+            &target,
+            sub,
+            body,
+            "application/json",
+        )
+        .await
+        .unwrap_err();
         assert_eq!(again.code, 409);
-        assert!(again.message.contains("already assigned to node \"n1\""), "{}", again.message);
+        assert!(
+            again.message.contains("already assigned to node \"n1\""),
+            "{}",
+            again.message
+        );
         let empty = br#"{"target":{}}"#;
-        let bad = handle(&store, &store, &post, &target, sub, empty, "application/json")
-            .await
-            .unwrap_err();
+        let bad = handle(
+            &store,
+            &store,
+            &post,
+            &target,
+            sub,
+            empty,
+            "application/json",
+        )
+        .await
+        .unwrap_err();
         assert_eq!(bad.code, 422);
     }
 

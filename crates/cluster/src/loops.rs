@@ -30,6 +30,10 @@ pub(crate) fn leader_group(
         let ctx = ctx.clone();
         move |stop| flotilla_controllers::scheduling::run_scheduler(ctx.clone(), stop)
     });
+    group.add("workloads", {
+        let ctx = ctx.clone();
+        move |stop| flotilla_controllers::workloads::runner::run_workloads(ctx.clone(), stop)
+    });
     group.add("node-lifecycle", move |stop| {
         flotilla_controllers::run_node_lifecycle(ctx.clone(), members.clone(), stop)
     });

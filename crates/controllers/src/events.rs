@@ -149,15 +149,8 @@ impl Recorder {
         let command = known
             .and_then(|key| repeat_command(self.engine.as_ref(), &key))
             .unwrap_or_else(|| {
-                let (key, object) = event_object(
-                    involved,
-                    None,
-                    type_,
-                    reason,
-                    message,
-                    self.component,
-                    None,
-                );
+                let (key, object) =
+                    event_object(involved, None, type_, reason, message, self.component, None);
                 let mut seen = self.seen.lock().expect("seen");
                 if seen.len() > SEEN {
                     seen.clear();

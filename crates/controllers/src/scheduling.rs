@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use flotilla_api::meta::now_rfc3339;
 use flotilla_scheduler::{schedule, ClusterState, NodeState, PodFacts};
-use flotilla_store::{Command, Engine, Op, Record, StoreError};
+use flotilla_store::{Command, Op, Record, StoreError};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
@@ -180,7 +180,10 @@ async fn report_unschedulable(ctx: &Context, recorder: &Recorder, key: &str, mes
         let Ok(mut object) = serde_json::from_slice::<Value>(&record.value) else {
             return;
         };
-        if object["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty()) {
+        if object["spec"]["nodeName"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+        {
             return;
         }
         if !set_scheduled(&mut object, "False", Some("Unschedulable"), message) {
@@ -348,7 +351,10 @@ pub async fn run_scheduler(ctx: Context, stop: CancellationToken) {
         if first.is_none() {
             state.retry_unschedulable();
         }
-        for m in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+        for m in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
             match m {
                 Msg::Pod(key, pod) => state.on_pod(key, pod),
                 Msg::Node(name, node) => state.on_node(&name, node),
@@ -411,7 +417,7 @@ pub async fn run_scheduler(ctx: Context, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_store::{MemoryStore, Proposer};
+    use flotilla_store::{Engine, MemoryStore, Proposer};
     use flotilla_util::SystemClock;
 
     fn ctx(store: &Arc<MemoryStore>) -> Context {
@@ -464,7 +470,12 @@ mod tests {
         create(&store, "/core/nodes/n1", node("n1", "2")).await;
         create(&store, "/core/nodes/n2", node("n2", "2")).await;
         for i in 0..4 {
-            create(&store, &format!("/core/pods/default/p{i}"), pod(&format!("p{i}"), "1")).await;
+            create(
+                &store,
+                &format!("/core/pods/default/p{i}"),
+                pod(&format!("p{i}"), "1"),
+            )
+            .await;
         }
         create(&store, "/core/pods/default/big", pod("big", "3")).await;
         let stop = CancellationToken::new();
@@ -474,10 +485,15 @@ mod tests {
                 .as_str()
                 .map(str::to_string)
         };
-        until("four bound pods", || (0..4).all(|i| node_of(&format!("p{i}")).is_some())).await;
+        until("four bound pods", || {
+            (0..4).all(|i| node_of(&format!("p{i}")).is_some())
+        })
+        .await;
         let mut per_node = BTreeMap::new();
         for i in 0..4 {
-            *per_node.entry(node_of(&format!("p{i}")).unwrap()).or_insert(0) += 1;
+            *per_node
+                .entry(node_of(&format!("p{i}")).unwrap())
+                .or_insert(0) += 1;
         }
         assert_eq!(per_node.values().copied().collect::<Vec<_>>(), [2, 2]);
         let p0 = get(&store, "/core/pods/default/p0");
@@ -493,14 +509,24 @@ mod tests {
             .iter()
             .map(|(_, r)| {
                 let e: Value = serde_json::from_slice(&r.value).unwrap();
-                format!("{} {}", e["reason"].as_str().unwrap(), e["involvedObject"]["name"].as_str().unwrap())
+                format!(
+                    "{} {}",
+                    e["reason"].as_str().unwrap(),
+                    e["involvedObject"]["name"].as_str().unwrap()
+                )
             })
             .collect();
-        assert!(reasons.contains(&"FailedScheduling big".to_string()), "{reasons:?}");
+        assert!(
+            reasons.contains(&"FailedScheduling big".to_string()),
+            "{reasons:?}"
+        );
         assert!(reasons.contains(&"Scheduled p0".to_string()), "{reasons:?}");
         // A bigger node arrives: the waiting pod goes there.
         create(&store, "/core/nodes/n3", node("n3", "4")).await;
-        until("the big pod bound", || node_of("big").as_deref() == Some("n3")).await;
+        until("the big pod bound", || {
+            node_of("big").as_deref() == Some("n3")
+        })
+        .await;
         stop.cancel();
         task.await.unwrap();
     }

@@ -72,9 +72,9 @@ pub fn term_matches(term: &NodeSelectorTerm, node: &NodeState) -> bool {
     exprs
         .iter()
         .all(|r| requirement_matches(r, node.labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| {
-            r.key == "metadata.name" && requirement_matches(r, Some(node.name.as_str()))
-        })
+        && fields
+            .iter()
+            .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(node.name.as_str())))
 }
 
 fn selector_selects(selector: &NodeSelector, node: &NodeState) -> bool {
@@ -113,14 +113,14 @@ pub fn affinity_term_selects(
     let listed = term.namespaces.as_deref().unwrap_or_default();
     let in_namespace = match &term.namespace_selector {
         Some(sel) => {
-            listed.iter().any(|n| *n == other.namespace)
+            listed.contains(&other.namespace)
                 || selector_matches(
                     sel,
                     namespaces.get(&other.namespace).unwrap_or(&BTreeMap::new()),
                 )
         }
         None if listed.is_empty() => other.namespace == namespace,
-        None => listed.iter().any(|n| *n == other.namespace),
+        None => listed.contains(&other.namespace),
     };
     in_namespace
         && term
@@ -204,10 +204,7 @@ impl PodCounts {
                             .is_some_and(|s| selector_matches(s, &p.labels))
                 };
                 counts.spread.push(
-                    count_by_domain(cluster, &c.topology_key, selects, |n| {
-                        node_affinity(pod, n)
-                    })
-                    .0,
+                    count_by_domain(cluster, &c.topology_key, selects, |n| node_affinity(pod, n)).0,
                 );
             }
             let weighted = pod
@@ -241,7 +238,9 @@ impl PodCounts {
                 for term in &other.anti_affinity {
                     if affinity_term_selects(term, &other.namespace, pod, ns) {
                         if let Some(v) = node.labels.get(&term.topology_key) {
-                            counts.forbidden.push((term.topology_key.clone(), v.clone()));
+                            counts
+                                .forbidden
+                                .push((term.topology_key.clone(), v.clone()));
                         }
                     }
                 }
@@ -323,9 +322,7 @@ fn spread(pod: &PodFacts, node: &NodeState, counts: &PodCounts) -> Result<(), Ve
         let Some(value) = node.labels.get(&c.topology_key) else {
             return Err(vec![SPREAD_LABEL.into()]);
         };
-        let below_min_domains = c
-            .min_domains
-            .is_some_and(|m| (by_domain.len() as i32) < m);
+        let below_min_domains = c.min_domains.is_some_and(|m| (by_domain.len() as i32) < m);
         let min = if below_min_domains {
             0
         } else {

@@ -111,8 +111,16 @@ mod scores {
     /// Requested share of CPU and memory after placing the pod (non-zero defaults).
     fn shares(pod: &PodFacts, node: &NodeState) -> (f64, f64) {
         let want = pod.requests;
-        let cpu = if want.cpu_millis == 0 { 100 } else { want.cpu_millis };
-        let mem = if want.memory == 0 { 200 << 20 } else { want.memory };
+        let cpu = if want.cpu_millis == 0 {
+            100
+        } else {
+            want.cpu_millis
+        };
+        let mem = if want.memory == 0 {
+            200 << 20
+        } else {
+            want.memory
+        };
         (
             fraction(
                 node.requested_nonzero.cpu_millis + cpu,
@@ -129,7 +137,9 @@ mod scores {
         if max - min < 1e-9 {
             return vec![100.0; raw.len()];
         }
-        raw.iter().map(|r| (r - min) / (max - min) * 100.0).collect()
+        raw.iter()
+            .map(|r| (r - min) / (max - min) * 100.0)
+            .collect()
     }
 
     pub(super) fn best<'a>(
@@ -159,7 +169,10 @@ mod scores {
         );
         add(
             1.0,
-            shares.iter().map(|(c, m)| (1.0 - (c - m).abs()) * 100.0).collect(),
+            shares
+                .iter()
+                .map(|(c, m)| (1.0 - (c - m).abs()) * 100.0)
+                .collect(),
             true,
         );
         // Spreading the pods of one controller over nodes (weight 2).

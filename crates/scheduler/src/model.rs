@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use flotilla_api::quantity::{parse_cpu_millis, parse_quantity, Requests};
 use k8s_openapi::api::core::v1::{
-    Affinity, Node, NodeSelector, Pod, PodAffinityTerm, PreferredSchedulingTerm, Taint,
-    Toleration, TopologySpreadConstraint, WeightedPodAffinityTerm,
+    Affinity, Node, NodeSelector, Pod, PodAffinityTerm, PreferredSchedulingTerm, Taint, Toleration,
+    TopologySpreadConstraint, WeightedPodAffinityTerm,
 };
 
 /// A host port a pod takes: protocol, address (`0.0.0.0` for all) and port.
@@ -223,7 +223,10 @@ impl NodeState {
             _ => Some(TAINT_UNREACHABLE),
         };
         if let Some(key) = implied {
-            if !taints.iter().any(|t| t.key == key && t.effect == "NoSchedule") {
+            if !taints
+                .iter()
+                .any(|t| t.key == key && t.effect == "NoSchedule")
+            {
                 taints.push(Taint {
                     key: key.into(),
                     effect: "NoSchedule".into(),

@@ -69,10 +69,17 @@ fn per_node(c: &ClusterState) -> BTreeMap<String, usize> {
 fn a_deployments_pods_spread_evenly() {
     let mut c = three_nodes();
     for i in 0..6 {
-        let d = place(&mut c, pod(&format!("web-{i}"), json!({"app": "web"}), json!({})), i);
+        let d = place(
+            &mut c,
+            pod(&format!("web-{i}"), json!({"app": "web"}), json!({})),
+            i,
+        );
         assert!(d.node.is_some(), "{d:?}");
     }
-    assert_eq!(per_node(&c).values().copied().collect::<Vec<_>>(), [2, 2, 2]);
+    assert_eq!(
+        per_node(&c).values().copied().collect::<Vec<_>>(),
+        [2, 2, 2]
+    );
 }
 
 #[test]
@@ -119,17 +126,30 @@ fn requests_count_pods_already_bound() {
     let one_cpu = json!({"containers": [{"name": "c", "image": "busybox",
         "resources": {"requests": {"cpu": "1500m", "memory": "1Gi"}}}]});
     for i in 0..3 {
-        assert!(place(&mut c, pod(&format!("p{i}"), json!({}), one_cpu.clone()), i)
-            .node
-            .is_some());
+        assert!(
+            place(&mut c, pod(&format!("p{i}"), json!({}), one_cpu.clone()), i)
+                .node
+                .is_some()
+        );
     }
-    assert_eq!(per_node(&c).values().copied().collect::<Vec<_>>(), [1, 1, 1]);
+    assert_eq!(
+        per_node(&c).values().copied().collect::<Vec<_>>(),
+        [1, 1, 1]
+    );
     let d = place(&mut c, pod("p4", json!({}), one_cpu), 0);
     assert_eq!(d.message, "0/3 nodes are available: 3 Insufficient cpu.");
     // A deleted pod frees its share.
     c.unplace("default/p0");
-    assert!(schedule(&pod("p5", json!({}), json!({"containers": [{"name": "c",
-        "resources": {"requests": {"cpu": "1"}}}]})), &c, 0)
+    assert!(schedule(
+        &pod(
+            "p5",
+            json!({}),
+            json!({"containers": [{"name": "c",
+        "resources": {"requests": {"cpu": "1"}}}]})
+        ),
+        &c,
+        0
+    )
     .node
     .is_some());
 }
@@ -140,9 +160,13 @@ fn required_anti_affinity_on_hostname_allows_one_per_node() {
     let spec = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
         {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}]}}});
     for i in 0..3 {
-        assert!(place(&mut c, pod(&format!("db-{i}"), json!({"app": "db"}), spec.clone()), 0)
-            .node
-            .is_some());
+        assert!(place(
+            &mut c,
+            pod(&format!("db-{i}"), json!({"app": "db"}), spec.clone()),
+            0
+        )
+        .node
+        .is_some());
     }
     let d = place(&mut c, pod("db-3", json!({"app": "db"}), spec), 0);
     assert_eq!(
@@ -169,7 +193,11 @@ fn required_affinity_follows_the_selected_pod_or_lets_the_first_go_anywhere() {
         "0/3 nodes are available: 3 node(s) didn't match pod affinity rules."
     );
     // The first cache pod that selects itself goes anywhere; the next follows it.
-    let first = place(&mut c, pod("cache-0", json!({"app": "cache"}), spec.clone()), 1);
+    let first = place(
+        &mut c,
+        pod("cache-0", json!({"app": "cache"}), spec.clone()),
+        1,
+    );
     let next = place(&mut c, pod("web", json!({"app": "web"}), spec), 2);
     assert_eq!(first.node, next.node);
 }
@@ -187,7 +215,9 @@ fn cordoned_and_not_ready_nodes_take_no_pods() {
     c.upsert_node(NodeState::of(&n2));
     for i in 0..4 {
         assert_eq!(
-            place(&mut c, pod(&format!("p{i}"), json!({}), json!({})), i).node.as_deref(),
+            place(&mut c, pod(&format!("p{i}"), json!({}), json!({})), i)
+                .node
+                .as_deref(),
             Some("n3")
         );
     }
@@ -206,11 +236,14 @@ fn cordoned_and_not_ready_nodes_take_no_pods() {
 #[test]
 fn host_ports_conflict() {
     let mut c = three_nodes();
-    let spec = json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]});
+    let spec =
+        json!({"containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 8080}]}]});
     for i in 0..3 {
-        assert!(place(&mut c, pod(&format!("p{i}"), json!({}), spec.clone()), i)
-            .node
-            .is_some());
+        assert!(
+            place(&mut c, pod(&format!("p{i}"), json!({}), spec.clone()), i)
+                .node
+                .is_some()
+        );
     }
     let d = schedule(&pod("p3", json!({}), spec), &c, 0);
     assert_eq!(
@@ -227,7 +260,11 @@ fn topology_spread_keeps_zones_within_max_skew() {
         "labelSelector": {"matchLabels": {"app": "web"}}}]});
     let mut zones = BTreeMap::new();
     for i in 0..6 {
-        let d = place(&mut c, pod(&format!("w{i}"), json!({"app": "web"}), spec.clone()), i);
+        let d = place(
+            &mut c,
+            pod(&format!("w{i}"), json!({"app": "web"}), spec.clone()),
+            i,
+        );
         let node = d.node.expect("placed");
         let zone = c.node(&node).unwrap().labels["topology.kubernetes.io/zone"].clone();
         *zones.entry(zone).or_insert(0) += 1;
@@ -267,7 +304,9 @@ fn preferences_pick_among_feasible_nodes() {
     ));
     // n1 already has a pod of the same owner, yet the taints weigh more.
     assert_eq!(
-        place(&mut c, pod("q", json!({}), json!({})), 1).node.as_deref(),
+        place(&mut c, pod("q", json!({}), json!({})), 1)
+            .node
+            .as_deref(),
         Some("n1")
     );
 }
@@ -283,7 +322,10 @@ fn tolerations_match_as_in_kubernetes() {
     };
     let t = |v: Value| serde_json::from_value::<Toleration>(v).unwrap();
     assert!(tolerates(&t(json!({"operator": "Exists"})), &taint));
-    assert!(tolerates(&t(json!({"key": "k", "operator": "Exists"})), &taint));
+    assert!(tolerates(
+        &t(json!({"key": "k", "operator": "Exists"})),
+        &taint
+    ));
     assert!(tolerates(&t(json!({"key": "k", "value": "v"})), &taint));
     assert!(!tolerates(&t(json!({"key": "k", "value": "w"})), &taint));
     assert!(!tolerates(

@@ -94,6 +94,11 @@ fn without_hash(template: Option<&PodTemplateSpec>) -> serde_json::Value {
     serde_json::to_value(t).unwrap_or_default()
 }
 
+/// Whether `rs` runs `d`'s current pod template.
+pub fn is_current(d: &Deployment, rs: &ReplicaSet) -> bool {
+    without_hash(rs.spec.template.as_ref()) == without_hash(Some(&d.spec.template))
+}
+
 /// The hash that names a template's ReplicaSet (FNV-1a of its JSON and the collision count).
 pub fn template_hash(template: &PodTemplateSpec, collisions: i32) -> String {
     let mut h: u32 = 0x811c_9dc5;
@@ -136,11 +141,7 @@ pub fn fenceposts(d: &Deployment) -> (i32, i32) {
 }
 
 fn is_recreate(d: &Deployment) -> bool {
-    d.spec
-        .strategy
-        .as_ref()
-        .and_then(|s| s.type_.as_deref())
-        == Some("Recreate")
+    d.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate")
 }
 
 /// The planner's view of one round.
@@ -186,7 +187,10 @@ impl Round<'_> {
             let way = if to > from { "up" } else { "down" };
             self.plan.events.push((
                 "ScalingReplicaSet".into(),
-                format!("Scaled {way} replica set {} to {to} from {from}", self.name(i)),
+                format!(
+                    "Scaled {way} replica set {} to {to} from {from}",
+                    self.name(i)
+                ),
             ));
         }
     }
@@ -243,7 +247,9 @@ impl Round<'_> {
             }
         }
         // Then available ones, as long as enough stay available.
-        let available: i32 = (0..self.rss.len()).map(|i| self.available(i).min(self.planned[i])).sum();
+        let available: i32 = (0..self.rss.len())
+            .map(|i| self.available(i).min(self.planned[i]))
+            .sum();
         let mut room = (available - min_available).min(budget);
         for i in self.old.clone() {
             if room <= 0 {
@@ -260,9 +266,15 @@ impl Round<'_> {
 
     /// A change of `replicas` alone: spread over the active ReplicaSets.
     fn scale_proportionally(&mut self) {
-        let active: Vec<usize> = (0..self.rss.len()).filter(|i| self.planned[*i] > 0).collect();
+        let active: Vec<usize> = (0..self.rss.len())
+            .filter(|i| self.planned[*i] > 0)
+            .collect();
         if active.len() <= 1 {
-            let target = active.first().copied().or(self.new).or(self.old.last().copied());
+            let target = active
+                .first()
+                .copied()
+                .or(self.new)
+                .or(self.old.last().copied());
             if let Some(i) = target {
                 self.scale(i, self.replicas);
             }
@@ -281,7 +293,11 @@ impl Round<'_> {
             let c = created(self.rss[*i]);
             (
                 std::cmp::Reverse(self.planned[*i]),
-                if to_add > 0 { std::cmp::Reverse(c) } else { std::cmp::Reverse(None) },
+                if to_add > 0 {
+                    std::cmp::Reverse(c)
+                } else {
+                    std::cmp::Reverse(None)
+                },
                 c,
             )
         });
@@ -312,19 +328,12 @@ impl Round<'_> {
 
 /// Plans one round for `d` given the ReplicaSets it controls; `old_pods_running` tells whether
 /// pods of its old ReplicaSets are still running (what `Recreate` waits for).
-pub fn plan(
-    d: &Deployment,
-    rss: &[&ReplicaSet],
-    old_pods_running: bool,
-    now: SystemTime,
-) -> Plan {
+pub fn plan(d: &Deployment, rss: &[&ReplicaSet], old_pods_running: bool, now: SystemTime) -> Plan {
     let spec = d.spec.clone();
     let (surge, unavailable) = fenceposts(d);
-    let wanted = without_hash(Some(&spec.template));
     let mut new = None;
     for (i, rs) in rss.iter().enumerate() {
-        let same = without_hash(rs.spec.template.as_ref()) == wanted;
-        if same && new.is_none_or(|n: usize| created(rss[n]) > created(rs)) {
+        if is_current(d, rs) && new.is_none_or(|n: usize| created(rss[n]) > created(rs)) {
             new = Some(i);
         }
     }
@@ -343,7 +352,12 @@ pub fn plan(
     };
     let paused = spec.paused == Some(true);
     let mut status = d.status.clone().unwrap_or_default();
-    let max_old_revision = round.old.iter().map(|i| revision_of(rss[*i])).max().unwrap_or(0);
+    let max_old_revision = round
+        .old
+        .iter()
+        .map(|i| revision_of(rss[*i]))
+        .max()
+        .unwrap_or(0);
 
     // The new ReplicaSet's revision comes after every old one (also when `rollout undo` made
     // an old template current again); the Deployment carries the same.
@@ -373,7 +387,10 @@ pub fn plan(
         let collisions = status.collision_count.unwrap_or(0);
         let hash = template_hash(&spec.template, collisions);
         let name = format!("{}-{hash}", d.metadata.name.as_deref().unwrap_or(""));
-        if rss.iter().any(|rs| rs.metadata.name.as_deref() == Some(&name)) {
+        if rss
+            .iter()
+            .any(|rs| rs.metadata.name.as_deref() == Some(&name))
+        {
             status.collision_count = Some(collisions + 1);
         } else {
             let wait = is_recreate(d) && (round.total() > 0 || old_pods_running);
@@ -456,7 +473,14 @@ pub fn plan(
         .as_ref()
         .map(|(n, _)| n.clone())
         .or(new.map(|n| round.name(n)));
-    let fresh = compute_status(&round, &status, new_name.as_deref(), created_new.is_some(), paused, now);
+    let fresh = compute_status(
+        &round,
+        &status,
+        new_name.as_deref(),
+        created_new.is_some(),
+        paused,
+        now,
+    );
     round.plan.recheck = fresh.1;
     if fresh.0 != *d.status.as_ref().unwrap_or(&DeploymentStatus::default()) {
         round.plan.status = Some(fresh.0);
@@ -475,7 +499,13 @@ fn copied_annotations(d: &Deployment, rs: &ReplicaSet) -> BTreeMap<String, Strin
     out
 }
 
-fn new_replica_set(d: &Deployment, hash: &str, replicas: i32, revision: i64, surge: i32) -> ReplicaSet {
+fn new_replica_set(
+    d: &Deployment,
+    hash: &str,
+    replicas: i32,
+    revision: i64,
+    surge: i32,
+) -> ReplicaSet {
     let spec = d.spec.clone();
     let mut template = spec.template.clone();
     let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
@@ -500,7 +530,10 @@ fn new_replica_set(d: &Deployment, hash: &str, replicas: i32, revision: i64, sur
     annotations.insert(MAX_REPLICAS.into(), (want + surge).to_string());
     ReplicaSet {
         metadata: ObjectMeta {
-            name: Some(format!("{}-{hash}", d.metadata.name.as_deref().unwrap_or(""))),
+            name: Some(format!(
+                "{}-{hash}",
+                d.metadata.name.as_deref().unwrap_or("")
+            )),
             namespace: d.metadata.namespace.clone(),
             labels,
             annotations: Some(annotations),
@@ -587,12 +620,24 @@ fn compute_status(
     if available >= round.replicas - round.unavailable {
         set_condition(
             &mut conditions,
-            condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.".into(), now),
+            condition(
+                "Available",
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.".into(),
+                now,
+            ),
         );
     } else {
         set_condition(
             &mut conditions,
-            condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into(), now),
+            condition(
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.".into(),
+                now,
+            ),
         );
     }
     let progressing = conditions
@@ -606,18 +651,36 @@ fn compute_status(
         if reason.as_deref() != Some("DeploymentPaused") {
             set_condition(
                 &mut conditions,
-                condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into(), now),
+                condition(
+                    "Progressing",
+                    "Unknown",
+                    "DeploymentPaused",
+                    "Deployment is paused".into(),
+                    now,
+                ),
             );
         }
     } else if reason.as_deref() == Some("DeploymentPaused") {
         set_condition(
             &mut conditions,
-            condition("Progressing", "True", "DeploymentResumed", "Deployment is resumed".into(), now),
+            condition(
+                "Progressing",
+                "True",
+                "DeploymentResumed",
+                "Deployment is resumed".into(),
+                now,
+            ),
         );
     } else if created_new {
         set_condition(
             &mut conditions,
-            condition("Progressing", "True", "NewReplicaSetCreated", format!("Created new replica set \"{rs_name}\""), now),
+            condition(
+                "Progressing",
+                "True",
+                "NewReplicaSetCreated",
+                format!("Created new replica set \"{rs_name}\""),
+                now,
+            ),
         );
     } else {
         let replicas = round.replicas;
@@ -625,8 +688,8 @@ fn compute_status(
             && s.replicas == Some(replicas)
             && available >= replicas
             && round.new.is_some_and(|n| round.planned[n] == replicas);
-        let already_complete = reason.as_deref() == Some("NewReplicaSetAvailable")
-            && s.replicas == s.updated_replicas;
+        let already_complete =
+            reason.as_deref() == Some("NewReplicaSetAvailable") && s.replicas == s.updated_replicas;
         let advanced = s.updated_replicas > before.updated_replicas
             || s.replicas < before.replicas
             || s.ready_replicas > before.ready_replicas
@@ -639,12 +702,24 @@ fn compute_status(
         if complete && !already_complete {
             set_condition(
                 &mut conditions,
-                condition("Progressing", "True", "NewReplicaSetAvailable", format!("ReplicaSet \"{rs_name}\" has successfully progressed."), now),
+                condition(
+                    "Progressing",
+                    "True",
+                    "NewReplicaSetAvailable",
+                    format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
+                    now,
+                ),
             );
         } else if !complete && advanced {
             set_condition(
                 &mut conditions,
-                condition("Progressing", "True", "ReplicaSetUpdated", format!("ReplicaSet \"{rs_name}\" is progressing."), now),
+                condition(
+                    "Progressing",
+                    "True",
+                    "ReplicaSetUpdated",
+                    format!("ReplicaSet \"{rs_name}\" is progressing."),
+                    now,
+                ),
             );
             recheck = deadline;
         } else if !complete && !already_complete {
@@ -659,7 +734,13 @@ fn compute_status(
                         Ok(left) if !left.is_zero() => recheck = Some(left),
                         _ => set_condition(
                             &mut conditions,
-                            condition("Progressing", "False", "ProgressDeadlineExceeded", format!("ReplicaSet \"{rs_name}\" has timed out progressing."), now),
+                            condition(
+                                "Progressing",
+                                "False",
+                                "ProgressDeadlineExceeded",
+                                format!("ReplicaSet \"{rs_name}\" has timed out progressing."),
+                                now,
+                            ),
                         ),
                     }
                 }

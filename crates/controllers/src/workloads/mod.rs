@@ -4,6 +4,7 @@
 
 pub mod deployment;
 pub mod replicaset;
+pub mod runner;
 
 use std::time::{Duration, SystemTime};
 
@@ -112,16 +113,15 @@ pub fn new_pod(
     });
     object["metadata"]["creationTimestamp"] = json!(rfc3339(now));
     object["metadata"]["generation"] = json!(1);
-    let admitted = admit(pods_resource(), object, None, FieldValidation::Ignore).map_err(|e| {
-        match e {
+    let admitted =
+        admit(pods_resource(), object, None, FieldValidation::Ignore).map_err(|e| match e {
             flotilla_api::kinds::Rejection::Decode(m) => m,
             flotilla_api::kinds::Rejection::Invalid(errors) => errors
                 .iter()
                 .map(|e| format!("{}: {}", e.field, e.message))
                 .collect::<Vec<_>>()
                 .join("; "),
-        }
-    })?;
+        })?;
     Ok((format!("/core/pods/{namespace}/{name}"), admitted.object))
 }
 

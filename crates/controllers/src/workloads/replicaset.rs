@@ -92,7 +92,10 @@ pub fn plan(rs: &ReplicaSet, pods: &[&Pod], now: SystemTime) -> Plan {
             plan.recheck = Some(plan.recheck.map_or(b, |r| r.min(b)));
         }
         let labels = pod.metadata.labels.clone().unwrap_or_default();
-        if template_labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+        if template_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+        {
             labelled += 1;
         }
     }
@@ -144,14 +147,18 @@ mod tests {
     fn finished_and_deleted_pods_do_not_count() {
         let done = pod("done", "rs", "Succeeded", false);
         let mut leaving = pod("leaving", "rs", "Running", true);
-        leaving.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            "2030-01-01T00:00:00Z".parse().unwrap(),
-        ));
+        leaving.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2030-01-01T00:00:00Z".parse().unwrap(),
+            ));
         let running = pod("running", "rs", "Running", true);
         let p = plan(&rs(2), &[&done, &leaving, &running], now());
         assert_eq!(p.create, 1);
         let s = p.status.unwrap();
-        assert_eq!((s.replicas, s.ready_replicas, s.available_replicas), (1, Some(1), Some(1)));
+        assert_eq!(
+            (s.replicas, s.ready_replicas, s.available_replicas),
+            (1, Some(1), Some(1))
+        );
     }
 
     #[test]

@@ -140,7 +140,10 @@ fn a_new_deployment_creates_its_replica_set_at_revision_one() {
         panic!("{p:?}")
     };
     let hash = rs.metadata.labels.as_ref().unwrap()[HASH_LABEL].clone();
-    assert_eq!(rs.metadata.name.as_deref(), Some(format!("web-{hash}").as_str()));
+    assert_eq!(
+        rs.metadata.name.as_deref(),
+        Some(format!("web-{hash}").as_str())
+    );
     assert_eq!(replicas_of(rs), 6);
     let annotations = rs.metadata.annotations.as_ref().unwrap();
     assert_eq!(annotations[REVISION], "1");
@@ -157,15 +160,24 @@ fn a_new_deployment_creates_its_replica_set_at_revision_one() {
             format!("Scaled up replica set web-{hash} to 6 from 0")
         )]
     );
-    assert_eq!(w.condition("Progressing").as_deref(), Some("NewReplicaSetCreated"));
+    assert_eq!(
+        w.condition("Progressing").as_deref(),
+        Some("NewReplicaSetCreated")
+    );
     w.settle(|_| {});
     let s = w.d.status.clone().unwrap();
     assert_eq!(
         (s.replicas, s.updated_replicas, s.available_replicas),
         (Some(6), Some(6), Some(6))
     );
-    assert_eq!(w.condition("Progressing").as_deref(), Some("NewReplicaSetAvailable"));
-    assert_eq!(w.condition("Available").as_deref(), Some("MinimumReplicasAvailable"));
+    assert_eq!(
+        w.condition("Progressing").as_deref(),
+        Some("NewReplicaSetAvailable")
+    );
+    assert_eq!(
+        w.condition("Available").as_deref(),
+        Some("MinimumReplicasAvailable")
+    );
 }
 
 #[test]
@@ -175,7 +187,11 @@ fn a_rolling_update_keeps_within_max_surge_and_max_unavailable() {
     w.set_image("busybox:2");
     // 25 % of 6: surge 2 (rounded up), unavailable 1 (rounded down).
     w.settle(|w| {
-        let total: i32 = w.rss.iter().map(|rs| rs.status.as_ref().unwrap().replicas).sum();
+        let total: i32 = w
+            .rss
+            .iter()
+            .map(|rs| rs.status.as_ref().unwrap().replicas)
+            .sum();
         let available: i32 = w
             .rss
             .iter()
@@ -185,11 +201,11 @@ fn a_rolling_update_keeps_within_max_surge_and_max_unavailable() {
         assert!(available >= 5, "{available} available: {:?}", w.replicas());
     });
     assert_eq!(w.replicas(), [("1".into(), 0), ("2".into(), 6)]);
+    assert_eq!(w.d.metadata.annotations.as_ref().unwrap()[REVISION], "2");
     assert_eq!(
-        w.d.metadata.annotations.as_ref().unwrap()[REVISION],
-        "2"
+        w.condition("Progressing").as_deref(),
+        Some("NewReplicaSetAvailable")
     );
-    assert_eq!(w.condition("Progressing").as_deref(), Some("NewReplicaSetAvailable"));
 }
 
 #[test]
@@ -212,7 +228,10 @@ fn recreate_stops_every_old_pod_before_starting_new_ones() {
     w.set_image("busybox:2");
     w.old_pods_running = true;
     let p = w.round();
-    assert!(matches!(p.actions[..], [Action::Update { replicas: 0, .. }]), "{p:?}");
+    assert!(
+        matches!(p.actions[..], [Action::Update { replicas: 0, .. }]),
+        "{p:?}"
+    );
     // The old pods are still terminating: no new ReplicaSet yet.
     let p = w.round();
     assert!(p.actions.is_empty(), "{p:?}");
@@ -227,7 +246,13 @@ fn scaling_alone_resizes_the_active_replica_set() {
     w.settle(|_| {});
     w.d.spec.replicas = Some(5);
     let p = w.round();
-    assert_eq!(p.events[0].1, format!("Scaled up replica set {} to 5 from 3", w.rss[0].metadata.name.clone().unwrap()));
+    assert_eq!(
+        p.events[0].1,
+        format!(
+            "Scaled up replica set {} to 5 from 3",
+            w.rss[0].metadata.name.clone().unwrap()
+        )
+    );
     w.settle(|_| {});
     assert_eq!(w.replicas(), [("1".into(), 5)]);
     w.d.spec.replicas = Some(0);
@@ -248,7 +273,11 @@ fn scaling_during_a_rollout_is_proportional() {
     // 20 + 25 % surge = 25, spread over both ReplicaSets.
     let after: i32 = w.rss.iter().map(replicas_of).sum();
     assert_eq!(after, 25, "{:?}", w.replicas());
-    assert!(w.rss.iter().all(|rs| replicas_of(rs) > 3), "{:?}", w.replicas());
+    assert!(
+        w.rss.iter().all(|rs| replicas_of(rs) > 3),
+        "{:?}",
+        w.replicas()
+    );
     w.settle(|_| {});
     assert_eq!(w.replicas(), [("1".into(), 0), ("2".into(), 20)]);
 }
@@ -261,7 +290,10 @@ fn a_paused_deployment_does_not_roll_and_resumes() {
     w.set_image("busybox:2");
     w.settle(|_| {});
     assert_eq!(w.rss.len(), 1);
-    assert_eq!(w.condition("Progressing").as_deref(), Some("DeploymentPaused"));
+    assert_eq!(
+        w.condition("Progressing").as_deref(),
+        Some("DeploymentPaused")
+    );
     w.d.spec.paused = Some(false);
     w.settle(|_| {});
     assert_eq!(w.replicas(), [("1".into(), 0), ("2".into(), 2)]);
@@ -291,7 +323,12 @@ fn a_rollout_that_stalls_exceeds_its_progress_deadline() {
     w.d.status = p.status.or(w.d.status.clone());
     let p = plan(&w.d, &refs, false, at(60));
     let s = p.status.expect("a new condition");
-    let c = s.conditions.unwrap().into_iter().find(|c| c.type_.as_deref() == Some("Progressing")).unwrap();
+    let c = s
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_.as_deref() == Some("Progressing"))
+        .unwrap();
     assert_eq!(c.reason.as_deref(), Some("ProgressDeadlineExceeded"));
     assert_eq!(c.status.as_deref(), Some("False"));
 }
@@ -300,6 +337,7 @@ fn a_rollout_that_stalls_exceeds_its_progress_deadline() {
 fn fenceposts_round_surge_up_and_unavailability_down() {
     assert_eq!(fenceposts(&deployment(6, "x", rolling())), (2, 1));
     assert_eq!(fenceposts(&deployment(1, "x", rolling())), (1, 0));
-    let zero = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}});
+    let zero =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}});
     assert_eq!(fenceposts(&deployment(3, "x", zero)), (0, 1));
 }

@@ -1,0 +1,575 @@
+//! The workload controllers' loops on the leader. One set of informers (pods, ReplicaSets,
+//! Deployments), each indexed by controller uid, feeds a work queue per controller: a pod's
+//! change queues its ReplicaSet, a ReplicaSet's change queues itself and its Deployment. A
+//! reconcile runs the pure planner over the cache and makes its writes as an API client
+//! would; then it waits until the informers have seen those writes, so that the next round
+//! never plans on a cache older than what it has already done.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_api::kinds::{admit, FieldValidation};
+use flotilla_api::meta::{new_uid, rfc3339};
+use flotilla_store::{Command, Revision, StoreError};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::{controller_of, delete_pod, deployment, key_of, new_pod, owner_ref, replicaset};
+use crate::events::{Involved, Recorder};
+use crate::informer::{Cached, Informer};
+use crate::queue::{run_workers, Next, WorkQueue};
+use crate::Context;
+
+const PODS: &str = "/core/pods/";
+const REPLICA_SETS: &str = "/apps/replicasets/";
+const DEPLOYMENTS: &str = "/apps/deployments/";
+/// The index of objects by the uid of their controller.
+const BY_CONTROLLER: &str = "controller";
+/// How long a reconcile waits for the informers to see its own writes.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+fn parse<T: serde::de::DeserializeOwned>(_key: &str, record: &flotilla_store::Record) -> Option<T> {
+    serde_json::from_slice(&record.value).ok()
+}
+
+fn controller_uid<T>(
+    meta: impl Fn(&T) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> impl Fn(&Cached<T>) -> Vec<String> {
+    move |c| {
+        controller_of(meta(&c.object))
+            .map(|o| vec![o.uid.clone()])
+            .unwrap_or_default()
+    }
+}
+
+/// The informers the workload controllers share.
+#[derive(Clone)]
+struct Caches {
+    pods: Informer<Pod>,
+    replica_sets: Informer<ReplicaSet>,
+    deployments: Informer<Deployment>,
+}
+
+/// The last revision a reconcile wrote, per informer that will see it.
+#[derive(Default)]
+struct Written {
+    pods: Revision,
+    replica_sets: Revision,
+    deployments: Revision,
+}
+
+impl Caches {
+    /// Waits until each informer has seen what was written under its prefix (or gives up after
+    /// [`CATCH_UP`]). An informer moves only with changes under its own prefix, so each waits
+    /// only for its own.
+    async fn catch_up(&self, written: &Written) {
+        let all = async {
+            if written.pods > 0 {
+                self.pods.wait_for(written.pods).await;
+            }
+            if written.replica_sets > 0 {
+                self.replica_sets.wait_for(written.replica_sets).await;
+            }
+            if written.deployments > 0 {
+                self.deployments.wait_for(written.deployments).await;
+            }
+        };
+        let _ = tokio::time::timeout(CATCH_UP, all).await;
+    }
+}
+
+/// Reads the object at `key` as stored; an error when it moved past `revision` (the
+/// reconcile is then retried on the newer object).
+fn stored(ctx: &Context, key: &str, revision: Revision) -> Result<Value, StoreError> {
+    let record = ctx
+        .engine
+        .get(key)?
+        .1
+        .ok_or_else(|| StoreError::NotFound { key: key.into() })?;
+    if record.mod_revision != revision {
+        return Err(StoreError::Conflict {
+            key: key.into(),
+            expected: revision,
+            current: record.mod_revision,
+        });
+    }
+    serde_json::from_slice(&record.value).map_err(StoreError::storage)
+}
+
+async fn propose(ctx: &Context, command: Command) -> Result<Revision, StoreError> {
+    ctx.proposer.propose(command).await
+}
+
+fn involved(
+    api_version: &str,
+    kind: &str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Involved {
+    Involved {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+    }
+}
+
+async fn reconcile_replica_set(
+    ctx: &Context,
+    caches: &Caches,
+    recorder: &Recorder,
+    key: &str,
+) -> Result<Next, StoreError> {
+    let Some(cached) = caches.replica_sets.get(key) else {
+        return Ok(Next::Done);
+    };
+    let rs = &cached.object;
+    if rs.metadata.deletion_timestamp.is_some() {
+        return Ok(Next::Done);
+    }
+    let uid = rs.metadata.uid.clone().unwrap_or_default();
+    let owned = caches.pods.by_index(BY_CONTROLLER, &uid);
+    let pods: Vec<&Pod> = owned.iter().map(|c| &c.object).collect();
+    let now = ctx.clock.now();
+    let plan = replicaset::plan(rs, &pods, now);
+    let namespace = rs.metadata.namespace.clone().unwrap_or_default();
+    let name = rs.metadata.name.clone().unwrap_or_default();
+    let who = involved("apps/v1", "ReplicaSet", &rs.metadata);
+    let mut written = Written::default();
+    if plan.create > 0 {
+        let template = rs.spec.template.clone().unwrap_or_default();
+        let owner = owner_ref("apps/v1", "ReplicaSet", &rs.metadata);
+        let mut made = Vec::new();
+        for _ in 0..plan.create {
+            match new_pod(&template, &namespace, &name, owner.clone(), now) {
+                Ok(pod) => made.push(pod),
+                Err(why) => {
+                    recorder
+                        .warning(&who, "FailedCreate", &format!("Error creating: {why}"))
+                        .await;
+                    return Ok(Next::Done);
+                }
+            }
+        }
+        let writes = made.into_iter().map(|(key, pod)| async move {
+            let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+            (
+                name,
+                propose(ctx, Command::create(key, pod.to_string())).await,
+            )
+        });
+        for (pod, result) in futures::future::join_all(writes).await {
+            match result {
+                Ok(r) => {
+                    written.pods = written.pods.max(r);
+                    recorder
+                        .normal(&who, "SuccessfulCreate", &format!("Created pod: {pod}"))
+                        .await;
+                }
+                Err(e) => {
+                    recorder
+                        .warning(&who, "FailedCreate", &format!("Error creating: {e}"))
+                        .await;
+                }
+            }
+        }
+    }
+    for i in &plan.delete {
+        let c = &owned[*i];
+        let pod = stored(ctx, &c.key, c.revision);
+        let Some(command) = pod
+            .ok()
+            .and_then(|pod| delete_pod(&c.key, &pod, c.revision, now))
+        else {
+            continue;
+        };
+        if let Ok(r) = propose(ctx, command).await {
+            written.pods = written.pods.max(r);
+            let pod = c.object.metadata.name.clone().unwrap_or_default();
+            recorder
+                .normal(&who, "SuccessfulDelete", &format!("Deleted pod: {pod}"))
+                .await;
+        }
+    }
+    if let Some(status) = plan.status {
+        let mut object = stored(ctx, key, cached.revision)?;
+        object["status"] = serde_json::to_value(status).map_err(StoreError::storage)?;
+        let command = Command::update(key, object.to_string(), Some(cached.revision));
+        written.replica_sets = propose(ctx, command).await?;
+    }
+    caches.catch_up(&written).await;
+    Ok(if plan.create == replicaset::BURST {
+        Next::After(Duration::ZERO)
+    } else {
+        plan.recheck.map_or(Next::Done, Next::After)
+    })
+}
+
+async fn reconcile_deployment(
+    ctx: &Context,
+    caches: &Caches,
+    recorder: &Recorder,
+    key: &str,
+) -> Result<Next, StoreError> {
+    let Some(cached) = caches.deployments.get(key) else {
+        return Ok(Next::Done);
+    };
+    let d = &cached.object;
+    if d.metadata.deletion_timestamp.is_some() {
+        return Ok(Next::Done);
+    }
+    let uid = d.metadata.uid.clone().unwrap_or_default();
+    let owned = caches.replica_sets.by_index(BY_CONTROLLER, &uid);
+    let rss: Vec<&ReplicaSet> = owned.iter().map(|c| &c.object).collect();
+    let old_pods_running = rss
+        .iter()
+        .filter(|rs| !deployment::is_current(d, rs))
+        .any(|rs| {
+            let uid = rs.metadata.uid.clone().unwrap_or_default();
+            caches.pods.by_index(BY_CONTROLLER, &uid).iter().any(|p| {
+                !matches!(
+                    p.object.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+            })
+        });
+    let now = ctx.clock.now();
+    let plan = deployment::plan(d, &rss, old_pods_running, now);
+    let who = involved("apps/v1", "Deployment", &d.metadata);
+    let replica_sets = flotilla_api::find("apps", "v1", "replicasets").expect("served");
+    let mut written = Written::default();
+    for action in &plan.actions {
+        let command = match action {
+            deployment::Action::Create(rs) => {
+                let mut object = serde_json::to_value(rs).map_err(StoreError::storage)?;
+                object["metadata"]["uid"] = json!(new_uid());
+                object["metadata"]["creationTimestamp"] = json!(rfc3339(now));
+                object["metadata"]["generation"] = json!(1);
+                let object = match admit(replica_sets, object, None, FieldValidation::Ignore) {
+                    Ok(a) => a.object,
+                    Err(e) => {
+                        recorder
+                            .warning(&who, "ReplicaSetCreateError", &format!("{e:?}"))
+                            .await;
+                        return Ok(Next::Done);
+                    }
+                };
+                Command::create(
+                    key_of("apps", "replicasets", &rs.metadata),
+                    object.to_string(),
+                )
+            }
+            deployment::Action::Update {
+                index,
+                replicas,
+                annotations,
+            } => {
+                let c = &owned[*index];
+                let mut object = stored(ctx, &c.key, c.revision)?;
+                if object["spec"]["replicas"] != json!(replicas) {
+                    let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
+                    object["metadata"]["generation"] = json!(generation + 1);
+                }
+                object["spec"]["replicas"] = json!(replicas);
+                object["metadata"]["annotations"] = json!(annotations);
+                Command::update(&c.key, object.to_string(), Some(c.revision))
+            }
+            deployment::Action::Delete { index } => {
+                let c = &owned[*index];
+                Command::delete(&c.key, Some(c.revision))
+            }
+        };
+        written.replica_sets = written.replica_sets.max(propose(ctx, command).await?);
+    }
+    for (reason, message) in &plan.events {
+        recorder.normal(&who, reason, message).await;
+    }
+    if plan.status.is_some() || plan.revision.is_some() {
+        let mut object = stored(ctx, key, cached.revision)?;
+        if let Some(r) = &plan.revision {
+            object["metadata"]["annotations"][deployment::REVISION] = json!(r);
+        }
+        if let Some(s) = &plan.status {
+            object["status"] = serde_json::to_value(s).map_err(StoreError::storage)?;
+        }
+        let command = Command::update(key, object.to_string(), Some(cached.revision));
+        written.deployments = propose(ctx, command).await?;
+    }
+    caches.catch_up(&written).await;
+    Ok(plan.recheck.map_or(Next::Done, Next::After))
+}
+
+/// The controller's key for an owner reference of `kind` in `namespace`.
+fn owner_key(prefix: &str, namespace: Option<&String>, name: &str) -> String {
+    format!(
+        "{prefix}{}/{name}",
+        namespace.map_or("default", |n| n.as_str())
+    )
+}
+
+/// Runs the ReplicaSet and Deployment controllers until `stop`.
+pub async fn run_workloads(ctx: Context, stop: CancellationToken) {
+    let rs_queue = WorkQueue::default();
+    let deploy_queue = WorkQueue::default();
+    let pods = {
+        let q = rs_queue.clone();
+        Informer::builder([PODS], parse::<Pod>)
+            .index(BY_CONTROLLER, controller_uid(|p: &Pod| &p.metadata))
+            .on_change(move |c| {
+                let pod = c.new.or(c.old).map(|p| &p.object);
+                if let Some(pod) = pod {
+                    if let Some(o) = controller_of(&pod.metadata).filter(|o| o.kind == "ReplicaSet")
+                    {
+                        q.add(owner_key(
+                            REPLICA_SETS,
+                            pod.metadata.namespace.as_ref(),
+                            &o.name,
+                        ));
+                    }
+                }
+            })
+            .build()
+    };
+    let replica_sets = {
+        let (q, dq) = (rs_queue.clone(), deploy_queue.clone());
+        Informer::builder([REPLICA_SETS], parse::<ReplicaSet>)
+            .index(BY_CONTROLLER, controller_uid(|r: &ReplicaSet| &r.metadata))
+            .on_change(move |c| {
+                q.add(c.key);
+                if let Some(rs) = c.new.or(c.old).map(|r| &r.object) {
+                    if let Some(o) = controller_of(&rs.metadata).filter(|o| o.kind == "Deployment")
+                    {
+                        dq.add(owner_key(
+                            DEPLOYMENTS,
+                            rs.metadata.namespace.as_ref(),
+                            &o.name,
+                        ));
+                    }
+                }
+            })
+            .build()
+    };
+    let deployments = {
+        let dq = deploy_queue.clone();
+        Informer::builder([DEPLOYMENTS], parse::<Deployment>)
+            .on_change(move |c| dq.add(c.key))
+            .build()
+    };
+    let caches = Caches {
+        pods,
+        replica_sets,
+        deployments,
+    };
+    let informers = stop.child_token();
+    let _stop_informers = informers.clone().drop_guard();
+    caches
+        .pods
+        .spawn(Arc::clone(&ctx.engine), informers.clone(), "workloads");
+    caches
+        .replica_sets
+        .spawn(Arc::clone(&ctx.engine), informers.clone(), "workloads");
+    caches
+        .deployments
+        .spawn(Arc::clone(&ctx.engine), informers.clone(), "workloads");
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = async {
+            tokio::join!(caches.pods.synced(), caches.replica_sets.synced(), caches.deployments.synced())
+        } => {}
+    }
+    let rs_recorder = Recorder::new(
+        Arc::clone(&ctx.engine),
+        Arc::clone(&ctx.proposer),
+        "replicaset-controller",
+    );
+    let deploy_recorder = Recorder::new(
+        Arc::clone(&ctx.engine),
+        Arc::clone(&ctx.proposer),
+        "deployment-controller",
+    );
+    let rs_workers = {
+        let (ctx, caches) = (ctx.clone(), caches.clone());
+        run_workers("replicaset", rs_queue, 4, stop.clone(), move |key| {
+            let (ctx, caches, recorder) = (ctx.clone(), caches.clone(), rs_recorder.clone());
+            async move { reconcile_replica_set(&ctx, &caches, &recorder, &key).await }
+        })
+    };
+    let deploy_workers = {
+        let (ctx, caches) = (ctx.clone(), caches.clone());
+        run_workers("deployment", deploy_queue, 2, stop.clone(), move |key| {
+            let (ctx, caches, recorder) = (ctx.clone(), caches.clone(), deploy_recorder.clone());
+            async move { reconcile_deployment(&ctx, &caches, &recorder, &key).await }
+        })
+    };
+    tokio::join!(rs_workers, deploy_workers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_store::{Engine, MemoryStore, Proposer};
+    use flotilla_util::SystemClock;
+
+    fn ctx(store: &Arc<MemoryStore>) -> Context {
+        Context {
+            engine: Arc::clone(store) as Arc<dyn flotilla_store::Engine>,
+            proposer: Arc::clone(store) as Arc<dyn Proposer>,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    fn list(store: &MemoryStore, prefix: &str) -> Vec<(String, Revision, Value)> {
+        store
+            .list(prefix, None, 0)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|(k, r)| (k, r.mod_revision, serde_json::from_slice(&r.value).unwrap()))
+            .collect()
+    }
+
+    /// Stands in for the scheduler and the agents: pods become Running and Ready, and pods
+    /// being deleted go.
+    async fn kubelets(store: Arc<MemoryStore>, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            for (key, revision, mut pod) in list(&store, PODS) {
+                let command = if !pod["metadata"]["deletionTimestamp"].is_null() {
+                    Command::delete(&key, Some(revision))
+                } else if pod["status"]["phase"] != "Running" {
+                    pod["spec"]["nodeName"] = json!("n1");
+                    pod["status"] = json!({"phase": "Running", "conditions": [
+                        {"type": "Ready", "status": "True", "lastTransitionTime": rfc3339(std::time::SystemTime::now())}]});
+                    Command::update(&key, pod.to_string(), Some(revision))
+                } else {
+                    continue;
+                };
+                let _ = store.propose(command).await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    struct Guard<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
+        Guard(f)
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..1000 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    fn dump(store: &MemoryStore) -> String {
+        let mut out = String::new();
+        for (_, _, v) in list(store, "/core/events/") {
+            if v["type"] == "Warning" {
+                out += &format!("{} {}\n", v["reason"], v["message"]);
+            }
+        }
+        out += &format!("pods: {}\n", list(store, PODS).len());
+        for (k, _, v) in list(store, "/apps/") {
+            out += &format!(
+                "{k}: spec.replicas={} status={} ann={}\n",
+                v["spec"]["replicas"], v["status"], v["metadata"]["annotations"]
+            );
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_deployment_runs_its_pods_and_rolls_to_a_new_template() {
+        let store = Arc::new(MemoryStore::new(100_000));
+        let deployments = flotilla_api::find("apps", "v1", "deployments").unwrap();
+        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default", "uid": "d-uid", "generation": 1,
+                "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "web", "image": "busybox:1"}]}}}});
+        let d = admit(deployments, d, None, FieldValidation::Strict)
+            .unwrap()
+            .object;
+        let key = "/apps/deployments/default/web";
+        store
+            .propose(Command::create(key, d.to_string()))
+            .await
+            .unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_workloads(ctx(&store), stop.clone()));
+        tokio::spawn(kubelets(Arc::clone(&store), stop.clone()));
+        let status = |field: &str| {
+            list(&store, key)[0].2["status"][field]
+                .as_i64()
+                .unwrap_or(-1)
+        };
+        until("4 available", || status("availableReplicas") == 4).await;
+        let pods = list(&store, PODS);
+        assert_eq!(pods.len(), 4);
+        let rs = list(&store, REPLICA_SETS);
+        assert_eq!(rs.len(), 1);
+        let rs_name = rs[0].2["metadata"]["name"].as_str().unwrap().to_string();
+        assert!(pods
+            .iter()
+            .all(|(_, _, p)| p["metadata"]["ownerReferences"][0]["name"] == rs_name.as_str()));
+        assert!(
+            pods.iter()
+                .all(|(_, _, p)| p["spec"]["restartPolicy"] == "Always"),
+            "pods are admitted with defaults"
+        );
+        // A new template rolls.
+        let (_, revision, mut d) = list(&store, key).remove(0);
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("busybox:2");
+        d["metadata"]["generation"] = json!(2);
+        store
+            .propose(Command::update(key, d.to_string(), Some(revision)))
+            .await
+            .unwrap();
+        let probe = Arc::clone(&store);
+        let _print = scopeguard(move || eprintln!("{}", dump(&probe)));
+        until("the rollout", || {
+            let d = &list(&store, key)[0].2;
+            d["status"]["updatedReplicas"] == 4
+                && d["status"]["replicas"] == 4
+                && d["status"]["availableReplicas"] == 4
+                && d["status"]["observedGeneration"] == 2
+        })
+        .await;
+        let d = &list(&store, key)[0].2;
+        assert_eq!(d["metadata"]["annotations"][deployment::REVISION], "2");
+        until("the old pods gone", || list(&store, PODS).len() == 4).await;
+        let images: Vec<String> = list(&store, PODS)
+            .iter()
+            .map(|(_, _, p)| {
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(images, ["busybox:2"; 4]);
+        let events: Vec<String> = list(&store, "/core/events/")
+            .iter()
+            .map(|(_, _, e)| e["reason"].as_str().unwrap().to_string())
+            .collect();
+        for reason in ["ScalingReplicaSet", "SuccessfulCreate", "SuccessfulDelete"] {
+            assert!(
+                events.iter().any(|e| e == reason),
+                "no {reason} in {events:?}"
+            );
+        }
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
