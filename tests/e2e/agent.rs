@@ -6,31 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use flotilla_tests::{runtime_cli, wait_until_blocking, Cluster, Kubectl, Options};
+use flotilla_tests::{runtime_cli, wait_until_blocking, Cluster, Kubectl};
+
+use crate::lab::lab;
 use serde_json::Value;
-
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the agent tests need root (CI runs them as root)"
-    );
-}
-
-/// A lab of three nodes with busybox in every node's image store, and kubectl for it.
-async fn lab() -> (Cluster, Kubectl, tempfile::TempDir) {
-    require_root();
-    let cluster = Cluster::start(3, Options::default().in_lab())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let archive = flotilla_tests::busybox_archive(dir.path());
-    cluster.import_image("busybox", &archive).unwrap();
-    let kubectl = Kubectl {
-        kubeconfig: cluster.kubeconfig.clone(),
-        cache: dir.path().join("kube-cache"),
-    };
-    (cluster, kubectl, dir)
-}
 
 struct Ctx {
     kubectl: Kubectl,

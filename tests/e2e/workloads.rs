@@ -1,0 +1,439 @@
+//! Issue 16: the leader schedules and reconciles. On a 3-node lab with the real kubectl 1.32:
+//! a Deployment made by `kubectl create deployment` spreads its pods, rolls within
+//! `maxSurge`/`maxUnavailable` (checked from a watch), and answers every `kubectl rollout`
+//! command; placement follows selectors, anti-affinity, taints and requests, and explains a
+//! refusal in Kubernetes' words.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_tests::{wait_until_blocking, Kubectl};
+use serde_json::Value;
+
+use crate::lab::lab;
+
+struct Ctx {
+    kubectl: Kubectl,
+    server: String,
+    dir: PathBuf,
+}
+
+impl Ctx {
+    fn new(server: String, kubectl: &Kubectl, dir: &Path) -> Ctx {
+        Ctx {
+            kubectl: kubectl.clone(),
+            server,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        self.kubectl.ok(&self.server, args)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl(&all)).unwrap()
+    }
+
+    fn apply(&self, name: &str, yaml: &str) {
+        let file = self.dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        self.kubectl(&["apply", "-f", file.to_str().unwrap()]);
+    }
+
+    /// The pods selected by `selector`: name → (node, phase, ready).
+    fn pods(&self, selector: &str) -> BTreeMap<String, (String, String, bool)> {
+        let list = self.json(&["get", "pods", "-l", selector]);
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_string(),
+                    (
+                        p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
+                        p["status"]["phase"].as_str().unwrap_or("").to_string(),
+                        ready(p),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    fn wait(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Ctx) -> bool) {
+        let ok = wait_until_blocking(timeout, || check(self).then_some(()));
+        assert!(
+            ok.is_some(),
+            "timed out waiting for {what}\n{}\n{}",
+            self.kubectl(&["get", "deploy,rs,pods", "-o", "wide"]),
+            self.kubectl(&["get", "events", "--sort-by=.lastTimestamp"])
+        );
+    }
+
+    fn rollout_status(&self, deploy: &str) -> String {
+        self.kubectl(&["rollout", "status", deploy, "--timeout=120s"])
+    }
+
+    /// The message of a pending pod's `PodScheduled=False` condition, once it has one.
+    fn unschedulable(&self, pod: &str) -> String {
+        let mut message = String::new();
+        self.wait(&format!("{pod} explained"), Duration::from_secs(30), |c| {
+            let p = c.json(&["get", "pod", pod]);
+            let cond = p["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "PodScheduled" && c["status"] == "False");
+            message = cond.map_or(String::new(), |c| {
+                c["message"].as_str().unwrap().to_string()
+            });
+            !message.is_empty()
+        });
+        message
+    }
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+/// Replays a `kubectl get pods --watch --output-watch-events -o json` stream: after every event,
+/// how many pods exist that are not terminating, and how many of those are Ready.
+fn replay(stream: &str) -> Vec<(usize, usize)> {
+    let mut pods: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+    let mut moments = Vec::new();
+    for event in serde_json::Deserializer::from_str(stream).into_iter::<Value>() {
+        let Ok(event) = event else { break };
+        let pod = &event["object"];
+        let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if event["type"] == "DELETED" {
+            pods.remove(&name);
+        } else {
+            let terminating = !pod["metadata"]["deletionTimestamp"].is_null();
+            pods.insert(name, (terminating, ready(pod)));
+        }
+        let live = pods.values().filter(|(t, _)| !t).count();
+        let ready = pods.values().filter(|(t, r)| !t && *r).count();
+        moments.push((live, ready));
+    }
+    moments
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deployments_spread_roll_and_answer_kubectl_rollout() {
+    let (cluster, kubectl, dir) = lab().await;
+    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
+    let ctx = Ctx::new(server, &kubectl, dir.path());
+
+    // The command of the issue, sent by kubectl 1.32 as protobuf.
+    ctx.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=6",
+        "--",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    ]);
+    assert!(ctx
+        .rollout_status("deploy/web")
+        .contains("successfully rolled out"));
+    let pods = ctx.pods("app=web");
+    assert_eq!(pods.len(), 6, "{pods:?}");
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for (node, phase, ready) in pods.values() {
+        assert!(phase == "Running" && *ready, "{pods:?}");
+        *per_node.entry(node).or_default() += 1;
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{per_node:?}"
+    );
+    let events = ctx.kubectl(&["get", "events", "--field-selector", "reason=Scheduled"]);
+    assert!(
+        events.contains("Successfully assigned default/web-"),
+        "{events}"
+    );
+
+    // `set image` rolls; a watch sees at most 6 + 2 pods and at least 6 - 1 Ready ones.
+    let mut watch = kubectl.spawn(
+        &ctx.server,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "--watch",
+            "--output-watch-events",
+            "-o",
+            "json",
+        ],
+    );
+    let mut stdout = watch.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = std::thread::spawn({
+        let seen = std::sync::Arc::clone(&seen);
+        move || {
+            let mut chunk = [0u8; 65536];
+            while let Ok(n) = stdout.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        }
+    });
+    // The watch has listed the six pods before the rollout starts.
+    ctx.wait("the watch", Duration::from_secs(30), |_| {
+        seen.lock().unwrap().matches("\"ADDED\"").count() >= 6
+    });
+    ctx.kubectl(&["set", "image", "deploy/web", "busybox=busybox:latest"]);
+    assert!(ctx
+        .rollout_status("deploy/web")
+        .contains("successfully rolled out"));
+    ctx.wait("the old pods gone", Duration::from_secs(60), |c| {
+        c.pods("app=web").len() == 6
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+    reader.join().unwrap();
+    let moments = replay(&seen.lock().unwrap());
+    assert!(
+        moments.len() > 12,
+        "the watch saw the rollout: {} events",
+        moments.len()
+    );
+    for (live, ready) in &moments[6..] {
+        assert!(*live <= 8, "{live} pods at once (maxSurge 2): {moments:?}");
+        assert!(
+            *ready >= 5,
+            "only {ready} Ready (maxUnavailable 1): {moments:?}"
+        );
+    }
+
+    // History, undo, pause and resume, restart, scale.
+    let history = ctx.kubectl(&["rollout", "history", "deploy/web"]);
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(revisions, ["1", "2"], "{history}");
+    ctx.kubectl(&["rollout", "undo", "deploy/web"]);
+    ctx.rollout_status("deploy/web");
+    let d = ctx.json(&["get", "deploy", "web"]);
+    assert_eq!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "busybox"
+    );
+    assert_eq!(
+        ctx.json(&["get", "rs"])["items"].as_array().unwrap().len(),
+        2
+    );
+
+    ctx.kubectl(&["rollout", "pause", "deploy/web"]);
+    ctx.kubectl(&["set", "env", "deploy/web", "MODE=paused"]);
+    ctx.wait(
+        "the paused deployment observed",
+        Duration::from_secs(30),
+        |c| {
+            let d = c.json(&["get", "deploy", "web"]);
+            d["status"]["observedGeneration"] == d["metadata"]["generation"]
+                && d["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Progressing" && c["reason"] == "DeploymentPaused")
+        },
+    );
+    assert_eq!(
+        ctx.json(&["get", "rs"])["items"].as_array().unwrap().len(),
+        2,
+        "paused: no new ReplicaSet"
+    );
+    ctx.kubectl(&["rollout", "resume", "deploy/web"]);
+    ctx.rollout_status("deploy/web");
+    assert_eq!(
+        ctx.json(&["get", "rs"])["items"].as_array().unwrap().len(),
+        3
+    );
+
+    ctx.kubectl(&["rollout", "restart", "deploy/web"]);
+    ctx.rollout_status("deploy/web");
+    let d = ctx.json(&["get", "deploy", "web"]);
+    assert!(
+        d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string()
+    );
+    assert_eq!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "5"
+    );
+
+    ctx.kubectl(&["scale", "deploy/web", "--replicas=3"]);
+    ctx.wait("3 replicas", Duration::from_secs(60), |c| {
+        let d = c.json(&["get", "deploy", "web"]);
+        c.pods("app=web").len() == 3
+            && d["status"]["availableReplicas"] == 3
+            && d["status"]["replicas"] == 3
+    });
+    let row = ctx.kubectl(&["get", "deploy", "web", "--no-headers"]);
+    assert!(row.split_whitespace().nth(1) == Some("3/3"), "{row}");
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn placement_follows_the_rules_and_explains_refusals() {
+    let (cluster, kubectl, dir) = lab().await;
+    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
+    let ctx = Ctx::new(server, &kubectl, dir.path());
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+
+    // nodeSelector: the one labelled node, or nowhere.
+    ctx.kubectl(&["label", "node", &nodes[1], "disk=ssd"]);
+    ctx.kubectl(&[
+        "run",
+        "on-ssd",
+        "--image=busybox",
+        "--overrides",
+        r#"{"spec":{"nodeSelector":{"disk":"ssd"}}}"#,
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    ctx.kubectl(&[
+        "run",
+        "on-nvme",
+        "--image=busybox",
+        "--overrides",
+        r#"{"spec":{"nodeSelector":{"disk":"nvme"}}}"#,
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    ctx.wait("on-ssd placed", Duration::from_secs(30), |c| {
+        c.json(&["get", "pod", "on-ssd"])["spec"]["nodeName"] == nodes[1].as_str()
+    });
+    assert_eq!(
+        ctx.unschedulable("on-nvme"),
+        "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+    );
+    let events = ctx.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=on-nvme,reason=FailedScheduling",
+        "--no-headers",
+    ]);
+    assert!(
+        events.contains("didn't match Pod's node affinity/selector"),
+        "{events}"
+    );
+    // Labelling a node to match lets it go there.
+    ctx.kubectl(&["label", "node", &nodes[2], "disk=nvme"]);
+    ctx.wait(
+        "on-nvme placed once a node matches",
+        Duration::from_secs(60),
+        |c| c.json(&["get", "pod", "on-nvme"])["spec"]["nodeName"] == nodes[2].as_str(),
+    );
+
+    // Required anti-affinity on the hostname: one per node, the fourth waits.
+    ctx.apply(
+        "spread",
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: spread}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: spread}}
+  template:
+    metadata: {labels: {app: spread}}
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {matchLabels: {app: spread}}
+            topologyKey: kubernetes.io/hostname
+      containers:
+      - {name: c, image: busybox, command: [sleep, "3600"]}
+"#,
+    );
+    ctx.wait("three spread pods placed", Duration::from_secs(60), |c| {
+        let placed: BTreeSet<String> = c
+            .pods("app=spread")
+            .values()
+            .filter(|(n, _, _)| !n.is_empty())
+            .map(|(n, _, _)| n.clone())
+            .collect();
+        placed.len() == 3 && c.pods("app=spread").len() == 4
+    });
+    let pending: Vec<String> = ctx
+        .pods("app=spread")
+        .into_iter()
+        .filter(|(_, (n, _, _))| n.is_empty())
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        ctx.unschedulable(&pending[0]),
+        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+    );
+
+    // A taint without toleration, and requests larger than any node.
+    ctx.kubectl(&["taint", "node", &nodes[0], "dedicated=db:NoSchedule"]);
+    ctx.kubectl(&["run", "huge", "--image=busybox", "--overrides", r#"{"spec":{"containers":[{"name":"huge","image":"busybox","command":["sleep","3600"],"resources":{"requests":{"cpu":"64"}}}]}}"#]);
+    assert_eq!(
+        ctx.unschedulable("huge"),
+        "0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: db}, 2 Insufficient cpu."
+    );
+    let describe = ctx.kubectl(&["describe", "pod", "huge"]);
+    assert!(
+        describe.contains("FailedScheduling") && describe.contains("default-scheduler"),
+        "{describe}"
+    );
+
+    // Cordon: no new pod goes to a cordoned node.
+    ctx.kubectl(&["cordon", &nodes[1]]);
+    ctx.kubectl(&[
+        "create",
+        "deployment",
+        "after-cordon",
+        "--image=busybox",
+        "--replicas=4",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    ctx.wait("after-cordon placed", Duration::from_secs(60), |c| {
+        let pods = c.pods("app=after-cordon");
+        pods.len() == 4 && pods.values().all(|(n, _, _)| !n.is_empty())
+    });
+    // The taint keeps them off node 0 too: all on node 2.
+    let used: BTreeSet<String> = ctx
+        .pods("app=after-cordon")
+        .values()
+        .map(|(n, _, _)| n.clone())
+        .collect();
+    assert_eq!(used, BTreeSet::from([nodes[2].clone()]));
+    drop(cluster);
+}
