@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::owner_ref;
+use super::{owner_ref, whole_seconds};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
@@ -566,14 +566,6 @@ fn condition(
         last_update_time: Some(t.clone()),
         last_transition_time: Some(t),
     }
-}
-
-/// `t` in whole seconds, as Kubernetes writes times.
-fn whole_seconds(t: SystemTime) -> jiff::Timestamp {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    jiff::Timestamp::from_second(secs as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
 /// Sets a condition, keeping its transition time (and, when only the time would change, its

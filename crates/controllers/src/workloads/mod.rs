@@ -2,7 +2,11 @@
 //! templates, their owner references, readiness and availability, and the writes a controller
 //! makes as a client would (admitted like an API write, pods deleted gracefully).
 
+mod batch_sync;
+pub mod cron;
+pub mod cronjob;
 pub mod deployment;
+pub mod job;
 pub mod replicaset;
 pub mod runner;
 
@@ -133,6 +137,14 @@ pub fn delete_pod(key: &str, pod: &Value, revision: Revision, now: SystemTime) -
         Deletion::Mark(marked) => Some(Command::update(key, marked.to_string(), Some(revision))),
         Deletion::Unchanged => None,
     }
+}
+
+/// `t` in whole seconds, as Kubernetes writes times.
+pub fn whole_seconds(t: SystemTime) -> jiff::Timestamp {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    jiff::Timestamp::from_second(secs as i64).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
 /// The store key of a namespaced object of `plural` in `group` (`core` for the core group).

@@ -1,6 +1,7 @@
 //! The workload controllers' loops on the leader. One set of informers (pods, ReplicaSets,
-//! Deployments), each indexed by controller uid, feeds a work queue per controller: a pod's
-//! change queues its ReplicaSet, a ReplicaSet's change queues itself and its Deployment. A
+//! Deployments, Jobs, CronJobs), each indexed by controller uid, feeds a work queue per
+//! controller: a pod's change queues its ReplicaSet or Job, a ReplicaSet's change queues
+//! itself and its Deployment, a Job's itself and its CronJob. A
 //! reconcile runs the pure planner over the cache and makes its writes as an API client
 //! would; then it waits until the informers have seen those writes, so that the next round
 //! never plans on a cache older than what it has already done.
@@ -12,6 +13,7 @@ use flotilla_api::kinds::{admit, FieldValidation};
 use flotilla_api::meta::{new_uid, rfc3339};
 use flotilla_store::{Command, Revision, StoreError};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -25,8 +27,10 @@ use crate::Context;
 const PODS: &str = "/core/pods/";
 const REPLICA_SETS: &str = "/apps/replicasets/";
 const DEPLOYMENTS: &str = "/apps/deployments/";
+const JOBS: &str = "/batch/jobs/";
+const CRON_JOBS: &str = "/batch/cronjobs/";
 /// The index of objects by the uid of their controller.
-const BY_CONTROLLER: &str = "controller";
+pub(super) const BY_CONTROLLER: &str = "controller";
 /// How long a reconcile waits for the informers to see its own writes.
 const CATCH_UP: Duration = Duration::from_secs(5);
 
@@ -46,25 +50,29 @@ fn controller_uid<T>(
 
 /// The informers the workload controllers share.
 #[derive(Clone)]
-struct Caches {
-    pods: Informer<Pod>,
-    replica_sets: Informer<ReplicaSet>,
-    deployments: Informer<Deployment>,
+pub(super) struct Caches {
+    pub pods: Informer<Pod>,
+    pub replica_sets: Informer<ReplicaSet>,
+    pub deployments: Informer<Deployment>,
+    pub jobs: Informer<Job>,
+    pub cron_jobs: Informer<CronJob>,
 }
 
 /// The last revision a reconcile wrote, per informer that will see it.
 #[derive(Default)]
-struct Written {
-    pods: Revision,
-    replica_sets: Revision,
-    deployments: Revision,
+pub(super) struct Written {
+    pub pods: Revision,
+    pub replica_sets: Revision,
+    pub deployments: Revision,
+    pub jobs: Revision,
+    pub cron_jobs: Revision,
 }
 
 impl Caches {
     /// Waits until each informer has seen what was written under its prefix (or gives up after
     /// [`CATCH_UP`]). An informer moves only with changes under its own prefix, so each waits
     /// only for its own.
-    async fn catch_up(&self, written: &Written) {
+    pub async fn catch_up(&self, written: &Written) {
         let all = async {
             if written.pods > 0 {
                 self.pods.wait_for(written.pods).await;
@@ -75,6 +83,12 @@ impl Caches {
             if written.deployments > 0 {
                 self.deployments.wait_for(written.deployments).await;
             }
+            if written.jobs > 0 {
+                self.jobs.wait_for(written.jobs).await;
+            }
+            if written.cron_jobs > 0 {
+                self.cron_jobs.wait_for(written.cron_jobs).await;
+            }
         };
         let _ = tokio::time::timeout(CATCH_UP, all).await;
     }
@@ -82,7 +96,7 @@ impl Caches {
 
 /// Reads the object at `key` as stored; an error when it moved past `revision` (the
 /// reconcile is then retried on the newer object).
-fn stored(ctx: &Context, key: &str, revision: Revision) -> Result<Value, StoreError> {
+pub(super) fn stored(ctx: &Context, key: &str, revision: Revision) -> Result<Value, StoreError> {
     let record = ctx
         .engine
         .get(key)?
@@ -98,11 +112,11 @@ fn stored(ctx: &Context, key: &str, revision: Revision) -> Result<Value, StoreEr
     serde_json::from_slice(&record.value).map_err(StoreError::storage)
 }
 
-async fn propose(ctx: &Context, command: Command) -> Result<Revision, StoreError> {
+pub(super) async fn propose(ctx: &Context, command: Command) -> Result<Revision, StoreError> {
     ctx.proposer.propose(command).await
 }
 
-fn involved(
+pub(super) fn involved(
     api_version: &str,
     kind: &str,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -309,25 +323,27 @@ fn owner_key(prefix: &str, namespace: Option<&String>, name: &str) -> String {
     )
 }
 
-/// Runs the ReplicaSet and Deployment controllers until `stop`.
+/// Runs the workload controllers until `stop`.
 pub async fn run_workloads(ctx: Context, stop: CancellationToken) {
     let rs_queue = WorkQueue::default();
     let deploy_queue = WorkQueue::default();
+    let job_queue = WorkQueue::default();
+    let cron_queue = WorkQueue::default();
     let pods = {
-        let q = rs_queue.clone();
+        let (rq, jq) = (rs_queue.clone(), job_queue.clone());
         Informer::builder([PODS], parse::<Pod>)
             .index(BY_CONTROLLER, controller_uid(|p: &Pod| &p.metadata))
             .on_change(move |c| {
-                let pod = c.new.or(c.old).map(|p| &p.object);
-                if let Some(pod) = pod {
-                    if let Some(o) = controller_of(&pod.metadata).filter(|o| o.kind == "ReplicaSet")
-                    {
-                        q.add(owner_key(
-                            REPLICA_SETS,
-                            pod.metadata.namespace.as_ref(),
-                            &o.name,
-                        ));
+                let Some(pod) = c.new.or(c.old).map(|p| &p.object) else {
+                    return;
+                };
+                let ns = pod.metadata.namespace.as_ref();
+                match controller_of(&pod.metadata) {
+                    Some(o) if o.kind == "ReplicaSet" => {
+                        rq.add(owner_key(REPLICA_SETS, ns, &o.name))
                     }
+                    Some(o) if o.kind == "Job" => jq.add(owner_key(JOBS, ns, &o.name)),
+                    _ => {}
                 }
             })
             .build()
@@ -357,53 +373,113 @@ pub async fn run_workloads(ctx: Context, stop: CancellationToken) {
             .on_change(move |c| dq.add(c.key))
             .build()
     };
+    let jobs = {
+        let (jq, cq) = (job_queue.clone(), cron_queue.clone());
+        Informer::builder([JOBS], parse::<Job>)
+            .index(BY_CONTROLLER, controller_uid(|j: &Job| &j.metadata))
+            .on_change(move |c| {
+                jq.add(c.key);
+                if let Some(job) = c.new.or(c.old).map(|j| &j.object) {
+                    if let Some(o) = controller_of(&job.metadata).filter(|o| o.kind == "CronJob") {
+                        cq.add(owner_key(
+                            CRON_JOBS,
+                            job.metadata.namespace.as_ref(),
+                            &o.name,
+                        ));
+                    }
+                }
+            })
+            .build()
+    };
+    let cron_jobs = {
+        let cq = cron_queue.clone();
+        Informer::builder([CRON_JOBS], parse::<CronJob>)
+            .on_change(move |c| cq.add(c.key))
+            .build()
+    };
     let caches = Caches {
         pods,
         replica_sets,
         deployments,
+        jobs,
+        cron_jobs,
     };
     let informers = stop.child_token();
     let _stop_informers = informers.clone().drop_guard();
+    let engine = &ctx.engine;
     caches
         .pods
-        .spawn(Arc::clone(&ctx.engine), informers.clone(), "workloads");
+        .spawn(Arc::clone(engine), informers.clone(), "workloads");
     caches
         .replica_sets
-        .spawn(Arc::clone(&ctx.engine), informers.clone(), "workloads");
+        .spawn(Arc::clone(engine), informers.clone(), "workloads");
     caches
         .deployments
-        .spawn(Arc::clone(&ctx.engine), informers.clone(), "workloads");
+        .spawn(Arc::clone(engine), informers.clone(), "workloads");
+    caches
+        .jobs
+        .spawn(Arc::clone(engine), informers.clone(), "workloads");
+    caches
+        .cron_jobs
+        .spawn(Arc::clone(engine), informers.clone(), "workloads");
     tokio::select! {
         _ = stop.cancelled() => return,
         _ = async {
-            tokio::join!(caches.pods.synced(), caches.replica_sets.synced(), caches.deployments.synced())
+            tokio::join!(
+                caches.pods.synced(),
+                caches.replica_sets.synced(),
+                caches.deployments.synced(),
+                caches.jobs.synced(),
+                caches.cron_jobs.synced(),
+            )
         } => {}
     }
-    let rs_recorder = Recorder::new(
-        Arc::clone(&ctx.engine),
-        Arc::clone(&ctx.proposer),
-        "replicaset-controller",
-    );
-    let deploy_recorder = Recorder::new(
-        Arc::clone(&ctx.engine),
-        Arc::clone(&ctx.proposer),
-        "deployment-controller",
-    );
-    let rs_workers = {
-        let (ctx, caches) = (ctx.clone(), caches.clone());
-        run_workers("replicaset", rs_queue, 4, stop.clone(), move |key| {
-            let (ctx, caches, recorder) = (ctx.clone(), caches.clone(), rs_recorder.clone());
-            async move { reconcile_replica_set(&ctx, &caches, &recorder, &key).await }
-        })
+    let recorder = |component| {
+        Recorder::new(
+            Arc::clone(&ctx.engine),
+            Arc::clone(&ctx.proposer),
+            component,
+        )
     };
-    let deploy_workers = {
-        let (ctx, caches) = (ctx.clone(), caches.clone());
-        run_workers("deployment", deploy_queue, 2, stop.clone(), move |key| {
-            let (ctx, caches, recorder) = (ctx.clone(), caches.clone(), deploy_recorder.clone());
-            async move { reconcile_deployment(&ctx, &caches, &recorder, &key).await }
-        })
-    };
-    tokio::join!(rs_workers, deploy_workers);
+    macro_rules! workers {
+        ($name:literal, $queue:expr, $n:expr, $component:literal, $reconcile:path) => {{
+            let (ctx, caches, recorder) = (ctx.clone(), caches.clone(), recorder($component));
+            run_workers($name, $queue, $n, stop.clone(), move |key| {
+                let (ctx, caches, recorder) = (ctx.clone(), caches.clone(), recorder.clone());
+                async move { $reconcile(&ctx, &caches, &recorder, &key).await }
+            })
+        }};
+    }
+    tokio::join!(
+        workers!(
+            "replicaset",
+            rs_queue,
+            4,
+            "replicaset-controller",
+            reconcile_replica_set
+        ),
+        workers!(
+            "deployment",
+            deploy_queue,
+            2,
+            "deployment-controller",
+            reconcile_deployment
+        ),
+        workers!(
+            "job",
+            job_queue,
+            4,
+            "job-controller",
+            super::batch_sync::reconcile_job
+        ),
+        workers!(
+            "cronjob",
+            cron_queue,
+            1,
+            "cronjob-controller",
+            super::batch_sync::reconcile_cron_job
+        ),
+    );
 }
 
 #[cfg(test)]
