@@ -2,9 +2,11 @@
 //! templates, their owner references, readiness and availability, and the writes a controller
 //! makes as a client would (admitted like an API write, pods deleted gracefully).
 
+mod apps_sync;
 mod batch_sync;
 pub mod cron;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod job;
 pub mod replicaset;

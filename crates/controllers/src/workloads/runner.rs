@@ -1,7 +1,8 @@
 //! The workload controllers' loops on the leader. One set of informers (pods, ReplicaSets,
-//! Deployments, Jobs, CronJobs), each indexed by controller uid, feeds a work queue per
-//! controller: a pod's change queues its ReplicaSet or Job, a ReplicaSet's change queues
-//! itself and its Deployment, a Job's itself and its CronJob. A
+//! Deployments, DaemonSets, Jobs, CronJobs, nodes), each indexed by controller uid, feeds a
+//! work queue per controller: a pod's change queues its ReplicaSet, DaemonSet or Job, a
+//! ReplicaSet's change queues itself and its Deployment, a Job's itself and its CronJob, a
+//! node's every DaemonSet. A
 //! reconcile runs the pure planner over the cache and makes its writes as an API client
 //! would; then it waits until the informers have seen those writes, so that the next round
 //! never plans on a cache older than what it has already done.
@@ -9,24 +10,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_api::kinds::{admit, FieldValidation};
-use flotilla_api::meta::{new_uid, rfc3339};
 use flotilla_store::{Command, Revision, StoreError};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::Pod;
-use serde_json::{json, Value};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{controller_of, delete_pod, deployment, key_of, new_pod, owner_ref, replicaset};
+use super::controller_of;
 use crate::events::{Involved, Recorder};
 use crate::informer::{Cached, Informer};
-use crate::queue::{run_workers, Next, WorkQueue};
+use crate::queue::{run_workers, WorkQueue};
 use crate::Context;
 
 const PODS: &str = "/core/pods/";
 const REPLICA_SETS: &str = "/apps/replicasets/";
 const DEPLOYMENTS: &str = "/apps/deployments/";
+const DAEMON_SETS: &str = "/apps/daemonsets/";
+const NODES: &str = "/core/nodes/";
 const JOBS: &str = "/batch/jobs/";
 const CRON_JOBS: &str = "/batch/cronjobs/";
 /// The index of objects by the uid of their controller.
@@ -54,6 +55,8 @@ pub(super) struct Caches {
     pub pods: Informer<Pod>,
     pub replica_sets: Informer<ReplicaSet>,
     pub deployments: Informer<Deployment>,
+    pub daemon_sets: Informer<DaemonSet>,
+    pub nodes: Informer<Node>,
     pub jobs: Informer<Job>,
     pub cron_jobs: Informer<CronJob>,
 }
@@ -64,6 +67,7 @@ pub(super) struct Written {
     pub pods: Revision,
     pub replica_sets: Revision,
     pub deployments: Revision,
+    pub daemon_sets: Revision,
     pub jobs: Revision,
     pub cron_jobs: Revision,
 }
@@ -82,6 +86,9 @@ impl Caches {
             }
             if written.deployments > 0 {
                 self.deployments.wait_for(written.deployments).await;
+            }
+            if written.daemon_sets > 0 {
+                self.daemon_sets.wait_for(written.daemon_sets).await;
             }
             if written.jobs > 0 {
                 self.jobs.wait_for(written.jobs).await;
@@ -130,191 +137,6 @@ pub(super) fn involved(
     }
 }
 
-async fn reconcile_replica_set(
-    ctx: &Context,
-    caches: &Caches,
-    recorder: &Recorder,
-    key: &str,
-) -> Result<Next, StoreError> {
-    let Some(cached) = caches.replica_sets.get(key) else {
-        return Ok(Next::Done);
-    };
-    let rs = &cached.object;
-    if rs.metadata.deletion_timestamp.is_some() {
-        return Ok(Next::Done);
-    }
-    let uid = rs.metadata.uid.clone().unwrap_or_default();
-    let owned = caches.pods.by_index(BY_CONTROLLER, &uid);
-    let pods: Vec<&Pod> = owned.iter().map(|c| &c.object).collect();
-    let now = ctx.clock.now();
-    let plan = replicaset::plan(rs, &pods, now);
-    let namespace = rs.metadata.namespace.clone().unwrap_or_default();
-    let name = rs.metadata.name.clone().unwrap_or_default();
-    let who = involved("apps/v1", "ReplicaSet", &rs.metadata);
-    let mut written = Written::default();
-    if plan.create > 0 {
-        let template = rs.spec.template.clone().unwrap_or_default();
-        let owner = owner_ref("apps/v1", "ReplicaSet", &rs.metadata);
-        let mut made = Vec::new();
-        for _ in 0..plan.create {
-            match new_pod(&template, &namespace, &name, owner.clone(), now) {
-                Ok(pod) => made.push(pod),
-                Err(why) => {
-                    recorder
-                        .warning(&who, "FailedCreate", &format!("Error creating: {why}"))
-                        .await;
-                    return Ok(Next::Done);
-                }
-            }
-        }
-        let writes = made.into_iter().map(|(key, pod)| async move {
-            let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
-            (
-                name,
-                propose(ctx, Command::create(key, pod.to_string())).await,
-            )
-        });
-        for (pod, result) in futures::future::join_all(writes).await {
-            match result {
-                Ok(r) => {
-                    written.pods = written.pods.max(r);
-                    recorder
-                        .normal(&who, "SuccessfulCreate", &format!("Created pod: {pod}"))
-                        .await;
-                }
-                Err(e) => {
-                    recorder
-                        .warning(&who, "FailedCreate", &format!("Error creating: {e}"))
-                        .await;
-                }
-            }
-        }
-    }
-    for i in &plan.delete {
-        let c = &owned[*i];
-        let pod = stored(ctx, &c.key, c.revision);
-        let Some(command) = pod
-            .ok()
-            .and_then(|pod| delete_pod(&c.key, &pod, c.revision, now))
-        else {
-            continue;
-        };
-        if let Ok(r) = propose(ctx, command).await {
-            written.pods = written.pods.max(r);
-            let pod = c.object.metadata.name.clone().unwrap_or_default();
-            recorder
-                .normal(&who, "SuccessfulDelete", &format!("Deleted pod: {pod}"))
-                .await;
-        }
-    }
-    if let Some(status) = plan.status {
-        let mut object = stored(ctx, key, cached.revision)?;
-        object["status"] = serde_json::to_value(status).map_err(StoreError::storage)?;
-        let command = Command::update(key, object.to_string(), Some(cached.revision));
-        written.replica_sets = propose(ctx, command).await?;
-    }
-    caches.catch_up(&written).await;
-    Ok(if plan.create == replicaset::BURST {
-        Next::After(Duration::ZERO)
-    } else {
-        plan.recheck.map_or(Next::Done, Next::After)
-    })
-}
-
-async fn reconcile_deployment(
-    ctx: &Context,
-    caches: &Caches,
-    recorder: &Recorder,
-    key: &str,
-) -> Result<Next, StoreError> {
-    let Some(cached) = caches.deployments.get(key) else {
-        return Ok(Next::Done);
-    };
-    let d = &cached.object;
-    if d.metadata.deletion_timestamp.is_some() {
-        return Ok(Next::Done);
-    }
-    let uid = d.metadata.uid.clone().unwrap_or_default();
-    let owned = caches.replica_sets.by_index(BY_CONTROLLER, &uid);
-    let rss: Vec<&ReplicaSet> = owned.iter().map(|c| &c.object).collect();
-    let old_pods_running = rss
-        .iter()
-        .filter(|rs| !deployment::is_current(d, rs))
-        .any(|rs| {
-            let uid = rs.metadata.uid.clone().unwrap_or_default();
-            caches.pods.by_index(BY_CONTROLLER, &uid).iter().any(|p| {
-                !matches!(
-                    p.object.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
-            })
-        });
-    let now = ctx.clock.now();
-    let plan = deployment::plan(d, &rss, old_pods_running, now);
-    let who = involved("apps/v1", "Deployment", &d.metadata);
-    let replica_sets = flotilla_api::find("apps", "v1", "replicasets").expect("served");
-    let mut written = Written::default();
-    for action in &plan.actions {
-        let command = match action {
-            deployment::Action::Create(rs) => {
-                let mut object = serde_json::to_value(rs).map_err(StoreError::storage)?;
-                object["metadata"]["uid"] = json!(new_uid());
-                object["metadata"]["creationTimestamp"] = json!(rfc3339(now));
-                object["metadata"]["generation"] = json!(1);
-                let object = match admit(replica_sets, object, None, FieldValidation::Ignore) {
-                    Ok(a) => a.object,
-                    Err(e) => {
-                        recorder
-                            .warning(&who, "ReplicaSetCreateError", &format!("{e:?}"))
-                            .await;
-                        return Ok(Next::Done);
-                    }
-                };
-                Command::create(
-                    key_of("apps", "replicasets", &rs.metadata),
-                    object.to_string(),
-                )
-            }
-            deployment::Action::Update {
-                index,
-                replicas,
-                annotations,
-            } => {
-                let c = &owned[*index];
-                let mut object = stored(ctx, &c.key, c.revision)?;
-                if object["spec"]["replicas"] != json!(replicas) {
-                    let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
-                    object["metadata"]["generation"] = json!(generation + 1);
-                }
-                object["spec"]["replicas"] = json!(replicas);
-                object["metadata"]["annotations"] = json!(annotations);
-                Command::update(&c.key, object.to_string(), Some(c.revision))
-            }
-            deployment::Action::Delete { index } => {
-                let c = &owned[*index];
-                Command::delete(&c.key, Some(c.revision))
-            }
-        };
-        written.replica_sets = written.replica_sets.max(propose(ctx, command).await?);
-    }
-    for (reason, message) in &plan.events {
-        recorder.normal(&who, reason, message).await;
-    }
-    if plan.status.is_some() || plan.revision.is_some() {
-        let mut object = stored(ctx, key, cached.revision)?;
-        if let Some(r) = &plan.revision {
-            object["metadata"]["annotations"][deployment::REVISION] = json!(r);
-        }
-        if let Some(s) = &plan.status {
-            object["status"] = serde_json::to_value(s).map_err(StoreError::storage)?;
-        }
-        let command = Command::update(key, object.to_string(), Some(cached.revision));
-        written.deployments = propose(ctx, command).await?;
-    }
-    caches.catch_up(&written).await;
-    Ok(plan.recheck.map_or(Next::Done, Next::After))
-}
-
 /// The controller's key for an owner reference of `kind` in `namespace`.
 fn owner_key(prefix: &str, namespace: Option<&String>, name: &str) -> String {
     format!(
@@ -329,8 +151,9 @@ pub async fn run_workloads(ctx: Context, stop: CancellationToken) {
     let deploy_queue = WorkQueue::default();
     let job_queue = WorkQueue::default();
     let cron_queue = WorkQueue::default();
+    let ds_queue = WorkQueue::default();
     let pods = {
-        let (rq, jq) = (rs_queue.clone(), job_queue.clone());
+        let (rq, jq, dq) = (rs_queue.clone(), job_queue.clone(), ds_queue.clone());
         Informer::builder([PODS], parse::<Pod>)
             .index(BY_CONTROLLER, controller_uid(|p: &Pod| &p.metadata))
             .on_change(move |c| {
@@ -343,6 +166,7 @@ pub async fn run_workloads(ctx: Context, stop: CancellationToken) {
                         rq.add(owner_key(REPLICA_SETS, ns, &o.name))
                     }
                     Some(o) if o.kind == "Job" => jq.add(owner_key(JOBS, ns, &o.name)),
+                    Some(o) if o.kind == "DaemonSet" => dq.add(owner_key(DAEMON_SETS, ns, &o.name)),
                     _ => {}
                 }
             })
@@ -373,6 +197,22 @@ pub async fn run_workloads(ctx: Context, stop: CancellationToken) {
             .on_change(move |c| dq.add(c.key))
             .build()
     };
+    let daemon_sets = {
+        let dq = ds_queue.clone();
+        Informer::builder([DAEMON_SETS], parse::<DaemonSet>)
+            .on_change(move |c| dq.add(c.key))
+            .build()
+    };
+    let nodes = {
+        let (dq, sets) = (ds_queue.clone(), daemon_sets.clone());
+        Informer::builder([NODES], parse::<Node>)
+            .on_change(move |_| {
+                for key in sets.keys() {
+                    dq.add(key);
+                }
+            })
+            .build()
+    };
     let jobs = {
         let (jq, cq) = (job_queue.clone(), cron_queue.clone());
         Informer::builder([JOBS], parse::<Job>)
@@ -401,6 +241,8 @@ pub async fn run_workloads(ctx: Context, stop: CancellationToken) {
         pods,
         replica_sets,
         deployments,
+        daemon_sets,
+        nodes,
         jobs,
         cron_jobs,
     };
@@ -417,6 +259,12 @@ pub async fn run_workloads(ctx: Context, stop: CancellationToken) {
         .deployments
         .spawn(Arc::clone(engine), informers.clone(), "workloads");
     caches
+        .daemon_sets
+        .spawn(Arc::clone(engine), informers.clone(), "workloads");
+    caches
+        .nodes
+        .spawn(Arc::clone(engine), informers.clone(), "workloads");
+    caches
         .jobs
         .spawn(Arc::clone(engine), informers.clone(), "workloads");
     caches
@@ -429,6 +277,8 @@ pub async fn run_workloads(ctx: Context, stop: CancellationToken) {
                 caches.pods.synced(),
                 caches.replica_sets.synced(),
                 caches.deployments.synced(),
+                caches.daemon_sets.synced(),
+                caches.nodes.synced(),
                 caches.jobs.synced(),
                 caches.cron_jobs.synced(),
             )
@@ -456,14 +306,21 @@ pub async fn run_workloads(ctx: Context, stop: CancellationToken) {
             rs_queue,
             4,
             "replicaset-controller",
-            reconcile_replica_set
+            super::apps_sync::reconcile_replica_set
         ),
         workers!(
             "deployment",
             deploy_queue,
             2,
             "deployment-controller",
-            reconcile_deployment
+            super::apps_sync::reconcile_deployment
+        ),
+        workers!(
+            "daemonset",
+            ds_queue,
+            2,
+            "daemonset-controller",
+            super::apps_sync::reconcile_daemon_set
         ),
         workers!(
             "job",
@@ -485,8 +342,12 @@ pub async fn run_workloads(ctx: Context, stop: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workloads::deployment;
+    use flotilla_api::kinds::{admit, FieldValidation};
+    use flotilla_api::meta::rfc3339;
     use flotilla_store::{Engine, MemoryStore, Proposer};
     use flotilla_util::SystemClock;
+    use serde_json::json;
 
     fn ctx(store: &Arc<MemoryStore>) -> Context {
         Context {
