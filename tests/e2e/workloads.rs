@@ -437,3 +437,158 @@ spec:
     assert_eq!(used, BTreeSet::from([nodes[2].clone()]));
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_and_cron_jobs_run_to_completion() {
+    let (cluster, kubectl, dir) = lab().await;
+    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
+    let ctx = Ctx::new(server, &kubectl, dir.path());
+    ctx.apply(
+        "jobs",
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: five}
+spec:
+  completions: 5
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: c, image: busybox, command: [sh, -c, "sleep 1"]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: failing}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: c, image: busybox, command: [sh, -c, "exit 3"]}
+"#,
+    );
+    ctx.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        "job/five",
+        "--timeout=120s",
+    ]);
+    let five = ctx.json(&["get", "job", "five"]);
+    assert_eq!(five["status"]["succeeded"], 5);
+    let pods = ctx.json(&["get", "pods", "-l", "job-name=five"]);
+    let phases: Vec<&str> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["status"]["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["Succeeded"; 5]);
+
+    ctx.kubectl(&[
+        "wait",
+        "--for=condition=failed",
+        "job/failing",
+        "--timeout=120s",
+    ]);
+    let failing = ctx.json(&["get", "job", "failing"]);
+    assert_eq!(failing["status"]["failed"], 2, "backoffLimit 1: two tries");
+    let reason = failing["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .map(|c| c["reason"].clone());
+    assert_eq!(reason, Some("BackoffLimitExceeded".into()));
+
+    // kubectl 1.32 sends these as protobuf.
+    ctx.kubectl(&["create", "job", "once", "--image=busybox", "--", "true"]);
+    ctx.kubectl(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox",
+        "--schedule=*/1 * * * *",
+        "--",
+        "true",
+    ]);
+    ctx.kubectl(&["create", "job", "manual", "--from=cronjob/tick"]);
+    ctx.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        "job/once",
+        "job/manual",
+        "--timeout=120s",
+    ]);
+    let manual = ctx.json(&["get", "job", "manual"]);
+    assert_eq!(manual["metadata"]["ownerReferences"][0]["kind"], "CronJob");
+    // The schedule fires within the minute and its Job completes.
+    let mut scheduled = String::new();
+    ctx.wait("the cron job's own job", Duration::from_secs(90), |c| {
+        let jobs = c.json(&["get", "jobs"]);
+        scheduled = jobs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["metadata"]["name"].as_str().unwrap().to_string())
+            .find(|n| n.starts_with("tick-"))
+            .unwrap_or_default();
+        !scheduled.is_empty()
+    });
+    ctx.kubectl(&[
+        "wait",
+        "--for=condition=complete",
+        &format!("job/{scheduled}"),
+        "--timeout=120s",
+    ]);
+    let cj = ctx.json(&["get", "cronjob", "tick"]);
+    assert!(cj["status"]["lastScheduleTime"].is_string(), "{cj}");
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_sets_run_on_every_node_and_on_nodes_that_join() {
+    let (mut cluster, kubectl, dir) = lab().await;
+    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
+    let ctx = Ctx::new(server, &kubectl, dir.path());
+    ctx.apply(
+        "agent",
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers:
+      - {name: c, image: busybox, command: [sleep, "3600"]}
+"#,
+    );
+    assert!(ctx
+        .rollout_status("ds/agent")
+        .contains("successfully rolled out"));
+    let nodes_of = |c: &Ctx| -> BTreeSet<String> {
+        c.pods("app=agent")
+            .values()
+            .filter(|(_, phase, ready)| phase == "Running" && *ready)
+            .map(|(n, _, _)| n.clone())
+            .collect()
+    };
+    let first: BTreeSet<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    assert_eq!(nodes_of(&ctx), first);
+    assert_eq!(ctx.pods("app=agent").len(), 3);
+
+    // A fourth node joins: it gets its daemon too.
+    let i = cluster.add_node().await.unwrap();
+    let archive = flotilla_tests::busybox_archive(dir.path());
+    cluster.import_image("busybox", &archive).unwrap();
+    let joined = cluster.nodes[i].name.clone();
+    ctx.wait("a daemon on the new node", Duration::from_secs(120), |c| {
+        nodes_of(c).contains(&joined) && c.pods("app=agent").len() == 4
+    });
+    let ds = ctx.json(&["get", "ds", "agent"]);
+    assert_eq!(ds["status"]["desiredNumberScheduled"], 4);
+    drop(cluster);
+}
