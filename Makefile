@@ -4,6 +4,10 @@ SHELL := /bin/bash
 # Keep the build cache outside the clone so RocksDB (10-40 min cold) is built once per machine.
 export CARGO_TARGET_DIR ?= /var/cache/flotilla/target
 CARGO ?= cargo
+# CI builds a fresh clone once: incremental state would only fill the shared cache's disk.
+ifdef CI
+export CARGO_INCREMENTAL := 0
+endif
 # Debian packages: clang/libclang for RocksDB's bindings; protoc and etcd for the etcd side of the benchmark.
 DEB_PACKAGES := build-essential clang libclang-dev protobuf-compiler etcd-server etcd-client stress-ng iproute2 nftables busybox-static runc crun tzdata
 UP_DIR ?= $(CURDIR)/.flotilla

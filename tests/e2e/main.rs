@@ -15,6 +15,7 @@ mod layers;
 mod leader_loops;
 mod learner_read;
 mod membership;
+mod node_failover;
 mod partition;
 mod pods;
 mod rewatch;

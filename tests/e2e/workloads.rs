@@ -6,106 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_tests::{wait_until_blocking, Kubectl};
 use serde_json::Value;
 
-use crate::lab::lab;
-
-struct Ctx {
-    kubectl: Kubectl,
-    server: String,
-    dir: PathBuf,
-}
-
-impl Ctx {
-    fn new(server: String, kubectl: &Kubectl, dir: &Path) -> Ctx {
-        Ctx {
-            kubectl: kubectl.clone(),
-            server,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        self.kubectl.ok(&self.server, args)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.kubectl(&all)).unwrap()
-    }
-
-    fn apply(&self, name: &str, yaml: &str) {
-        let file = self.dir.join(format!("{name}.yaml"));
-        std::fs::write(&file, yaml).unwrap();
-        self.kubectl(&["apply", "-f", file.to_str().unwrap()]);
-    }
-
-    /// The pods selected by `selector`: name → (node, phase, ready).
-    fn pods(&self, selector: &str) -> BTreeMap<String, (String, String, bool)> {
-        let list = self.json(&["get", "pods", "-l", selector]);
-        list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .map(|p| {
-                (
-                    p["metadata"]["name"].as_str().unwrap().to_string(),
-                    (
-                        p["spec"]["nodeName"].as_str().unwrap_or("").to_string(),
-                        p["status"]["phase"].as_str().unwrap_or("").to_string(),
-                        ready(p),
-                    ),
-                )
-            })
-            .collect()
-    }
-
-    fn wait(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Ctx) -> bool) {
-        let ok = wait_until_blocking(timeout, || check(self).then_some(()));
-        assert!(
-            ok.is_some(),
-            "timed out waiting for {what}\n{}\n{}",
-            self.kubectl(&["get", "deploy,rs,pods", "-o", "wide"]),
-            self.kubectl(&["get", "events", "--sort-by=.lastTimestamp"])
-        );
-    }
-
-    fn rollout_status(&self, deploy: &str) -> String {
-        self.kubectl(&["rollout", "status", deploy, "--timeout=120s"])
-    }
-
-    /// The message of a pending pod's `PodScheduled=False` condition, once it has one.
-    fn unschedulable(&self, pod: &str) -> String {
-        let mut message = String::new();
-        self.wait(&format!("{pod} explained"), Duration::from_secs(30), |c| {
-            let p = c.json(&["get", "pod", pod]);
-            let cond = p["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|c| c["type"] == "PodScheduled" && c["status"] == "False");
-            message = cond.map_or(String::new(), |c| {
-                c["message"].as_str().unwrap().to_string()
-            });
-            !message.is_empty()
-        });
-        message
-    }
-}
-
-fn ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
+use crate::lab::{lab, ready, Kube as Ctx};
 
 /// Replays a `kubectl get pods --watch --output-watch-events -o json` stream: after every event,
 /// how many pods exist that are not terminating, and how many of those are Ready.

@@ -25,6 +25,7 @@ use crate::spec::{self, container_id, sandbox_id};
 use crate::volumes::Volumes;
 
 mod containers;
+mod fence;
 mod pods;
 mod probes;
 mod steps;
@@ -170,6 +171,7 @@ impl Agent {
             if let Err(e) = this.remove_orphans().await {
                 tracing::warn!(error = %e, "cannot clean up what belongs to no pod");
             }
+            tokio::spawn(this.clone().run_fence(stop.clone()));
             let workers = this.shared.config.workers;
             let reconcile = {
                 let this = this.clone();

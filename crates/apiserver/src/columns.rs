@@ -31,8 +31,9 @@ fn node_status(o: &Value) -> String {
         .map(|c| s(&c["status"]));
     let mut status = match ready.as_deref() {
         Some("True") => "Ready".to_string(),
-        Some("False") => "NotReady".to_string(),
-        _ => "Unknown".to_string(),
+        // kubectl's printer: any other status of the condition (False or Unknown).
+        Some(_) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
     };
     if o["spec"]["unschedulable"] == true {
         status.push_str(",SchedulingDisabled");

@@ -30,6 +30,10 @@ pub(crate) fn leader_group(
         let ctx = ctx.clone();
         move |stop| flotilla_controllers::scheduling::run_scheduler(ctx.clone(), stop)
     });
+    group.add("taint-eviction", {
+        let ctx = ctx.clone();
+        move |stop| flotilla_controllers::taints::run_taint_eviction(ctx.clone(), stop)
+    });
     group.add("workloads", {
         let ctx = ctx.clone();
         move |stop| flotilla_controllers::workloads::runner::run_workloads(ctx.clone(), stop)

@@ -225,6 +225,17 @@ impl<T: Send + Sync + 'static> Informer<T> {
                 complete,
                 listed.into_iter().flat_map(|(_, items)| items).collect(),
             );
+            // Writes under other prefixes move the cache's revision too: it is current through
+            // them once everything before them has been applied.
+            watcher.on_quiet({
+                let this = self.clone();
+                let listed_at = listed_at.clone();
+                move |revision| {
+                    if listed_at.iter().all(|l| *l <= revision) {
+                        this.advance(revision);
+                    }
+                }
+            });
             loop {
                 let events = if self.shared.batch.is_zero() {
                     tokio::select! {

@@ -12,6 +12,7 @@ pub mod namespaces;
 pub mod nodes;
 pub mod queue;
 pub mod scheduling;
+pub mod taints;
 pub mod workloads;
 
 pub use informer::{Cached, Change, Informer};

@@ -50,6 +50,19 @@ pub struct NodeInfo {
     pub storage_bytes: u64,
     /// Extra labels (`--label k=v`), besides the well-known ones.
     pub labels: BTreeMap<String, String>,
+    /// Whether the node runs an agent (pods). Such a node says itself when it is Ready again
+    /// after being unreachable, once it has stopped the pods replaced meanwhile.
+    pub agent: bool,
+}
+
+/// The annotation of nodes that run an agent.
+pub const AGENT_ANNOTATION: &str = "node.flotilla.io/agent";
+/// The taint of a node gossip reports down.
+pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+
+/// Whether a Node object is of a node that runs an agent.
+pub fn has_agent(node: &Value) -> bool {
+    node["metadata"]["annotations"][AGENT_ANNOTATION] == "true"
 }
 
 /// Memory kept back from pods for the node itself (the kubelet's default hard eviction
@@ -76,6 +89,7 @@ impl NodeInfo {
             memory_bytes,
             storage_bytes: 0,
             labels,
+            agent: false,
         }
     }
 
@@ -87,6 +101,14 @@ impl NodeInfo {
         ]);
         labels.extend(self.labels.clone());
         json!(labels)
+    }
+
+    fn annotations(&self) -> Value {
+        if self.agent {
+            json!({AGENT_ANNOTATION: "true"})
+        } else {
+            json!({})
+        }
     }
 
     fn capacity(&self) -> Value {
@@ -129,8 +151,13 @@ fn ready_condition(ready: bool, now: &str) -> Value {
             "gossip reports the node down: it stopped answering",
         )
     };
+    condition("Ready", status, reason, message, now)
+}
+
+/// A node condition.
+pub fn condition(kind: &str, status: &str, reason: &str, message: &str, now: &str) -> Value {
     json!({
-        "type": "Ready",
+        "type": kind,
         "status": status,
         "reason": reason,
         "message": message,
@@ -168,6 +195,7 @@ pub fn new_node(info: &NodeInfo, cidr: &str, uid: &str, now: &str) -> Value {
             "uid": uid,
             "creationTimestamp": now,
             "labels": info.labels(),
+            "annotations": info.annotations(),
         },
         "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
         "status": {
@@ -255,7 +283,19 @@ pub fn register_existing(info: &NodeInfo, current: &Record, now: &str) -> Option
     node["status"]["capacity"] = info.capacity();
     node["status"]["allocatable"] = info.allocatable();
     node["status"]["nodeInfo"] = node_info();
-    set_ready(&mut node, true, now);
+    match node["metadata"]["annotations"].as_object_mut() {
+        Some(a) if info.agent => {
+            a.insert(AGENT_ANNOTATION.into(), json!("true"));
+        }
+        Some(a) => {
+            a.remove(AGENT_ANNOTATION);
+        }
+        None => node["metadata"]["annotations"] = info.annotations(),
+    }
+    // A node with an agent says it is Ready itself, once it has stopped what was replaced.
+    if !info.agent {
+        set_ready(&mut node, true, now);
+    }
     (node != old).then(|| {
         Command::update(
             node_key(&info.name),
@@ -265,11 +305,16 @@ pub fn register_existing(info: &NodeInfo, current: &Record, now: &str) -> Option
     })
 }
 
-/// Sets `Ready`; a change of status moves `lastTransitionTime`. Returns whether the status
-/// changed.
+/// Sets `Ready` as gossip sees the node; a change of status moves `lastTransitionTime`.
+/// Returns whether the status changed.
 fn set_ready(node: &mut Value, ready: bool, now: &str) -> bool {
-    let want = if ready { "True" } else { "Unknown" };
-    if ready_status(node) == Some(want) {
+    set_ready_condition(node, ready_condition(ready, now))
+}
+
+/// Puts `condition` as the node's `Ready` condition unless its status is already that one.
+/// Returns whether it changed.
+pub fn set_ready_condition(node: &mut Value, condition: Value) -> bool {
+    if ready_status(node) == condition["status"].as_str() {
         return false;
     }
     let conditions = node["status"]["conditions"]
@@ -280,8 +325,33 @@ fn set_ready(node: &mut Value, ready: bool, now: &str) -> bool {
         .into_iter()
         .filter(|c| c["type"] != "Ready")
         .collect();
-    rest.insert(0, ready_condition(ready, now));
+    rest.insert(0, condition);
     node["status"]["conditions"] = Value::Array(rest);
+    true
+}
+
+/// Adds (`true`) or removes the `unreachable:NoExecute` taint; whether it changed.
+fn set_unreachable_taint(node: &mut Value, tainted: bool, now: &str) -> bool {
+    let taints: Vec<Value> = node["spec"]["taints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let is_ours = |t: &Value| t["key"] == UNREACHABLE_TAINT && t["effect"] == "NoExecute";
+    let has = taints.iter().any(is_ours);
+    if has == tainted {
+        return false;
+    }
+    let mut rest: Vec<Value> = taints.into_iter().filter(|t| !is_ours(t)).collect();
+    if tainted {
+        rest.push(json!({"key": UNREACHABLE_TAINT, "effect": "NoExecute", "timeAdded": now}));
+    }
+    if rest.is_empty() {
+        if let Some(spec) = node["spec"].as_object_mut() {
+            spec.remove("taints");
+        }
+    } else {
+        node["spec"]["taints"] = Value::Array(rest);
+    }
     true
 }
 
@@ -313,7 +383,17 @@ pub fn plan(
             continue;
         }
         let mut updated = node.clone();
-        if set_ready(&mut updated, !down.contains(name), now) {
+        let alive = !down.contains(name);
+        // Down: `Ready=Unknown` and tainted at once, in one write, so that its pods are
+        // evicted when their toleration runs out. Back: untainted; `Ready` again from gossip,
+        // or from its agent once that has stopped the pods replaced meanwhile.
+        let tainted = set_unreachable_taint(&mut updated, !alive, now);
+        let ready = if alive && has_agent(node) {
+            false
+        } else {
+            set_ready(&mut updated, alive, now)
+        };
+        if tainted || ready {
             writes.push(Command::update(
                 key.clone(),
                 serde_json::to_vec(&updated).expect("JSON serialises"),
@@ -416,6 +496,7 @@ mod tests {
             memory_bytes: 4 << 30,
             storage_bytes: 100 << 30,
             labels: BTreeMap::from([("zone".into(), "a".into())]),
+            agent: false,
         }
     }
 
@@ -477,6 +558,54 @@ mod tests {
         assert!(plan(&nodes, &members, &names(&["n1"]), "t2").is_empty());
         // Back: Ready again.
         assert_eq!(plan(&nodes, &members, &names(&[]), "t3").len(), 1);
+    }
+
+    fn written(command: &Command) -> Value {
+        let Op::Update { value, .. } = &command.ops[0] else {
+            panic!("{command}")
+        };
+        serde_json::from_slice(value).unwrap()
+    }
+
+    #[test]
+    fn a_down_node_is_tainted_and_a_node_with_an_agent_says_itself_when_it_is_back() {
+        let mut agent = info("n1");
+        agent.agent = true;
+        let node = new_node(&agent, "10.244.0.0/24", "u", "t0");
+        assert!(has_agent(&node));
+        let members = names(&["n1"]);
+        let down = written(
+            &plan(
+                &[(node_key("n1"), 7, node)],
+                &members,
+                &names(&["n1"]),
+                "t1",
+            )[0],
+        );
+        assert_eq!(ready_status(&down), Some("Unknown"));
+        assert_eq!(
+            down["spec"]["taints"],
+            json!([{"key": UNREACHABLE_TAINT, "effect": "NoExecute", "timeAdded": "t1"}])
+        );
+        // Back in gossip: untainted, but not Ready until its agent says so.
+        let back = written(
+            &plan(
+                &[(node_key("n1"), 8, down.clone())],
+                &members,
+                &names(&[]),
+                "t2",
+            )[0],
+        );
+        assert!(back["spec"]["taints"].is_null());
+        assert_eq!(ready_status(&back), Some("Unknown"));
+        // Its registration after a restart does not make it Ready either.
+        let record = Record {
+            value: serde_json::to_vec(&down).unwrap(),
+            create_revision: 1,
+            mod_revision: 8,
+        };
+        let again = register_existing(&agent, &record, "t3").map(|c| written(&c));
+        assert!(again.is_none_or(|n| ready_status(&n) == Some("Unknown")));
     }
 
     #[test]

@@ -210,6 +210,10 @@ struct NodeArgs {
     /// Pods the agent works on at once (creating, starting, stopping their containers).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pod_workers: u16,
+    /// How long pods tolerate, by default, their node being unreachable or not ready before
+    /// they are evicted and replaced elsewhere (Kubernetes: 300 s).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    default_toleration_seconds: u64,
     /// Changes kept in memory for watchers; an older watch start gets "compacted".
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     watch_window: u64,
@@ -365,6 +369,8 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         &advertise.to_string(),
         args.labels.iter().cloned().collect(),
     );
+    info.agent = flotilla_sys::can_administer();
+    flotilla_api::kinds::set_default_toleration_seconds(args.default_toleration_seconds as i64);
     let _ = std::fs::create_dir_all(&data_dir);
     info.storage_bytes = flotilla_sys::fs::capacity(&data_dir).map_or(0, |(total, _)| total);
     let member = Member::start(MemberConfig {

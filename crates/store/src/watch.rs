@@ -113,6 +113,7 @@ impl WatchWindow {
             prefix: prefix.into(),
             cursor: after,
             epoch: w.epoch,
+            on_quiet: None,
         })
     }
 
@@ -154,17 +155,30 @@ pub struct Watcher {
     prefix: String,
     cursor: Revision,
     epoch: u64,
+    on_quiet: Option<Box<dyn Fn(Revision) + Send + Sync>>,
 }
 
 impl Watcher {
+    /// Calls `f` with the revision reached whenever the window moves past changes that do not
+    /// match this watcher's prefix: the caller, who has handled everything returned before,
+    /// is then current up to that revision although nothing came (an informer's cache of pods
+    /// is current once the writes of other kinds after it have been looked at).
+    pub fn on_quiet(&mut self, f: impl Fn(Revision) + Send + Sync + 'static) {
+        self.on_quiet = Some(Box::new(f));
+    }
+
     /// The next changes, in revision order, waiting until there is at least one.
     pub async fn next(&mut self) -> Result<Vec<Arc<Event>>, StoreError> {
         loop {
             self.head_rx.borrow_and_update();
             let (events, seen) = self.window.pull(&self.prefix, self.cursor, self.epoch)?;
+            let moved = seen > self.cursor;
             self.cursor = seen;
             if !events.is_empty() {
                 return Ok(events);
+            }
+            if let (true, Some(f)) = (moved, &self.on_quiet) {
+                f(seen);
             }
             if self.head_rx.changed().await.is_err() {
                 return Err(StoreError::Closed {

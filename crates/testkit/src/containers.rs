@@ -147,3 +147,23 @@ pub fn runtime_cli(root: &Path, args: &[&str]) -> (Option<i32>, String, String) 
     };
     (status.code(), read(out), read(err))
 }
+
+impl Cluster {
+    /// `kill -9` every process of node `i`: the node itself, then each of its containers
+    /// (found in its runtime's state under `DATA_DIR/runtime`), as a machine losing power
+    /// would leave them.
+    pub fn kill_with_pods(&mut self, i: usize) {
+        self.kill(i);
+        let root = self.nodes[i].data_dir.join("runtime");
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            // Containers are `UID_NAME`; sandboxes are bare uids.
+            if id.contains('_') {
+                let _ = runtime_cli(&root, &["kill", &id, "KILL"]);
+            }
+        }
+    }
+}

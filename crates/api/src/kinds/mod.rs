@@ -11,6 +11,7 @@ mod core;
 mod pod;
 mod workloads;
 
+pub use pod::{set_default_toleration_seconds, NODE_DOWN_TAINTS};
 pub use workloads::selector_matches;
 
 use std::collections::BTreeMap;

@@ -2,8 +2,9 @@
 //! `PodSpec`, shared by pods and every workload's template (`spec.template.spec`).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Probe};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Probe, Toleration};
 
 use super::Kind;
 use crate::validation::{dns1123_label, FieldError};
@@ -289,10 +290,55 @@ pub(super) fn port_name(field: &str, name: &str) -> Vec<FieldError> {
         .unwrap_or_default()
 }
 
+/// How long a pod tolerates, by default, the node it runs on being not ready or unreachable
+/// before it is evicted: Kubernetes' `DefaultTolerationSeconds` admission, with Flotilla's
+/// default of 1 s instead of 300 s (`flotilla node --default-toleration-seconds`).
+static DEFAULT_TOLERATION_SECONDS: AtomicI64 = AtomicI64::new(1);
+
+/// Sets the default toleration of not-ready and unreachable nodes for pods admitted from now.
+pub fn set_default_toleration_seconds(seconds: i64) {
+    DEFAULT_TOLERATION_SECONDS.store(seconds, Ordering::Relaxed);
+}
+
+/// The taints every pod tolerates for a while unless it says otherwise.
+pub const NODE_DOWN_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
+
+/// Adds the default `NoExecute` tolerations of not-ready and unreachable nodes to a pod that
+/// has none for them.
+fn default_tolerations(spec: &mut PodSpec) {
+    let seconds = DEFAULT_TOLERATION_SECONDS.load(Ordering::Relaxed);
+    let tolerations = spec.tolerations.get_or_insert_with(Vec::new);
+    for key in NODE_DOWN_TAINTS {
+        let covered = tolerations.iter().any(|t| {
+            let key_ok = match t.key.as_deref() {
+                None | Some("") => t.operator.as_deref() == Some("Exists"),
+                Some(k) => k == key,
+            };
+            key_ok
+                && t.effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == "NoExecute")
+        });
+        if !covered {
+            tolerations.push(Toleration {
+                key: Some(key.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoExecute".into()),
+                toleration_seconds: Some(seconds),
+                value: None,
+            });
+        }
+    }
+}
+
 impl Kind for Pod {
     fn default(&mut self) {
         if let Some(spec) = self.spec.as_mut() {
             default_spec(spec, true);
+            default_tolerations(spec);
         }
     }
 

@@ -359,3 +359,33 @@ fn volume_types_a_node_cannot_mount_are_refused() {
         ["spec.volumes[0].hostPath"]
     );
 }
+
+#[test]
+fn pods_tolerate_a_down_node_for_the_default_time_unless_they_say_otherwise() {
+    let pod = |tolerations: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}], "tolerations": tolerations}})
+    };
+    let admitted = admit_new(resource("", "pods"), pod(json!([])))
+        .unwrap()
+        .object;
+    assert_eq!(
+        admitted["spec"]["tolerations"],
+        json!([
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 1},
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 1},
+        ])
+    );
+    // A pod that tolerates being unreachable forever keeps that; templates get nothing.
+    let forever = json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists"}]);
+    let admitted = admit_new(resource("", "pods"), pod(forever))
+        .unwrap()
+        .object;
+    let list = admitted["spec"]["tolerations"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(list[0]["tolerationSeconds"].is_null());
+    let d = admit_new(resource("apps", "deployments"), deployment())
+        .unwrap()
+        .object;
+    assert!(d["spec"]["template"]["spec"]["tolerations"].is_null());
+}

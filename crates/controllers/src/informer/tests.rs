@@ -228,3 +228,23 @@ async fn a_key_created_and_deleted_during_the_list_is_never_seen() {
     assert_eq!(keys, vec![key("a"), key("b")], "the ghost was replayed");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn writes_under_other_prefixes_move_the_revision_too() {
+    let store = Arc::new(MemoryStore::new(1000));
+    store
+        .propose(Command::create(key("a"), pod("a", "n1", "rs1")))
+        .await
+        .unwrap();
+    let seen: Seen = Arc::default();
+    let informer = informer(&seen);
+    let stop = start(&store, &informer).await;
+    // A write of another kind after the list: the pods' cache is current through it.
+    let other = store
+        .propose(Command::create("/core/configmaps/default/x", "{}"))
+        .await
+        .unwrap();
+    settle(&informer, other).await;
+    assert!(informer.revision() >= other);
+    stop.cancel();
+}

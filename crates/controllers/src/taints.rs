@@ -1,0 +1,244 @@
+//! `NoExecute` taints on the leader: a pod on a node with such a taint it does not tolerate is
+//! evicted at once; one that tolerates it for `tolerationSeconds` is evicted when that has run
+//! out since the taint was added; a taint removed before then evicts nothing. With the
+//! default toleration of an unreachable node (1 s, see `set_default_toleration_seconds`) the
+//! pods of a dead node are replaced within seconds of gossip declaring it down.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use flotilla_scheduler::tolerates;
+use flotilla_store::{Record, StoreError};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{Involved, Recorder};
+use crate::informer::Informer;
+use crate::queue::{run_workers, Next, WorkQueue};
+use crate::workloads::delete_pod;
+use crate::Context;
+
+const NODES: &str = "/core/nodes/";
+const PODS: &str = "/core/pods/";
+const BY_NODE: &str = "node";
+
+/// When a pod with `tolerations` is to be evicted from a node with `taints` (only `NoExecute`
+/// ones count): `None` never, else the time.
+pub fn eviction_due(
+    tolerations: &[Toleration],
+    taints: &[Taint],
+    now: SystemTime,
+) -> Option<SystemTime> {
+    let mut due: Option<SystemTime> = None;
+    for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
+        let matching: Vec<&Toleration> =
+            tolerations.iter().filter(|t| tolerates(t, taint)).collect();
+        let at = if matching.is_empty() {
+            Some(now)
+        } else if matching.iter().any(|t| t.toleration_seconds.is_none()) {
+            None
+        } else {
+            let seconds = matching
+                .iter()
+                .filter_map(|t| t.toleration_seconds)
+                .min()
+                .unwrap_or(0)
+                .max(0) as u64;
+            let added = taint
+                .time_added
+                .as_ref()
+                .map_or(now, |t| SystemTime::from(t.0));
+            Some(added + Duration::from_secs(seconds))
+        };
+        if let Some(at) = at {
+            due = Some(due.map_or(at, |d| d.min(at)));
+        }
+    }
+    due
+}
+
+fn parse<T: serde::de::DeserializeOwned>(_key: &str, record: &Record) -> Option<T> {
+    serde_json::from_slice(&record.value).ok()
+}
+
+async fn reconcile(
+    ctx: &Context,
+    nodes: &Informer<Node>,
+    pods: &Informer<Pod>,
+    recorder: &Recorder,
+    name: &str,
+) -> Result<Next, StoreError> {
+    let Some(node) = nodes.get(&format!("{NODES}{name}")) else {
+        return Ok(Next::Done);
+    };
+    let taints: Vec<Taint> = node
+        .object
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t.effect == "NoExecute")
+        .collect();
+    if taints.is_empty() {
+        return Ok(Next::Done);
+    }
+    let now = ctx.clock.now();
+    let mut next: Option<Duration> = None;
+    for pod in pods.by_index(BY_NODE, name) {
+        if pod.object.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let tolerations = pod
+            .object
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.clone())
+            .unwrap_or_default();
+        let Some(due) = eviction_due(&tolerations, &taints, now) else {
+            continue;
+        };
+        if let Ok(left) = due.duration_since(now) {
+            if !left.is_zero() {
+                next = Some(next.map_or(left, |n| n.min(left)));
+                continue;
+            }
+        }
+        let Ok((_, Some(record))) = ctx.engine.get(&pod.key) else {
+            continue;
+        };
+        if record.mod_revision != pod.revision {
+            // Changed meanwhile: its change brings this node back.
+            continue;
+        }
+        let Ok(object) = serde_json::from_slice(&record.value) else {
+            continue;
+        };
+        if let Some(command) = delete_pod(&pod.key, &object, pod.revision, now) {
+            match ctx.proposer.propose(command).await {
+                Ok(_) => {
+                    let meta = &pod.object.metadata;
+                    let who = Involved {
+                        api_version: "v1".into(),
+                        kind: "Pod".into(),
+                        namespace: meta.namespace.clone().unwrap_or_default(),
+                        name: meta.name.clone().unwrap_or_default(),
+                        uid: meta.uid.clone().unwrap_or_default(),
+                    };
+                    let message =
+                        format!("Marking for deletion Pod {}/{}", who.namespace, who.name);
+                    recorder
+                        .normal(&who, "TaintManagerEviction", &message)
+                        .await;
+                    tracing::info!(pod = %pod.key, node = name, "evicted from a NoExecute taint");
+                }
+                Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(next.map_or(Next::Done, Next::After))
+}
+
+/// Runs the eviction of pods from `NoExecute`-tainted nodes until `stop`.
+pub async fn run_taint_eviction(ctx: Context, stop: CancellationToken) {
+    let queue = WorkQueue::default();
+    let nodes = {
+        let q = queue.clone();
+        Informer::builder([NODES], parse::<Node>)
+            .on_change(move |c| q.add(c.key.strip_prefix(NODES).unwrap_or(c.key)))
+            .build()
+    };
+    let pods = {
+        let (q, nodes) = (queue.clone(), nodes.clone());
+        Informer::builder([PODS], parse::<Pod>)
+            .index(BY_NODE, |c| {
+                c.object
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .filter(|n| !n.is_empty())
+                    .into_iter()
+                    .collect()
+            })
+            .on_change(move |c| {
+                // A pod placed on a tainted node is looked at with that node.
+                let node = c
+                    .new
+                    .and_then(|p| p.object.spec.as_ref()?.node_name.clone())
+                    .filter(|n| !n.is_empty());
+                if let Some(n) = node {
+                    let tainted = nodes.get(&format!("{NODES}{n}")).is_some_and(|node| {
+                        node.object
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.taints.as_ref())
+                            .is_some_and(|t| t.iter().any(|t| t.effect == "NoExecute"))
+                    });
+                    if tainted {
+                        q.add(n);
+                    }
+                }
+            })
+            .build()
+    };
+    let informers = stop.child_token();
+    let _stop_informers = informers.clone().drop_guard();
+    nodes.spawn(Arc::clone(&ctx.engine), informers.clone(), "taint-eviction");
+    pods.spawn(Arc::clone(&ctx.engine), informers.clone(), "taint-eviction");
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = async { tokio::join!(nodes.synced(), pods.synced()) } => {}
+    }
+    let recorder = Recorder::new(
+        Arc::clone(&ctx.engine),
+        Arc::clone(&ctx.proposer),
+        "taint-eviction-controller",
+    );
+    run_workers("taint-eviction", queue, 2, stop, move |name| {
+        let (ctx, nodes, pods, recorder) =
+            (ctx.clone(), nodes.clone(), pods.clone(), recorder.clone());
+        async move { reconcile(&ctx, &nodes, &pods, &recorder, &name).await }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn taint(added: &str) -> Taint {
+        serde_json::from_value(json!({"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": added})).unwrap()
+    }
+
+    fn tolerations(v: serde_json::Value) -> Vec<Toleration> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn eviction_waits_for_the_toleration() {
+        let added = "2027-01-15T08:00:00Z";
+        let t0 = 1_800_000_000;
+        let taints = [taint(added)];
+        // No toleration: at once.
+        assert_eq!(eviction_due(&[], &taints, at(t0 + 5)), Some(at(t0 + 5)));
+        // The default: one second after the taint.
+        let one = tolerations(
+            json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+            "effect": "NoExecute", "tolerationSeconds": 1}]),
+        );
+        assert_eq!(eviction_due(&one, &taints, at(t0)), Some(at(t0 + 1)));
+        // Forever.
+        let forever = tolerations(json!([{"operator": "Exists"}]));
+        assert_eq!(eviction_due(&forever, &taints, at(t0)), None);
+        // NoSchedule taints never evict.
+        let soft: Taint =
+            serde_json::from_value(json!({"key": "k", "effect": "NoSchedule"})).unwrap();
+        assert_eq!(eviction_due(&[], &[soft], at(t0)), None);
+    }
+}

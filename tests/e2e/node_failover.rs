@@ -1,0 +1,174 @@
+//! Issue 16: a node that dies has its pods replaced on the others within seconds (gossip
+//! declares it down, it is tainted `unreachable:NoExecute`, its pods' 1 s toleration runs
+//! out); when it comes back it stops its stale copies before it says it is Ready; a partition
+//! shorter than the toleration replaces nothing.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use crate::lab::{lab, Kube};
+
+/// The names of the deployment's pods that are Ready, not being deleted, and not on `except`.
+fn ready_elsewhere(kube: &Kube, except: &str) -> BTreeSet<String> {
+    kube.pods("app=web")
+        .into_iter()
+        .filter(|(_, (node, phase, ready))| node != except && phase == "Running" && *ready)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+fn node_status(kube: &Kube, node: &str) -> String {
+    let row = kube.kubectl(&["get", "node", node, "--no-headers"]);
+    row.split_whitespace().nth(1).unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_nodes_pods_come_back_elsewhere_and_it_fences_them_on_return() {
+    let (mut cluster, kubectl, dir) = lab().await;
+    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
+    let kube = Kube::new(server, &kubectl, dir.path());
+    kube.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=6",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    assert!(kube
+        .rollout_status("deploy/web")
+        .contains("successfully rolled out"));
+
+    // A node that serves neither this kubectl nor as leader: the failover alone is measured.
+    let leader = cluster.leader().await.unwrap();
+    let victim = (1..3).find(|i| *i != leader).unwrap();
+    let name = cluster.nodes[victim].name.clone();
+    let before = kube.pods("app=web");
+    let stale: Vec<(String, String)> = before
+        .iter()
+        .filter(|(_, (node, _, _))| *node == name)
+        .map(|(pod, _)| {
+            (
+                pod.clone(),
+                kube.json(&["get", "pod", pod])["metadata"]["uid"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(stale.len(), 2, "2 of the 6 pods on {name}: {before:?}");
+
+    let killed = Instant::now();
+    cluster.kill_with_pods(victim);
+    kube.wait(
+        "6 Ready pods on the other nodes",
+        Duration::from_secs(30),
+        |k| ready_elsewhere(k, &name).len() == 6,
+    );
+    eprintln!(
+        "failover: {:?} from kill -9 to 6 Ready pods elsewhere",
+        killed.elapsed()
+    );
+    assert_eq!(node_status(&kube, &name), "NotReady");
+    let evictions = kube.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=TaintManagerEviction",
+        "--no-headers",
+    ]);
+    for (pod, _) in &stale {
+        assert!(
+            evictions.contains(pod.as_str()),
+            "{pod} evicted: {evictions}"
+        );
+    }
+
+    // Back: Ready only with its stale pods stopped and gone.
+    cluster.restart(victim).await.unwrap();
+    kube.wait("the node Ready again", Duration::from_secs(60), |k| {
+        node_status(k, &name) == "Ready"
+    });
+    let runtime = cluster.nodes[victim].data_dir.join("runtime");
+    let left: Vec<String> = std::fs::read_dir(&runtime)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for (pod, uid) in &stale {
+        assert!(
+            !left.iter().any(|e| e.starts_with(uid.as_str())),
+            "{pod}'s containers still on {name} once it is Ready: {left:?}"
+        );
+    }
+    kube.wait(
+        "the stale pods gone from the API",
+        Duration::from_secs(60),
+        |k| {
+            let pods = k.pods("app=web");
+            stale.iter().all(|(p, _)| !pods.contains_key(p))
+        },
+    );
+    assert_eq!(ready_elsewhere(&kube, "").len(), 6);
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_shorter_than_the_toleration_replaces_nothing() {
+    let (cluster, kubectl, dir) = lab().await;
+    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
+    let kube = Kube::new(server, &kubectl, dir.path());
+    kube.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=6",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    assert!(kube
+        .rollout_status("deploy/web")
+        .contains("successfully rolled out"));
+    let leader = cluster.leader().await.unwrap();
+    let victim = (1..3).find(|i| *i != leader).unwrap();
+    let name = cluster.nodes[victim].name.clone();
+    let others: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    let before: BTreeSet<String> = kube.pods("app=web").into_keys().collect();
+
+    cluster.partition(&[vec![victim], others]).await.unwrap();
+    // The fault itself: one second cut off.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.heal().await.unwrap();
+
+    kube.wait(
+        "the node Ready and untainted",
+        Duration::from_secs(30),
+        |k| {
+            let node = k.json(&["get", "node", &name]);
+            node_status(k, &name) == "Ready" && node["spec"]["taints"].is_null()
+        },
+    );
+    kube.wait("all six Ready", Duration::from_secs(30), |k| {
+        ready_elsewhere(k, "").len() == 6
+    });
+    let after: BTreeSet<String> = kube.pods("app=web").into_keys().collect();
+    assert_eq!(before, after, "a 1 s partition replaced pods");
+    let evictions = kube.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=TaintManagerEviction",
+    ]);
+    assert!(
+        evictions.contains("No resources found") || evictions.trim().is_empty(),
+        "{evictions}"
+    );
+    drop(cluster);
+}
