@@ -147,19 +147,26 @@ async fn a_partition_shorter_than_the_toleration_replaces_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.heal().await.unwrap();
 
-    kube.wait(
-        "the node Ready and untainted",
-        Duration::from_secs(30),
-        |k| {
-            let node = k.json(&["get", "node", &name]);
-            node_status(k, &name) == "Ready" && node["spec"]["taints"].is_null()
-        },
+    let back = flotilla_tests::wait_until_blocking(Duration::from_secs(30), || {
+        let node = kube.json(&["get", "node", &name]);
+        (node_status(&kube, &name) == "Ready" && node["spec"]["taints"].is_null()).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "{name} not Ready and untainted after the partition: {}\n{}",
+        kube.json(&["get", "node", &name]),
+        cluster.log_tail(victim, 80)
     );
     kube.wait("all six Ready", Duration::from_secs(30), |k| {
         ready_elsewhere(k, "").len() == 6
     });
     let after: BTreeSet<String> = kube.pods("app=web").into_keys().collect();
-    assert_eq!(before, after, "a 1 s partition replaced pods");
+    assert_eq!(
+        before,
+        after,
+        "a 1 s partition replaced pods; the leader said:\n{}",
+        cluster.log_tail(leader, 60)
+    );
     let evictions = kube.kubectl(&[
         "get",
         "events",

@@ -46,6 +46,12 @@ pub fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
+/// `at` as an RFC 3339 UTC timestamp with milliseconds, where a second is too coarse (a taint's
+/// `timeAdded`, from which a toleration of one second counts).
+pub fn rfc3339_millis(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 /// Parses a `metadata` timestamp; `None` if it is not RFC 3339.
 pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(text).ok()

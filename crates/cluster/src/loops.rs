@@ -31,8 +31,10 @@ pub(crate) fn leader_group(
         move |stop| flotilla_controllers::scheduling::run_scheduler(ctx.clone(), stop)
     });
     group.add("taint-eviction", {
-        let ctx = ctx.clone();
-        move |stop| flotilla_controllers::taints::run_taint_eviction(ctx.clone(), stop)
+        let (ctx, members) = (ctx.clone(), members.clone());
+        move |stop| {
+            flotilla_controllers::taints::run_taint_eviction(ctx.clone(), members.clone(), stop)
+        }
     });
     group.add("workloads", {
         let ctx = ctx.clone();

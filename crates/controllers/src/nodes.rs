@@ -8,8 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use flotilla_api::meta::rfc3339;
+use flotilla_api::meta::{rfc3339, rfc3339_millis};
 use flotilla_store::{Command, Op, Record, Revision, StoreError};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -361,8 +362,10 @@ pub fn plan(
     nodes: &[(String, Revision, Value)],
     members: &BTreeSet<String>,
     down: &BTreeSet<String>,
-    now: &str,
+    now: SystemTime,
 ) -> Vec<Command> {
+    let precise = rfc3339_millis(now);
+    let now = &rfc3339(now);
     let mut writes = Vec::new();
     for (key, revision, node) in nodes {
         let Some(name) = node["metadata"]["name"].as_str() else {
@@ -387,7 +390,7 @@ pub fn plan(
         // Down: `Ready=Unknown` and tainted at once, in one write, so that its pods are
         // evicted when their toleration runs out. Back: untainted; `Ready` again from gossip,
         // or from its agent once that has stopped the pods replaced meanwhile.
-        let tainted = set_unreachable_taint(&mut updated, !alive, now);
+        let tainted = set_unreachable_taint(&mut updated, !alive, &precise);
         let ready = if alive && has_agent(node) {
             false
         } else {
@@ -421,9 +424,8 @@ async fn reconcile(
     let Some(node) = informer.get(key) else {
         return Ok(Next::Done);
     };
-    let now = rfc3339(ctx.clock.now());
     let observed = [(node.key.clone(), node.revision, node.object.clone())];
-    for command in plan(&observed, &members.names, &members.down, &now) {
+    for command in plan(&observed, &members.names, &members.down, ctx.clock.now()) {
         match ctx.proposer.propose(command).await {
             Ok(_) => tracing::info!(%key, "node lifecycle"),
             // Someone wrote it meanwhile: the informer brings the change, and the key again.
@@ -488,6 +490,10 @@ pub async fn run_node_lifecycle(
 mod tests {
     use super::*;
 
+    fn at(n: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_800_000_000_000 + n * 1500)
+    }
+
     fn info(name: &str) -> NodeInfo {
         NodeInfo {
             name: name.into(),
@@ -535,9 +541,9 @@ mod tests {
         let node = new_node(&info("n1"), "10.244.0.0/24", "u", t0);
         let nodes = vec![(node_key("n1"), 7, node)];
         let members = names(&["n1"]);
-        assert!(plan(&nodes, &members, &names(&[]), "t1").is_empty());
+        assert!(plan(&nodes, &members, &names(&[]), at(1)).is_empty());
 
-        let writes = plan(&nodes, &members, &names(&["n1"]), "t1");
+        let writes = plan(&nodes, &members, &names(&["n1"]), at(1));
         assert_eq!(writes.len(), 1);
         let Op::Update {
             value, expected, ..
@@ -550,14 +556,14 @@ mod tests {
         assert_eq!(ready_status(&unknown), Some("Unknown"));
         assert_eq!(
             unknown["status"]["conditions"][0]["lastTransitionTime"],
-            "t1"
+            rfc3339(at(1))
         );
 
         // Still down: nothing more to write.
         let nodes = vec![(node_key("n1"), 8, unknown)];
-        assert!(plan(&nodes, &members, &names(&["n1"]), "t2").is_empty());
+        assert!(plan(&nodes, &members, &names(&["n1"]), at(2)).is_empty());
         // Back: Ready again.
-        assert_eq!(plan(&nodes, &members, &names(&[]), "t3").len(), 1);
+        assert_eq!(plan(&nodes, &members, &names(&[]), at(3)).len(), 1);
     }
 
     fn written(command: &Command) -> Value {
@@ -579,13 +585,13 @@ mod tests {
                 &[(node_key("n1"), 7, node)],
                 &members,
                 &names(&["n1"]),
-                "t1",
+                at(1),
             )[0],
         );
         assert_eq!(ready_status(&down), Some("Unknown"));
         assert_eq!(
             down["spec"]["taints"],
-            json!([{"key": UNREACHABLE_TAINT, "effect": "NoExecute", "timeAdded": "t1"}])
+            json!([{"key": UNREACHABLE_TAINT, "effect": "NoExecute", "timeAdded": "2027-01-15T08:00:01.500Z"}])
         );
         // Back in gossip: untainted, but not Ready until its agent says so.
         let back = written(
@@ -593,7 +599,7 @@ mod tests {
                 &[(node_key("n1"), 8, down.clone())],
                 &members,
                 &names(&[]),
-                "t2",
+                at(2),
             )[0],
         );
         assert!(back["spec"]["taints"].is_null());
@@ -615,7 +621,7 @@ mod tests {
             &[(node_key("n1"), 9, node)],
             &names(&["n2"]),
             &names(&[]),
-            "t1",
+            at(1),
         );
         assert_eq!(writes.len(), 1);
         let keys: Vec<&str> = writes[0].ops.iter().map(|o| o.key()).collect();

@@ -2,7 +2,9 @@
 //! evicted at once; one that tolerates it for `tolerationSeconds` is evicted when that has run
 //! out since the taint was added; a taint removed before then evicts nothing. With the
 //! default toleration of an unreachable node (1 s, see `set_default_toleration_seconds`) the
-//! pods of a dead node are replaced within seconds of gossip declaring it down.
+//! pods of a dead node are replaced within seconds of gossip declaring it down. A node that
+//! gossip reports alive again evicts nothing more, even before the node lifecycle has removed
+//! its taint: a short cut restarts nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -10,10 +12,12 @@ use std::time::{Duration, SystemTime};
 use flotilla_scheduler::tolerates;
 use flotilla_store::{Record, StoreError};
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{Involved, Recorder};
 use crate::informer::Informer;
+use crate::nodes::{ClusterMembers, UNREACHABLE_TAINT};
 use crate::queue::{run_workers, Next, WorkQueue};
 use crate::workloads::delete_pod;
 use crate::Context;
@@ -65,12 +69,15 @@ async fn reconcile(
     ctx: &Context,
     nodes: &Informer<Node>,
     pods: &Informer<Pod>,
+    members: &ClusterMembers,
     recorder: &Recorder,
     name: &str,
 ) -> Result<Next, StoreError> {
     let Some(node) = nodes.get(&format!("{NODES}{name}")) else {
         return Ok(Next::Done);
     };
+    // Gossip has it alive again: its unreachable taint is about to go.
+    let back = !members.down.contains(name);
     let taints: Vec<Taint> = node
         .object
         .spec
@@ -78,7 +85,7 @@ async fn reconcile(
         .and_then(|s| s.taints.clone())
         .unwrap_or_default()
         .into_iter()
-        .filter(|t| t.effect == "NoExecute")
+        .filter(|t| t.effect == "NoExecute" && !(back && t.key == UNREACHABLE_TAINT))
         .collect();
     if taints.is_empty() {
         return Ok(Next::Done);
@@ -140,8 +147,13 @@ async fn reconcile(
     Ok(next.map_or(Next::Done, Next::After))
 }
 
-/// Runs the eviction of pods from `NoExecute`-tainted nodes until `stop`.
-pub async fn run_taint_eviction(ctx: Context, stop: CancellationToken) {
+/// Runs the eviction of pods from `NoExecute`-tainted nodes until `stop`; `members` is the
+/// membership as gossip sees it.
+pub async fn run_taint_eviction(
+    ctx: Context,
+    members: watch::Receiver<ClusterMembers>,
+    stop: CancellationToken,
+) {
     let queue = WorkQueue::default();
     let nodes = {
         let q = queue.clone();
@@ -195,12 +207,30 @@ pub async fn run_taint_eviction(ctx: Context, stop: CancellationToken) {
         Arc::clone(&ctx.proposer),
         "taint-eviction-controller",
     );
+    // A change of membership looks at every node again.
+    let membership = tokio::spawn({
+        let (queue, nodes, mut members, stop) =
+            (queue.clone(), nodes.clone(), members.clone(), stop.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    changed = members.changed() => if changed.is_err() { return },
+                }
+                for key in nodes.keys() {
+                    queue.add(key.strip_prefix(NODES).unwrap_or(&key).to_string());
+                }
+            }
+        }
+    });
     run_workers("taint-eviction", queue, 2, stop, move |name| {
         let (ctx, nodes, pods, recorder) =
             (ctx.clone(), nodes.clone(), pods.clone(), recorder.clone());
-        async move { reconcile(&ctx, &nodes, &pods, &recorder, &name).await }
+        let current = members.borrow().clone();
+        async move { reconcile(&ctx, &nodes, &pods, &current, &recorder, &name).await }
     })
     .await;
+    membership.abort();
 }
 
 #[cfg(test)]
