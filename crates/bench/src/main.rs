@@ -2,6 +2,7 @@
 
 mod api;
 mod etcd;
+mod failover;
 mod load;
 mod membership;
 mod pods;
@@ -33,6 +34,9 @@ enum Command {
     Runtime(runtime::RuntimeArgs),
     /// Pod start on one node: created through the API → Running, against `docker run -d`.
     Pods(pods::PodsArgs),
+    /// Node failover: kill -9 a node with 2 of a deployment's 6 pods, time until 6 run
+    /// elsewhere, against Docker Swarm (defaults and tuned).
+    Failover(failover::FailoverArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Api(args) => runtime.block_on(api::run(args)),
         Command::Membership(args) => runtime.block_on(membership::run(args)),
         Command::Pods(args) => runtime.block_on(pods::run_bench(args)),
+        Command::Failover(args) => runtime.block_on(failover::run(args)),
         Command::Runtime(_) => unreachable!("run before the async runtime starts"),
     }
 }

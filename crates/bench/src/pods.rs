@@ -583,7 +583,7 @@ pub async fn run_bench(args: PodsArgs) -> Result<()> {
     Ok(())
 }
 
-fn nix_is_root() -> bool {
+pub(crate) fn nix_is_root() -> bool {
     // The effective uid, from /proc (this crate has no libc binding).
     std::fs::read_to_string("/proc/self/status")
         .ok()
