@@ -95,4 +95,5 @@ bench: rocksdb bench-deps
 	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" membership --json bench-membership.json
 	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" api --json bench-api.json
 	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" runtime --json bench-runtime.json
+	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" failover --json bench-failover.json
 	FLOTILLA_BIN="$(CARGO_TARGET_DIR)/release/flotilla" "$(CARGO_TARGET_DIR)/release/flotilla-bench" pods --json bench-pods.json
