@@ -182,6 +182,17 @@ pub const RESOURCES: &[Resource] = &[
         &["cj"],
         &["status"],
     ),
+    Resource {
+        categories: NONE,
+        ..grouped(
+            "policy",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            "poddisruptionbudget",
+            &["pdb"],
+            &["status"],
+        )
+    },
 ];
 
 impl Resource {

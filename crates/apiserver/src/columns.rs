@@ -342,6 +342,12 @@ pub fn columns(r: &Resource) -> Vec<Column> {
             ("Images", "string", 1),
             ("Selector", "string", 1),
         ],
+        "poddisruptionbudgets" => vec![
+            ("Min Available", "string", 0),
+            ("Max Unavailable", "string", 0),
+            ("Allowed Disruptions", "integer", 0),
+            ("Age", "string", 0),
+        ],
         "cronjobs" => vec![
             ("Schedule", "string", 0),
             ("Timezone", "string", 0),
@@ -459,6 +465,19 @@ pub fn cells(r: &Resource, o: &Value, age: Value) -> Vec<Value> {
                 json!(template_containers(pod, "name")),
                 json!(template_containers(pod, "image")),
                 json!(selector_text(&sp["selector"]["matchLabels"])),
+            ]
+        }
+        "poddisruptionbudgets" => {
+            let shown = |v: &Value| match v {
+                Value::Null => "N/A".to_string(),
+                Value::String(t) => t.clone(),
+                other => other.to_string(),
+            };
+            vec![
+                json!(shown(&sp["minAvailable"])),
+                json!(shown(&sp["maxUnavailable"])),
+                json!(n(&st["disruptionsAllowed"])),
+                age,
             ]
         }
         "cronjobs" => {

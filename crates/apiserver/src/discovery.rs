@@ -238,7 +238,8 @@ mod tests {
                 "apps",
                 "authentication.k8s.io",
                 "authorization.k8s.io",
-                "batch"
+                "batch",
+                "policy"
             ]
         );
         assert_eq!(

@@ -518,7 +518,9 @@ async fn handle(
         )
         .await
         {
-            Ok(v) if sub == "eviction" => json_response(StatusCode::CREATED, &v),
+            Ok(v) if sub == "eviction" || sub == "binding" => {
+                json_response(StatusCode::CREATED, &v)
+            }
             Ok(v) => json_response(StatusCode::OK, &v),
             Err(e) => write_failure(&e, target.resource, name),
         };

@@ -4,7 +4,7 @@
 //! `binding` (a scheduler's placement of a pod on a node).
 
 use flotilla_api::store_key;
-use flotilla_store::{Command, Engine, Proposer};
+use flotilla_store::{Command, Engine, Op, Proposer};
 use serde_json::{json, Value};
 
 use crate::objects::Target;
@@ -75,8 +75,12 @@ fn not_supported(sub: &str) -> WriteError {
 }
 
 /// `POST pods/NAME/eviction` (what `kubectl drain` sends): deletes the pod with the eviction's
-/// `deleteOptions`. There are no disruption budgets yet, so an eviction is always allowed.
-/// kubectl 1.32 sends the Eviction as protobuf; its options are then the defaults.
+/// `deleteOptions`, unless a PodDisruptionBudget selecting it allows no disruption: then 429
+/// `TooManyRequests`, which kubectl retries. An allowed eviction takes one disruption from the
+/// budget's status in the same Raft entry as the deletion, so two evictions never both spend
+/// the last one. A pod that is not Ready is evicted without spending one if the budget is
+/// healthy (or says `AlwaysAllow`). kubectl 1.32 sends the Eviction as protobuf; its options
+/// are then the defaults.
 async fn evict(
     engine: &dyn Engine,
     proposer: &dyn Proposer,
@@ -106,14 +110,138 @@ async fn evict(
         crate::deletion::parse_options(None, &options, "application/json")?
     };
     let name = target.name.unwrap_or("");
-    crate::deletion::delete(engine, proposer, target, name, &options).await?;
-    Ok(json!({
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Success",
-        "code": 201,
-    }))
+    let namespace = target.namespace.unwrap_or("");
+    let r = target.resource;
+    let key = store_key(r, namespace, name);
+    let done = || {
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Success",
+            "code": 201,
+        })
+    };
+    let store = |e: flotilla_store::StoreError| WriteError::from_store(e.code(), e.to_string());
+    proposer.read_barrier().await.map_err(store)?;
+    for _ in 0..5 {
+        let Some(record) = engine.get(&key).map_err(store)?.1 else {
+            // As any delete of a missing pod answers.
+            crate::deletion::delete(engine, proposer, target, name, &options).await?;
+            return Ok(done());
+        };
+        let pod: Value = serde_json::from_slice(&record.value)
+            .map_err(|e| WriteError::new(500, "InternalError", e.to_string()))?;
+        let labels: std::collections::BTreeMap<String, String> =
+            serde_json::from_value(pod["metadata"]["labels"].clone()).unwrap_or_default();
+        let prefix = format!("/policy/poddisruptionbudgets/{namespace}/");
+        let budgets: Vec<(String, u64, Value)> = engine
+            .list(&prefix, None, 0)
+            .map_err(store)?
+            .items
+            .into_iter()
+            .filter_map(|(k, rec)| {
+                let b: Value = serde_json::from_slice(&rec.value).ok()?;
+                let selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+                    serde_json::from_value(b["spec"]["selector"].clone()).ok()?;
+                flotilla_api::kinds::selector_matches(&selector, &labels).then_some((
+                    k,
+                    rec.mod_revision,
+                    b,
+                ))
+            })
+            .collect();
+        let finished = matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        );
+        if budgets.is_empty() || finished || !pod["metadata"]["deletionTimestamp"].is_null() {
+            crate::deletion::delete(engine, proposer, target, name, &options).await?;
+            return Ok(done());
+        }
+        if budgets.len() > 1 {
+            return Err(WriteError::new(
+                500,
+                "InternalError",
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.".into(),
+            ));
+        }
+        let (budget_key, budget_revision, mut budget) = budgets.into_iter().next().expect("one");
+        let st = &budget["status"];
+        let (healthy, desired, allowed) = (
+            st["currentHealthy"].as_i64().unwrap_or(0),
+            st["desiredHealthy"].as_i64().unwrap_or(0),
+            st["disruptionsAllowed"].as_i64().unwrap_or(0),
+        );
+        let ready = pod["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        let spend = if ready {
+            let observed = st["observedGeneration"].as_i64().unwrap_or(0)
+                >= budget["metadata"]["generation"].as_i64().unwrap_or(1);
+            if allowed <= 0 || !observed {
+                let mut e = WriteError::new(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+                );
+                e.causes.push(flotilla_api::FieldError {
+                    reason: "DisruptionBudget",
+                    message: format!(
+                        "The disruption budget {} needs {desired} healthy pods and has {healthy} currently",
+                        budget["metadata"]["name"].as_str().unwrap_or("")
+                    ),
+                    field: String::new(),
+                });
+                return Err(e);
+            }
+            true
+        } else {
+            let always = budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow";
+            if !(always || healthy >= desired) {
+                return Err(WriteError::new(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+                ));
+            }
+            false
+        };
+        let pod_op =
+            match flotilla_api::deletion::plan(r, &pod, &options, std::time::SystemTime::now()) {
+                flotilla_api::deletion::Deletion::Remove => Op::Delete {
+                    key: key.clone(),
+                    expected: Some(record.mod_revision),
+                },
+                flotilla_api::deletion::Deletion::Mark(marked) => Op::Update {
+                    key: key.clone(),
+                    value: marked.to_string().into_bytes(),
+                    expected: Some(record.mod_revision),
+                },
+                flotilla_api::deletion::Deletion::Unchanged => return Ok(done()),
+            };
+        let mut ops = vec![pod_op];
+        if spend {
+            budget["status"]["disruptionsAllowed"] = json!(allowed - 1);
+            ops.push(Op::Update {
+                key: budget_key,
+                value: budget.to_string().into_bytes(),
+                expected: Some(budget_revision),
+            });
+        }
+        match proposer.propose(Command::batch(ops)).await {
+            Ok(_) => return Ok(done()),
+            // The pod or the budget changed meanwhile: read both again.
+            Err(flotilla_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(store(e)),
+        }
+    }
+    Err(WriteError::new(
+        409,
+        "Conflict",
+        format!("the eviction of pod {name} kept conflicting with other writes; try again"),
+    ))
 }
 
 /// `POST pods/NAME/binding` with a `Binding` (`target.name` the node): sets `spec.nodeName`

@@ -36,6 +36,10 @@ pub(crate) fn leader_group(
             flotilla_controllers::taints::run_taint_eviction(ctx.clone(), members.clone(), stop)
         }
     });
+    group.add("disruption", {
+        let ctx = ctx.clone();
+        move |stop| flotilla_controllers::disruption::run_disruption(ctx.clone(), stop)
+    });
     group.add("workloads", {
         let ctx = ctx.clone();
         move |stop| flotilla_controllers::workloads::runner::run_workloads(ctx.clone(), stop)

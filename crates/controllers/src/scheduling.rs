@@ -215,8 +215,8 @@ struct State {
     cluster: ClusterState,
     /// Pods to place: store key → (priority, arrival order).
     pending: HashMap<String, (i32, u64)>,
-    /// Pods no node fits, with the message they were given; tried again on a change.
-    unschedulable: HashMap<String, String>,
+    /// Pods no node fits, with their priority; tried again on a change.
+    unschedulable: HashMap<String, i32>,
     /// Pods whose binding is in flight.
     assumed: HashSet<String>,
     arrivals: u64,
@@ -285,9 +285,9 @@ impl State {
     }
 
     fn retry_unschedulable(&mut self) {
-        for (key, _) in std::mem::take(&mut self.unschedulable) {
+        for (key, priority) in std::mem::take(&mut self.unschedulable) {
             self.arrivals += 1;
-            self.pending.insert(key, (0, self.arrivals));
+            self.pending.insert(key, (priority, self.arrivals));
         }
     }
 
@@ -382,9 +382,7 @@ pub async fn run_scheduler(ctx: Context, stop: CancellationToken) {
             let decision = schedule(&facts, &state.cluster, state.start);
             state.start = state.start.wrapping_add(decision.evaluated.max(1));
             let Some(node) = decision.node else {
-                state
-                    .unschedulable
-                    .insert(key.clone(), decision.message.clone());
+                state.unschedulable.insert(key.clone(), facts.priority);
                 messages.insert(key, decision.message);
                 continue;
             };

@@ -6,7 +6,8 @@
 //! gossip reports alive again evicts nothing more, even before the node lifecycle has removed
 //! its taint: a short cut restarts nothing.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use flotilla_scheduler::tolerates;
@@ -28,9 +29,11 @@ const BY_NODE: &str = "node";
 
 /// When a pod with `tolerations` is to be evicted from a node with `taints` (only `NoExecute`
 /// ones count): `None` never, else the time.
+/// A taint without `timeAdded` counts from when this leader first saw it (`first_seen`).
 pub fn eviction_due(
     tolerations: &[Toleration],
     taints: &[Taint],
+    first_seen: impl Fn(&Taint) -> SystemTime,
     now: SystemTime,
 ) -> Option<SystemTime> {
     let mut due: Option<SystemTime> = None;
@@ -51,7 +54,7 @@ pub fn eviction_due(
             let added = taint
                 .time_added
                 .as_ref()
-                .map_or(now, |t| SystemTime::from(t.0));
+                .map_or_else(|| first_seen(taint), |t| SystemTime::from(t.0));
             Some(added + Duration::from_secs(seconds))
         };
         if let Some(at) = at {
@@ -65,11 +68,15 @@ fn parse<T: serde::de::DeserializeOwned>(_key: &str, record: &Record) -> Option<
     serde_json::from_slice(&record.value).ok()
 }
 
+/// When this leader first saw each taint without `timeAdded`: (node, key, effect) → time.
+type FirstSeen = Mutex<HashMap<(String, String, String), SystemTime>>;
+
 async fn reconcile(
     ctx: &Context,
     nodes: &Informer<Node>,
     pods: &Informer<Pod>,
     members: &ClusterMembers,
+    seen: &FirstSeen,
     recorder: &Recorder,
     name: &str,
 ) -> Result<Next, StoreError> {
@@ -87,13 +94,34 @@ async fn reconcile(
         .into_iter()
         .filter(|t| t.effect == "NoExecute" && !(back && t.key == UNREACHABLE_TAINT))
         .collect();
+    let now = ctx.clock.now();
+    let first_seen = {
+        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.retain(|(n, k, e), _| {
+            n != name || taints.iter().any(|t| t.key == *k && t.effect == *e)
+        });
+        for t in taints.iter().filter(|t| t.time_added.is_none()) {
+            seen.entry((name.to_string(), t.key.clone(), t.effect.clone()))
+                .or_insert(now);
+        }
+        seen.clone()
+    };
     if taints.is_empty() {
         return Ok(Next::Done);
     }
-    let now = ctx.clock.now();
+    let since = |t: &Taint| {
+        first_seen
+            .get(&(name.to_string(), t.key.clone(), t.effect.clone()))
+            .copied()
+            .unwrap_or(now)
+    };
     let mut next: Option<Duration> = None;
     for pod in pods.by_index(BY_NODE, name) {
-        if pod.object.metadata.deletion_timestamp.is_some() {
+        let finished = matches!(
+            pod.object.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        if pod.object.metadata.deletion_timestamp.is_some() || finished {
             continue;
         }
         let tolerations = pod
@@ -102,7 +130,7 @@ async fn reconcile(
             .as_ref()
             .and_then(|s| s.tolerations.clone())
             .unwrap_or_default();
-        let Some(due) = eviction_due(&tolerations, &taints, now) else {
+        let Some(due) = eviction_due(&tolerations, &taints, since, now) else {
             continue;
         };
         if let Ok(left) = due.duration_since(now) {
@@ -207,6 +235,7 @@ pub async fn run_taint_eviction(
         Arc::clone(&ctx.proposer),
         "taint-eviction-controller",
     );
+    let seen: Arc<FirstSeen> = Arc::default();
     // A change of membership looks at every node again.
     let membership = tokio::spawn({
         let (queue, nodes, mut members, stop) =
@@ -227,7 +256,8 @@ pub async fn run_taint_eviction(
         let (ctx, nodes, pods, recorder) =
             (ctx.clone(), nodes.clone(), pods.clone(), recorder.clone());
         let current = members.borrow().clone();
-        async move { reconcile(&ctx, &nodes, &pods, &current, &recorder, &name).await }
+        let seen = Arc::clone(&seen);
+        async move { reconcile(&ctx, &nodes, &pods, &current, &seen, &recorder, &name).await }
     })
     .await;
     membership.abort();
@@ -256,19 +286,33 @@ mod tests {
         let t0 = 1_800_000_000;
         let taints = [taint(added)];
         // No toleration: at once.
-        assert_eq!(eviction_due(&[], &taints, at(t0 + 5)), Some(at(t0 + 5)));
+        assert_eq!(
+            eviction_due(&[], &taints, |_| at(t0), at(t0 + 5)),
+            Some(at(t0 + 5))
+        );
         // The default: one second after the taint.
         let one = tolerations(
             json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
             "effect": "NoExecute", "tolerationSeconds": 1}]),
         );
-        assert_eq!(eviction_due(&one, &taints, at(t0)), Some(at(t0 + 1)));
+        assert_eq!(
+            eviction_due(&one, &taints, |_| at(t0), at(t0)),
+            Some(at(t0 + 1))
+        );
         // Forever.
         let forever = tolerations(json!([{"operator": "Exists"}]));
-        assert_eq!(eviction_due(&forever, &taints, at(t0)), None);
+        assert_eq!(eviction_due(&forever, &taints, |_| at(t0), at(t0)), None);
+        // A taint without timeAdded counts from when it was first seen.
+        let bare: Taint =
+            serde_json::from_value(json!({"key": "k", "effect": "NoExecute"})).unwrap();
+        let k60 = tolerations(json!([{"key": "k", "operator": "Exists", "tolerationSeconds": 60}]));
+        assert_eq!(
+            eviction_due(&k60, &[bare], |_| at(t0), at(t0 + 30)),
+            Some(at(t0 + 60))
+        );
         // NoSchedule taints never evict.
         let soft: Taint =
             serde_json::from_value(json!({"key": "k", "effect": "NoSchedule"})).unwrap();
-        assert_eq!(eviction_due(&[], &[soft], at(t0)), None);
+        assert_eq!(eviction_due(&[], &[soft], |_| at(t0), at(t0)), None);
     }
 }

@@ -1,6 +1,7 @@
 //! Fencing: a node that was unreachable says it is Ready again only from its agent, and only
 //! once the agent has stopped every pod the cluster replaced meanwhile. Every half second,
-//! while its Node is not Ready, the agent proves it reaches a quorum (a read barrier), lets its
+//! while its Node is not Ready and no longer tainted unreachable (the leader's gossip sees it
+//! again), the agent proves it reaches a quorum (a read barrier), lets its
 //! pods' cache catch up to it, and looks for sandboxes of pods that are gone or being deleted:
 //! it stops those (the usual termination, or the removal of orphans) and writes `Ready=True`
 //! only when none is left. A pod that was replaced therefore never runs beside its
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use flotilla_api::cluster::ready_status;
 use flotilla_api::meta::now_rfc3339;
-use flotilla_controllers::nodes::{condition, node_key, set_ready_condition};
+use flotilla_controllers::nodes::{condition, node_key, set_ready_condition, UNREACHABLE_TAINT};
 use flotilla_store::{Command, StoreError};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,15 @@ impl Agent {
         };
         let mut node: Value = serde_json::from_slice(&record.value).unwrap_or(Value::Null);
         if ready_status(&node) == Some("True") {
+            return Ok(false);
+        }
+        // While the leader's gossip still has it down (its taint), it is not back: saying
+        // Ready now would only flip with the lifecycle's `Unknown`.
+        let tainted = node["spec"]["taints"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["key"] == UNREACHABLE_TAINT && t["effect"] == "NoExecute")
+        });
+        if tainted {
             return Ok(false);
         }
         // Reaching a quorum proves the partition is over; the cache then holds every deletion

@@ -16,7 +16,7 @@ pub use workloads::selector_matches;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{apps, batch, core::v1 as core_v1};
+use k8s_openapi::api::{apps, batch, core::v1 as core_v1, policy};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -93,6 +93,7 @@ macro_rules! with_kind {
             "DaemonSet" => $f::<apps::v1::DaemonSet>($($arg),*),
             "Job" => $f::<batch::v1::Job>($($arg),*),
             "CronJob" => $f::<batch::v1::CronJob>($($arg),*),
+            "PodDisruptionBudget" => $f::<policy::v1::PodDisruptionBudget>($($arg),*),
             other => unreachable!("no type for kind {other}"),
         }
     };

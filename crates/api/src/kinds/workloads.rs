@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -390,8 +391,11 @@ fn valid_schedule(schedule: &str) -> bool {
             "yearly", "annually", "monthly", "weekly", "daily", "midnight", "hourly",
         ]
         .contains(&m)
-            || m.strip_prefix("every ")
-                .is_some_and(|d| !d.trim().is_empty());
+            || m.strip_prefix("every ").is_some_and(|d| {
+                let d = d.trim();
+                let digits = d.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+                digits.parse::<u64>().is_ok_and(|n| n > 0) && d.len() > digits.len()
+            });
     }
     let fields: Vec<&str> = schedule.split_whitespace().collect();
     fields.len() == 5
@@ -437,6 +441,55 @@ impl Kind for CronJob {
         match &spec.job_template.spec {
             Some(job) => validate_job_spec(job, "spec.jobTemplate.spec", errors),
             None => errors.push(FieldError::required("spec.jobTemplate.spec")),
+        }
+    }
+}
+
+const EVICTION_POLICIES: &[&str] = &["IfHealthyBudget", "AlwaysAllow"];
+
+/// An int-or-percent that must be a count ≥ 0 or a percentage `0%`–`100%`.
+fn int_or_percent(field: &str, value: Option<&IntOrString>, errors: &mut Vec<FieldError>) {
+    match value {
+        Some(IntOrString::Int(n)) if *n < 0 => errors.push(FieldError::invalid_number(
+            field,
+            i64::from(*n),
+            "must be greater than or equal to 0",
+        )),
+        Some(IntOrString::String(s)) => {
+            let pct = s.strip_suffix('%').and_then(|p| p.parse::<u32>().ok());
+            match pct {
+                None => errors.push(FieldError::invalid(field, s, "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')")),
+                Some(p) if p > 100 => errors.push(FieldError::invalid(field, s, "must not be greater than 100%")),
+                Some(_) => {}
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Kind for PodDisruptionBudget {
+    fn validate(&self, errors: &mut Vec<FieldError>) {
+        let spec = self.spec.clone().unwrap_or_default();
+        if spec.min_available.is_some() && spec.max_unavailable.is_some() {
+            errors.push(FieldError::invalid(
+                "spec",
+                "",
+                "minAvailable and maxUnavailable cannot be both set",
+            ));
+        }
+        int_or_percent("spec.minAvailable", spec.min_available.as_ref(), errors);
+        int_or_percent("spec.maxUnavailable", spec.max_unavailable.as_ref(), errors);
+        if let Some(s) = &spec.selector {
+            validate_selector(s, "spec.selector", errors);
+        }
+        if let Some(p) = spec.unhealthy_pod_eviction_policy.as_deref() {
+            if !EVICTION_POLICIES.contains(&p) {
+                errors.push(FieldError::not_supported(
+                    "spec.unhealthyPodEvictionPolicy",
+                    p,
+                    EVICTION_POLICIES,
+                ));
+            }
         }
     }
 }

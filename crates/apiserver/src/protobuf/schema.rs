@@ -204,6 +204,12 @@ msg!(CronJobSpec { 1 "schedule" Str, 2 "startingDeadlineSeconds" IntSet, 3 "conc
     7 "failedJobsHistoryLimit" IntSet, 8 "timeZone" Str });
 msg!(JobTemplateSpec { 1 "metadata" Msg(&ObjectMeta), 2 "spec" Msg(&JobSpec) });
 
+// policy/v1
+msg!(PodDisruptionBudget { 1 "metadata" Msg(&ObjectMeta), 2 "spec" Msg(&PodDisruptionBudgetSpec),
+    3 "status" Skip });
+msg!(PodDisruptionBudgetSpec { 1 "minAvailable" IntOrString, 2 "selector" Msg(&LabelSelector),
+    3 "maxUnavailable" IntOrString, 4 "unhealthyPodEvictionPolicy" Str });
+
 /// The schema of a top-level kind kubectl may send as protobuf.
 pub fn of_kind(kind: &str) -> Option<&'static Msg> {
     Some(match kind {
@@ -217,6 +223,7 @@ pub fn of_kind(kind: &str) -> Option<&'static Msg> {
         "DaemonSet" => &DaemonSet,
         "Job" => &Job,
         "CronJob" => &CronJob,
+        "PodDisruptionBudget" => &PodDisruptionBudget,
         _ => return None,
     })
 }

@@ -181,7 +181,22 @@ pub(super) async fn reconcile_deployment(
                 Command::delete(&c.key, Some(c.revision))
             }
         };
-        written.replica_sets = written.replica_sets.max(propose(ctx, command).await?);
+        match propose(ctx, command).await {
+            Ok(r) => written.replica_sets = written.replica_sets.max(r),
+            // The new ReplicaSet's name is taken by one this Deployment does not own (left
+            // by `--cascade=orphan`): the next hash, as Kubernetes counts a collision.
+            Err(StoreError::AlreadyExists { .. })
+                if matches!(action, deployment::Action::Create(_)) =>
+            {
+                let mut object = stored(ctx, key, cached.revision)?;
+                let collisions = object["status"]["collisionCount"].as_i64().unwrap_or(0);
+                object["status"]["collisionCount"] = json!(collisions + 1);
+                let command = Command::update(key, object.to_string(), Some(cached.revision));
+                propose(ctx, command).await?;
+                return Ok(Next::Done);
+            }
+            Err(e) => return Err(e),
+        }
     }
     for (reason, message) in &plan.events {
         recorder.normal(&who, reason, message).await;

@@ -83,7 +83,11 @@ impl Schedule {
             other => other,
         };
         if let Some(d) = expanded.strip_prefix("@every ") {
-            let every = humantime_like(d.trim()).ok_or_else(|| format!("bad interval {d:?}"))?;
+            let every = humantime_like(d.trim())
+                .filter(|e| !e.is_zero())
+                .ok_or_else(|| {
+                    format!("bad interval {d:?}: expected a whole number of s, m or h, above zero")
+                })?;
             return Ok(Schedule {
                 minutes: 0,
                 hours: 0,
@@ -118,7 +122,7 @@ impl Schedule {
         })
     }
 
-    fn matches(&self, at: &jiff::Zoned) -> bool {
+    fn day_ok(&self, at: &jiff::Zoned) -> bool {
         let bit = |set: u64, v: i8| set & (1 << v as u32) != 0;
         let day = bit(self.days, at.day());
         let weekday = bit(self.weekdays, at.weekday().to_sunday_zero_offset());
@@ -128,13 +132,28 @@ impl Schedule {
             (false, true) => day,
             (false, false) => day || weekday,
         };
-        bit(self.minutes, at.minute())
-            && bit(self.hours, at.hour())
-            && bit(self.months, at.month())
-            && day_ok
+        day_ok && bit(self.months, at.month())
     }
 
-    /// The latest scheduled time in `(after, now]`, if any.
+    /// `None` when `at` (a whole minute) matches, else how far to move in the given direction
+    /// to skip what cannot match: the rest of the day, of the hour, or one minute.
+    fn skip(&self, at: &jiff::Zoned, forward: bool) -> Option<u64> {
+        let bit = |set: u64, v: i8| set & (1 << v as u32) != 0;
+        let (h, m) = (u64::from(at.hour() as u8), u64::from(at.minute() as u8));
+        if !self.day_ok(at) {
+            return Some(if forward {
+                (24 * 60 - (h * 60 + m)) * 60
+            } else {
+                (h * 60 + m + 1) * 60
+            });
+        }
+        if !bit(self.hours, at.hour()) {
+            return Some(if forward { (60 - m) * 60 } else { (m + 1) * 60 });
+        }
+        (!bit(self.minutes, at.minute())).then_some(60)
+    }
+
+    /// The latest scheduled time in `(after, now]`, if any (looking back five years at most).
     pub fn last_between(
         &self,
         after: SystemTime,
@@ -147,35 +166,43 @@ impl Schedule {
             return (n > 0).then(|| after + every * n as u32);
         }
         let start = minute_floor(after);
+        let limit = now
+            .checked_sub(HORIZON)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+            .max(start);
         let mut t = minute_floor(now);
-        // At most a year back.
-        for _ in 0..(366 * 24 * 60) {
-            if t <= start {
-                return None;
+        while t > limit {
+            match self.skip(&zoned(t, tz), false) {
+                None => return Some(t),
+                Some(back) => {
+                    t = minute_floor(t.checked_sub(Duration::from_secs(back))?.max(limit))
+                }
             }
-            if self.matches(&zoned(t, tz)) {
-                return Some(t);
-            }
-            t -= Duration::from_secs(60);
         }
         None
     }
 
-    /// The first scheduled time after `now` (within a year).
+    /// The first scheduled time after `now` (within five years: `0 0 29 2 *` waits for a leap
+    /// year).
     pub fn next_after(&self, now: SystemTime, tz: &TimeZone) -> Option<SystemTime> {
         if let Some(every) = self.every {
             return Some(now + every);
         }
         let mut t = minute_floor(now) + Duration::from_secs(60);
-        for _ in 0..(366 * 24 * 60) {
-            if self.matches(&zoned(t, tz)) {
-                return Some(t);
+        let limit = now + HORIZON;
+        while t <= limit {
+            match self.skip(&zoned(t, tz), true) {
+                None => return Some(t),
+                // Whole minutes in the zone's local time: re-aligned after a DST shift.
+                Some(ahead) => t = minute_floor(t + Duration::from_secs(ahead)),
             }
-            t += Duration::from_secs(60);
         }
         None
     }
 }
+
+/// How far ahead (and back) a schedule is searched.
+const HORIZON: Duration = Duration::from_secs(5 * 366 * 24 * 3600);
 
 fn humantime_like(text: &str) -> Option<Duration> {
     let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
@@ -272,6 +299,17 @@ mod tests {
             Some(at("2028-01-01T00:00:00Z"))
         );
         assert!(Schedule::parse("61 * * * *").is_err());
+        assert!(Schedule::parse("@every 0s").is_err());
+        // A leap day: the next is in 2028.
+        let leap = Schedule::parse("0 0 29 2 *").unwrap();
+        assert_eq!(
+            leap.next_after(at("2027-01-15T00:00:00Z"), &utc),
+            Some(at("2028-02-29T00:00:00Z"))
+        );
+        assert_eq!(
+            leap.last_between(at("2020-01-01T00:00:00Z"), at("2027-01-15T00:00:00Z"), &utc),
+            Some(at("2024-02-29T00:00:00Z"))
+        );
         assert!(Schedule::parse("* * * *").is_err());
         assert_eq!(Schedule::parse("0 0 * JAN-MAR sun").unwrap().months, 0b1110);
     }

@@ -187,8 +187,9 @@ pub fn plan(cj: &CronJob, jobs: &[&Job], now: SystemTime) -> Plan {
             plan.create = Some(job);
             status.last_schedule_time = Some(Time(whole_seconds(at)));
         } else if !exists {
+            // The run is not skipped: it starts when the active Job ends (within the
+            // starting deadline), as the schedule time stays where it was.
             plan.events.push(("Normal", "JobAlreadyActive", "Not starting job because prior execution is running and concurrency policy is Forbid".into()));
-            status.last_schedule_time = Some(Time(whole_seconds(at)));
         }
     }
     plan.recheck = schedule

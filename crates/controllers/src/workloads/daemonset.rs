@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use flotilla_scheduler::filters::{node_affinity, untolerated};
-use flotilla_scheduler::{NodeState, PodFacts};
+use flotilla_scheduler::{tolerates, NodeState, PodFacts};
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
@@ -131,16 +131,26 @@ pub fn node_of(pod: &Pod) -> Option<String> {
         .and_then(|r| r.values.as_ref()?.first().cloned())
 }
 
-/// Whether the DaemonSet's pods belong on `node`.
-pub fn wanted_on(ds: &DaemonSet, node: &NodeState) -> bool {
+/// Whether the DaemonSet's pods should be started on `node` (node selector and affinity, no
+/// `NoSchedule` or `NoExecute` taint its pods do not tolerate) and whether those already there
+/// may keep running (only an untolerated `NoExecute` taint, or the selector, sends them away),
+/// as Kubernetes tells the two apart: a node that is not ready or newly tainted `NoSchedule`
+/// keeps its daemon.
+pub fn fit(ds: &DaemonSet, node: &NodeState) -> (bool, bool) {
     let probe = Pod {
         metadata: ds.spec.template.metadata.clone().unwrap_or_default(),
         spec: pod_template(ds, &node.name).spec,
         status: None,
     };
     let facts = PodFacts::of(&probe);
-    // A node not ready is tainted, but daemons tolerate that; cordoned nodes too.
-    node_affinity(&facts, node) && untolerated(&facts, node).is_none()
+    if !node_affinity(&facts, node) {
+        return (false, false);
+    }
+    let start = untolerated(&facts, node).is_none();
+    let keep = !node.taints.iter().any(|taint| {
+        taint.effect == "NoExecute" && !facts.tolerations.iter().any(|t| tolerates(t, taint))
+    });
+    (start, keep)
 }
 
 fn max_unavailable(ds: &DaemonSet, desired: usize) -> usize {
@@ -153,7 +163,7 @@ fn max_unavailable(ds: &DaemonSet, desired: usize) -> usize {
         Some(IntOrString::Int(n)) => (*n).max(0) as usize,
         Some(IntOrString::String(p)) => {
             let pct: f64 = p.trim_end_matches('%').parse().unwrap_or(0.0);
-            (pct * desired as f64 / 100.0).floor() as usize
+            (pct * desired as f64 / 100.0).ceil() as usize
         }
         None => 1,
     };
@@ -171,22 +181,39 @@ pub fn plan(ds: &DaemonSet, nodes: &[NodeState], pods: &[&Pod], now: SystemTime)
         .and_then(|s| s.type_.as_deref())
         == Some("OnDelete");
     let mut by_node: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    // Nodes whose daemon is still going away: its replacement waits (it may need the same
+    // host port).
+    let mut leaving: std::collections::BTreeSet<String> = Default::default();
     let mut plan = Plan::default();
     for (i, pod) in pods.iter().enumerate() {
         let failed = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed");
         if failed && pod.metadata.deletion_timestamp.is_none() {
             // A failed daemon is replaced.
             plan.delete.push(i);
+            leaving.extend(node_of(pod));
             continue;
         }
         if !is_active(pod) {
+            if pod.metadata.deletion_timestamp.is_some() {
+                leaving.extend(node_of(pod));
+            }
             continue;
         }
         if let Some(n) = node_of(pod) {
             by_node.entry(n).or_default().push(i);
         }
     }
-    let wanted: Vec<&NodeState> = nodes.iter().filter(|n| wanted_on(ds, n)).collect();
+    let fits: BTreeMap<&str, (bool, bool)> = nodes
+        .iter()
+        .map(|n| (n.name.as_str(), fit(ds, n)))
+        .collect();
+    let wanted: Vec<&NodeState> = nodes
+        .iter()
+        .filter(|n| {
+            let (start, keep) = fits[n.name.as_str()];
+            start || (keep && by_node.contains_key(&n.name))
+        })
+        .collect();
     let is_current = |i: usize| {
         pods[i]
             .metadata
@@ -203,11 +230,7 @@ pub fn plan(ds: &DaemonSet, nodes: &[NodeState], pods: &[&Pod], now: SystemTime)
     for node in &wanted {
         let here = by_node.remove(&node.name).unwrap_or_default();
         if here.is_empty() {
-            if !plan
-                .delete
-                .iter()
-                .any(|i| node_of(pods[*i]).as_deref() == Some(&node.name))
-            {
+            if !leaving.contains(&node.name) {
                 plan.create.push(node.name.clone());
             }
             unavailable += 1;
@@ -381,6 +404,27 @@ mod tests {
         let p2 = plan(&new, &nodes, &rest, now());
         assert_eq!(p2.create, [node_of(refs[gone]).unwrap()]);
         assert!(p2.delete.is_empty(), "{p2:?}");
+    }
+
+    #[test]
+    fn a_daemon_survives_its_node_going_not_ready_or_tainted_no_schedule() {
+        let set = ds("busybox:1");
+        let on_n1 = daemon(&set, "n1");
+        let mut down: Node = serde_json::from_value(json!({
+            "metadata": {"name": "n1"},
+            "spec": {"taints": [{"key": "dedicated", "effect": "NoSchedule"}]},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]},
+        }))
+        .unwrap();
+        let p = plan(&set, &[NodeState::of(&down)], &[&on_n1], now());
+        assert!(p.delete.is_empty() && p.create.is_empty(), "{p:?}");
+        // An untolerated NoExecute taint sends it away.
+        down.spec.as_mut().unwrap().taints = Some(vec![serde_json::from_value(
+            json!({"key": "evict", "effect": "NoExecute"}),
+        )
+        .unwrap()]);
+        let p = plan(&set, &[NodeState::of(&down)], &[&on_n1], now());
+        assert_eq!(p.delete, [0]);
     }
 
     #[test]

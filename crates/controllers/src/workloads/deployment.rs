@@ -131,6 +131,9 @@ pub fn fenceposts(d: &Deployment) -> (i32, i32) {
             (if up { exact.ceil() } else { exact.floor() }) as i32
         }
     };
+    if is_recreate(d) {
+        return (0, 0);
+    }
     let surge = resolve(rolling.and_then(|r| r.max_surge.as_ref()), true);
     let unavailable = resolve(rolling.and_then(|r| r.max_unavailable.as_ref()), false);
     if surge == 0 && unavailable == 0 {
@@ -174,15 +177,35 @@ impl Round<'_> {
             MAX_REPLICAS.into(),
             (self.replicas + self.surge).to_string(),
         );
-        if from == to && Some(&annotations) == self.rss[i].metadata.annotations.as_ref() {
-            return;
+        // An update already planned for it this round (its revision) is extended, not
+        // followed by a second write of the same object.
+        if let Some(Action::Update {
+            replicas,
+            annotations: planned,
+            ..
+        }) = self
+            .plan
+            .actions
+            .iter_mut()
+            .find(|a| matches!(a, Action::Update { index, .. } if *index == i))
+        {
+            planned.insert(DESIRED_REPLICAS.into(), self.replicas.to_string());
+            planned.insert(
+                MAX_REPLICAS.into(),
+                (self.replicas + self.surge).to_string(),
+            );
+            *replicas = to;
+        } else {
+            if from == to && Some(&annotations) == self.rss[i].metadata.annotations.as_ref() {
+                return;
+            }
+            self.plan.actions.push(Action::Update {
+                index: i,
+                replicas: to,
+                annotations,
+            });
         }
         self.planned[i] = to;
-        self.plan.actions.push(Action::Update {
-            index: i,
-            replicas: to,
-            annotations,
-        });
         if from != to {
             let way = if to > from { "up" } else { "down" };
             self.plan.events.push((
@@ -713,6 +736,13 @@ fn compute_status(
                     now,
                 ),
             );
+            // Progress moves the deadline: it counts from the latest progress.
+            if let Some(c) = conditions
+                .iter_mut()
+                .find(|c| c.type_.as_deref() == Some("Progressing"))
+            {
+                c.last_update_time = Some(Time(whole_seconds(now)));
+            }
             recheck = deadline;
         } else if !complete && !already_complete {
             if let (Some(deadline), Some(c)) = (deadline, &progressing) {

@@ -90,6 +90,22 @@ fn condition(type_: &str, reason: &str, message: &str, now: SystemTime) -> JobCo
     }
 }
 
+/// The indexes `status.completedIndexes` lists (`0-2,4`).
+pub fn parse_ranges(text: &str) -> BTreeSet<i32> {
+    let mut out = BTreeSet::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
+                    out.extend(a..=b);
+                }
+            }
+            None => out.extend(part.parse::<i32>().ok()),
+        }
+    }
+    out
+}
+
 /// `0-2,4` for indexes 0, 1, 2, 4, as `status.completedIndexes` writes them.
 pub fn index_ranges(indexes: &BTreeSet<i32>) -> String {
     let mut out: Vec<String> = Vec::new();
@@ -171,13 +187,25 @@ pub fn plan(job: &Job, pods: &[&Pod], now: SystemTime) -> Plan {
     } else {
         0
     };
-    let failures = failed_pods.len() as i32 + restarts;
-    let done_indexes: BTreeSet<i32> = succeeded.iter().filter_map(|p| index_of(p)).collect();
+    // Counts never go down: a finished pod removed (its node gone, a deletion) still counts,
+    // as the stored status remembers it.
+    let mut done_indexes: BTreeSet<i32> = succeeded.iter().filter_map(|p| index_of(p)).collect();
+    done_indexes.extend(parse_ranges(old.completed_indexes.as_deref().unwrap_or("")));
     let succeeded_count = if indexed {
         done_indexes.len() as i32
     } else {
-        succeeded.len() as i32
+        (succeeded.len() as i32).max(old.succeeded.unwrap_or(0))
     };
+    let failed_count = (failed_pods.len() as i32).max(old.failed.unwrap_or(0));
+    let backoff_limit = spec.backoff_limit.unwrap_or(6);
+    // Never: failed pods past the limit; OnFailure: container restarts reaching it.
+    let past_backoff_limit = failed_count > backoff_limit
+        || (on_failure
+            && if backoff_limit == 0 {
+                restarts > 0
+            } else {
+                restarts >= backoff_limit
+            });
 
     if status.start_time.is_none() && spec.suspend != Some(true) {
         status.start_time = Some(Time(whole_seconds(now)));
@@ -190,7 +218,7 @@ pub fn plan(job: &Job, pods: &[&Pod], now: SystemTime) -> Plan {
             .count() as i32,
     );
     status.succeeded = Some(succeeded_count);
-    status.failed = Some(failed_pods.len() as i32);
+    status.failed = Some(failed_count);
     if indexed {
         let ranges = index_ranges(&done_indexes);
         status.completed_indexes = (!ranges.is_empty()).then_some(ranges);
@@ -198,7 +226,6 @@ pub fn plan(job: &Job, pods: &[&Pod], now: SystemTime) -> Plan {
 
     let completions = spec.completions;
     let parallelism = spec.parallelism.unwrap_or(1).max(0);
-    let backoff_limit = spec.backoff_limit.unwrap_or(6);
     let deadline_passed = spec.active_deadline_seconds.and_then(|d| {
         let start = status.start_time.as_ref().map(|t| SystemTime::from(t.0))?;
         let due = start + Duration::from_secs(d.max(0) as u64);
@@ -232,7 +259,7 @@ pub fn plan(job: &Job, pods: &[&Pod], now: SystemTime) -> Plan {
         plan.events
             .push(("Normal", "Completed", "Job completed".into()));
         plan.delete = active.clone();
-    } else if failures > backoff_limit || deadline_passed.is_some() {
+    } else if past_backoff_limit || deadline_passed.is_some() {
         let (reason, message) = if deadline_passed.is_some() {
             (
                 "DeadlineExceeded",
@@ -251,10 +278,11 @@ pub fn plan(job: &Job, pods: &[&Pod], now: SystemTime) -> Plan {
     } else if spec.suspend == Some(true) {
         plan.delete = active.clone();
     } else {
-        // How many should run now.
+        // How many should run now. Without `completions` (a work queue), once one pod has
+        // succeeded no new one starts and the running ones finish their work.
         let remaining = match completions {
             Some(c) => (c - succeeded_count).max(0),
-            None if succeeded_count > 0 => 0,
+            None if succeeded_count > 0 => active.len() as i32,
             None => parallelism,
         };
         let want = parallelism.min(remaining) as usize;
@@ -401,6 +429,22 @@ mod tests {
             index_ranges(&BTreeSet::from([0, 1, 2, 4, 6, 7])),
             "0-2,4,6-7"
         );
+    }
+
+    #[test]
+    fn a_work_queue_job_lets_its_workers_finish_and_counts_never_drop() {
+        let j = job(json!({"parallelism": 3}));
+        let done = pod("a", "Succeeded", None, 0);
+        let b = pod("b", "Running", None, 0);
+        let c = pod("c", "Running", None, 0);
+        let p = plan(&j, &[&done, &b, &c], now());
+        assert!(p.create.is_empty() && p.delete.is_empty(), "{p:?}");
+        assert!(reasons(&p).is_empty(), "not complete while workers run");
+        // The succeeded pod is gone (its node died): the count stays.
+        let mut j = j;
+        j.status = p.status;
+        let p = plan(&j, &[&b, &c], now());
+        assert_eq!(p.status.map_or(Some(1), |s| s.succeeded), Some(1));
     }
 
     #[test]
