@@ -497,3 +497,96 @@ spec:
     assert_eq!(ds["status"]["desiredNumberScheduled"], 4);
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_respects_a_disruption_budget() {
+    let (cluster, kubectl, dir) = lab().await;
+    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
+    let ctx = Ctx::new(server, &kubectl, dir.path());
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    ctx.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=3",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    assert!(ctx
+        .rollout_status("deploy/web")
+        .contains("successfully rolled out"));
+    // kubectl 1.32 sends this as protobuf too.
+    ctx.kubectl(&[
+        "create",
+        "poddisruptionbudget",
+        "web",
+        "--selector=app=web",
+        "--min-available=3",
+    ]);
+    ctx.wait("the budget computed", Duration::from_secs(30), |c| {
+        let pdb = c.json(&["get", "pdb", "web"]);
+        pdb["status"]["currentHealthy"] == 3 && pdb["status"]["disruptionsAllowed"] == 0
+    });
+    let row = ctx.kubectl(&["get", "pdb", "web", "--no-headers"]);
+    assert_eq!(
+        row.split_whitespace().take(4).collect::<Vec<_>>(),
+        ["web", "3", "N/A", "0"],
+        "{row}"
+    );
+
+    // No disruption allowed: the drain cordons, then keeps being refused until its timeout.
+    let victim = nodes[1].clone();
+    let on_victim = |c: &Ctx| -> Vec<String> {
+        c.pods("app=web")
+            .into_iter()
+            .filter(|(_, (n, _, _))| *n == victim)
+            .map(|(p, _)| p)
+            .collect()
+    };
+    let before = on_victim(&ctx);
+    assert_eq!(
+        before.len(),
+        1,
+        "one pod per node: {:?}",
+        ctx.pods("app=web")
+    );
+    let (ok, out, err) = kubectl.run(
+        &ctx.server,
+        &["drain", &victim, "--ignore-daemonsets", "--timeout=12s"],
+    );
+    assert!(!ok, "the drain must fail: {out}{err}");
+    assert!(
+        err.contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "{err}"
+    );
+    assert_eq!(on_victim(&ctx), before, "the budget kept the pod");
+    assert!(ctx
+        .kubectl(&["get", "node", &victim, "--no-headers"])
+        .contains("SchedulingDisabled"));
+
+    // One disruption allowed: the drain evicts it, its replacement runs elsewhere.
+    ctx.kubectl(&[
+        "patch",
+        "pdb",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"minAvailable":2}}"#,
+    ]);
+    let out = ctx.kubectl(&["drain", &victim, "--ignore-daemonsets", "--timeout=120s"]);
+    assert!(out.contains("drained"), "{out}");
+    ctx.wait(
+        "3 Ready pods off the drained node",
+        Duration::from_secs(60),
+        |c| {
+            let pods = c.pods("app=web");
+            pods.len() == 3
+                && pods
+                    .values()
+                    .all(|(n, phase, ready)| *n != victim && phase == "Running" && *ready)
+        },
+    );
+    drop(cluster);
+}
