@@ -590,3 +590,85 @@ async fn drain_respects_a_disruption_budget() {
     );
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_higher_priority_pod_preempts_lower_ones() {
+    let (cluster, kubectl, dir) = lab().await;
+    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
+    let ctx = Ctx::new(server, &kubectl, dir.path());
+    ctx.apply(
+        "classes",
+        r#"apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: high}
+value: 1000
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: low}
+value: 10
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: filler}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: filler}}
+  template:
+    metadata: {labels: {app: filler}}
+    spec:
+      priorityClassName: low
+      terminationGracePeriodSeconds: 0
+      containers:
+      - {name: c, image: busybox, command: [sleep, "3600"], resources: {requests: {cpu: 1500m}}}
+"#,
+    );
+    assert!(ctx
+        .rollout_status("deploy/filler")
+        .contains("successfully rolled out"));
+    let filler = ctx.json(&["get", "pods", "-l", "app=filler"]);
+    assert_eq!(
+        filler["items"][0]["spec"]["priority"], 10,
+        "admission set the class's value"
+    );
+
+    // Every node is full: the urgent pod evicts one filler and takes its place.
+    ctx.kubectl(&["run", "urgent", "--image=busybox", "--overrides", r#"{"spec":{"priorityClassName":"high","containers":[{"name":"urgent","image":"busybox","command":["sleep","3600"],"resources":{"requests":{"cpu":"1500m"}}}]}}"#]);
+    ctx.wait("the urgent pod running", Duration::from_secs(90), |c| {
+        let p = c.json(&["get", "pod", "urgent"]);
+        p["status"]["phase"] == "Running"
+    });
+    let preempted = ctx.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=Preempted",
+        "--no-headers",
+    ]);
+    assert!(preempted.contains("Preempted by pod"), "{preempted}");
+    // The evicted filler's replacement waits: nothing of lower priority is left to evict for it.
+    ctx.wait("a filler pending", Duration::from_secs(60), |c| {
+        c.pods("app=filler")
+            .values()
+            .filter(|(n, _, _)| n.is_empty())
+            .count()
+            == 1
+    });
+
+    // A class that does not exist is refused, as Kubernetes refuses it.
+    let (ok, _, err) = kubectl.run(
+        &ctx.server,
+        &[
+            "run",
+            "nope",
+            "--image=busybox",
+            "--overrides",
+            r#"{"spec":{"priorityClassName":"nope"}}"#,
+        ],
+    );
+    assert!(
+        !ok && err.contains("no PriorityClass with name nope was found"),
+        "{err}"
+    );
+    drop(cluster);
+}

@@ -183,6 +183,18 @@ pub const RESOURCES: &[Resource] = &[
         &["status"],
     ),
     Resource {
+        namespaced: false,
+        categories: NONE,
+        ..grouped(
+            "scheduling.k8s.io",
+            "PriorityClass",
+            "priorityclasses",
+            "priorityclass",
+            &["pc"],
+            NONE,
+        )
+    },
+    Resource {
         categories: NONE,
         ..grouped(
             "policy",

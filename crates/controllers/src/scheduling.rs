@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::meta::now_rfc3339;
-use flotilla_scheduler::{schedule, ClusterState, NodeState, PodFacts};
+use flotilla_scheduler::{preemption, schedule, ClusterState, NodeState, PodFacts};
 use flotilla_store::{Command, Op, Record, StoreError};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::{json, Value};
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{event_object, Involved, Recorder};
 use crate::informer::Informer;
+use crate::workloads::delete_pod;
 use crate::Context;
 
 /// The scheduler pods name by default (`spec.schedulerName`); pods naming another are left to
@@ -29,6 +30,8 @@ use crate::Context;
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// How long an unschedulable pod waits at most before it is tried again without any change.
 pub const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(30);
+/// How long a pod that preempted others waits for them before it may preempt again.
+const PREEMPTION_PATIENCE: Duration = Duration::from_secs(60);
 /// Bindings in flight at once.
 const MAX_IN_FLIGHT: usize = 512;
 
@@ -209,6 +212,59 @@ async fn report_unschedulable(ctx: &Context, recorder: &Recorder, key: &str, mes
     }
 }
 
+/// Evicts `victims` (gracefully, as Kubernetes' preemption deletes them) so that the pod at
+/// `key` fits on `node`, and records the node in its `status.nominatedNodeName`.
+async fn preempt(
+    ctx: &Context,
+    recorder: &Recorder,
+    key: &str,
+    uid: &str,
+    node: &str,
+    victims: &[Arc<PodFacts>],
+) {
+    let now = ctx.clock.now();
+    for v in victims {
+        let victim_key = format!("{PODS_PREFIX}{}/{}", v.namespace, v.name);
+        let Ok((_, Some(record))) = ctx.engine.get(&victim_key) else {
+            continue;
+        };
+        let Ok(object) = serde_json::from_slice::<Value>(&record.value) else {
+            continue;
+        };
+        let Some(command) = delete_pod(&victim_key, &object, record.mod_revision, now) else {
+            continue;
+        };
+        if ctx.proposer.propose(command).await.is_ok() {
+            let who = Involved::of(&json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": object["metadata"].clone()}));
+            recorder
+                .normal(
+                    &who,
+                    "Preempted",
+                    &format!("Preempted by pod {uid} on node {node}"),
+                )
+                .await;
+        }
+    }
+    for _ in 0..3 {
+        let Ok((_, Some(record))) = ctx.engine.get(key) else {
+            return;
+        };
+        let Ok(mut object) = serde_json::from_slice::<Value>(&record.value) else {
+            return;
+        };
+        if object["status"]["nominatedNodeName"] == node {
+            return;
+        }
+        object["status"]["nominatedNodeName"] = json!(node);
+        let command = Command::update(key, object.to_string(), Some(record.mod_revision));
+        match ctx.proposer.propose(command).await {
+            Err(StoreError::Conflict { .. }) => continue,
+            _ => return,
+        }
+    }
+}
+
 /// The loop's state between rounds.
 #[derive(Default)]
 struct State {
@@ -219,6 +275,9 @@ struct State {
     unschedulable: HashMap<String, i32>,
     /// Pods whose binding is in flight.
     assumed: HashSet<String>,
+    /// Pods that evicted others to make room, with when: they do not preempt again for
+    /// [`PREEMPTION_PATIENCE`] while their victims terminate.
+    preempting: HashMap<String, std::time::Instant>,
     arrivals: u64,
     start: usize,
 }
@@ -228,6 +287,7 @@ impl State {
         let Some(pod) = pod else {
             self.pending.remove(&key);
             self.unschedulable.remove(&key);
+            self.preempting.remove(&key);
             if let Some(k) = key.strip_prefix(PODS_PREFIX) {
                 self.cluster.unplace(k);
             }
@@ -244,6 +304,7 @@ impl State {
             Some(node) => {
                 self.pending.remove(&key);
                 self.unschedulable.remove(&key);
+                self.preempting.remove(&key);
                 let facts = PodFacts::of(&pod);
                 if is_terminal(&pod) {
                     if self.cluster.node_of(&facts.key()).is_some() {
@@ -371,6 +432,7 @@ pub async fn run_scheduler(ctx: Context, stop: CancellationToken) {
             }
         }
         let mut messages: BTreeMap<String, String> = BTreeMap::new();
+        let mut preemptions = Vec::new();
         for key in state.take_pending() {
             let Some(pod) = pods.get(&key).map(|c| Arc::clone(&c.object)) else {
                 continue;
@@ -383,6 +445,18 @@ pub async fn run_scheduler(ctx: Context, stop: CancellationToken) {
             state.start = state.start.wrapping_add(decision.evaluated.max(1));
             let Some(node) = decision.node else {
                 state.unschedulable.insert(key.clone(), facts.priority);
+                let patient = state
+                    .preempting
+                    .get(&key)
+                    .is_some_and(|at| at.elapsed() < PREEMPTION_PATIENCE);
+                if !patient {
+                    if let Some((node, victims)) = preemption(&facts, &state.cluster) {
+                        state
+                            .preempting
+                            .insert(key.clone(), std::time::Instant::now());
+                        preemptions.push((key.clone(), facts.uid.clone(), node, victims));
+                    }
+                }
                 messages.insert(key, decision.message);
                 continue;
             };
@@ -407,6 +481,12 @@ pub async fn run_scheduler(ctx: Context, stop: CancellationToken) {
             let (ctx, recorder) = (ctx.clone(), recorder.clone());
             tokio::spawn(async move {
                 report_unschedulable(&ctx, &recorder, &key, &message).await;
+            });
+        }
+        for (key, uid, node, victims) in preemptions {
+            let (ctx, recorder) = (ctx.clone(), recorder.clone());
+            tokio::spawn(async move {
+                preempt(&ctx, &recorder, &key, &uid, &node, &victims).await;
             });
         }
     }

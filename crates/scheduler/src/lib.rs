@@ -10,6 +10,7 @@ pub mod filters;
 pub mod model;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use filters::{tolerates, PodCounts};
 pub use model::{
@@ -91,6 +92,55 @@ pub fn schedule(pod: &PodFacts, cluster: &ClusterState, start: usize) -> Decisio
         evaluated,
         feasible: feasible.len(),
     }
+}
+
+/// Preemption for a pod no node fits: on the node where evicting pods of lower priority
+/// makes it fit, the fewest and least important such pods (Kubernetes' choice: the lowest
+/// highest victim priority, then the fewest victims). Each candidate node is tried with
+/// every lower-priority pod removed; then victims are given back, most important first,
+/// while the pod still fits. `None` when no eviction helps, or the pod never preempts.
+pub fn preemption(pod: &PodFacts, cluster: &ClusterState) -> Option<(String, Vec<Arc<PodFacts>>)> {
+    if pod.never_preempts {
+        return None;
+    }
+    let counts = PodCounts::of(pod, cluster);
+    let mut best: Option<((i32, usize, i64), String, Vec<Arc<PodFacts>>)> = None;
+    for node in cluster.nodes() {
+        let mut lower: Vec<Arc<PodFacts>> = node
+            .pods
+            .values()
+            .filter(|p| p.priority < pod.priority && !p.terminating)
+            .cloned()
+            .collect();
+        if lower.is_empty() {
+            continue;
+        }
+        let mut trial = node.clone();
+        for p in &lower {
+            trial.remove_pod(&p.key());
+        }
+        if filters::filter(pod, &trial, &counts).is_err() {
+            continue;
+        }
+        lower.sort_by_key(|p| std::cmp::Reverse(p.priority));
+        let mut victims = Vec::new();
+        for p in lower {
+            trial.add_pod(Arc::clone(&p));
+            if filters::filter(pod, &trial, &counts).is_err() {
+                trial.remove_pod(&p.key());
+                victims.push(p);
+            }
+        }
+        let rank = (
+            victims.iter().map(|v| v.priority).max().unwrap_or(i32::MIN),
+            victims.len(),
+            victims.iter().map(|v| i64::from(v.priority)).sum::<i64>(),
+        );
+        if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
+            best = Some((rank, node.name.clone(), victims));
+        }
+    }
+    best.map(|(_, node, victims)| (node, victims))
 }
 
 mod scores {

@@ -47,6 +47,10 @@ pub struct PodFacts {
     pub preferred_anti_affinity: Vec<WeightedPodAffinityTerm>,
     pub spread: Vec<TopologySpreadConstraint>,
     pub priority: i32,
+    /// `preemptionPolicy: Never`: it waits rather than evict anyone.
+    pub never_preempts: bool,
+    /// Being deleted: its room is going, and it is nobody's victim.
+    pub terminating: bool,
     /// `spec.nodeName` when the pod names its node itself.
     pub node_name: Option<String>,
 }
@@ -122,6 +126,8 @@ impl PodFacts {
                 .unwrap_or_default(),
             spread: spec.topology_spread_constraints.clone().unwrap_or_default(),
             priority: spec.priority.unwrap_or(0),
+            never_preempts: spec.preemption_policy.as_deref() == Some("Never"),
+            terminating: meta.deletion_timestamp.is_some(),
             node_name: spec.node_name.clone().filter(|n| !n.is_empty()),
         }
     }

@@ -348,3 +348,32 @@ fn large_clusters_score_a_share_of_their_nodes() {
     let d = schedule(&pod("p", json!({}), json!({})), &c, 7);
     assert_eq!((d.evaluated, d.feasible), (420, 420));
 }
+
+#[test]
+fn preemption_evicts_the_fewest_least_important_pods() {
+    let mut c = ClusterState::default();
+    c.upsert_node(node("n1", "2", json!({}), json!({})));
+    c.upsert_node(node("n2", "2", json!({}), json!({})));
+    let sized = |cpu: &str, priority: i32| {
+        json!({"priority": priority, "containers": [{"name": "c",
+            "resources": {"requests": {"cpu": cpu}}}]})
+    };
+    // n1: two pods of priority 10; n2: one of priority 5 and one of 100.
+    c.place("n1", Arc::new(pod("a", json!({}), sized("1", 10))));
+    c.place("n1", Arc::new(pod("b", json!({}), sized("1", 10))));
+    c.place("n2", Arc::new(pod("c", json!({}), sized("1", 5))));
+    c.place("n2", Arc::new(pod("d", json!({}), sized("1", 100))));
+    let urgent = pod("urgent", json!({}), sized("1", 50));
+    assert_eq!(schedule(&urgent, &c, 0).node, None);
+    let (node, victims) = preemption(&urgent, &c).expect("someone can go");
+    assert_eq!(node, "n2");
+    assert_eq!(
+        victims.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
+    // Nothing of lower priority to evict, or a pod that never preempts: no preemption.
+    assert!(preemption(&pod("low", json!({}), sized("1", 1)), &c).is_none());
+    let mut polite = sized("1", 50);
+    polite["preemptionPolicy"] = json!("Never");
+    assert!(preemption(&pod("polite", json!({}), polite), &c).is_none());
+}

@@ -12,11 +12,12 @@ mod pod;
 mod workloads;
 
 pub use pod::{set_default_toleration_seconds, NODE_DOWN_TAINTS};
+pub use workloads::priority_of;
 pub use workloads::selector_matches;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{apps, batch, core::v1 as core_v1, policy};
+use k8s_openapi::api::{apps, batch, core::v1 as core_v1, policy, scheduling};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -94,6 +95,7 @@ macro_rules! with_kind {
             "Job" => $f::<batch::v1::Job>($($arg),*),
             "CronJob" => $f::<batch::v1::CronJob>($($arg),*),
             "PodDisruptionBudget" => $f::<policy::v1::PodDisruptionBudget>($($arg),*),
+            "PriorityClass" => $f::<scheduling::v1::PriorityClass>($($arg),*),
             other => unreachable!("no type for kind {other}"),
         }
     };

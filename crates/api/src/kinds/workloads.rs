@@ -11,6 +11,7 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -491,5 +492,79 @@ impl Kind for PodDisruptionBudget {
                 ));
             }
         }
+    }
+}
+
+const PREEMPTION_POLICIES: &[&str] = &["PreemptLowerPriority", "Never"];
+/// User classes stay below the system ones (2,000,000,000 and up), as in Kubernetes.
+const HIGHEST_USER_PRIORITY: i32 = 1_000_000_000;
+
+impl Kind for PriorityClass {
+    fn default(&mut self) {
+        self.preemption_policy
+            .get_or_insert_with(|| "PreemptLowerPriority".into());
+    }
+
+    fn validate(&self, errors: &mut Vec<FieldError>) {
+        let name = self.metadata.name.as_deref().unwrap_or("");
+        match self.value {
+            None => errors.push(FieldError::required("value")),
+            Some(v) if v > HIGHEST_USER_PRIORITY && !name.starts_with("system-") => {
+                errors.push(FieldError::invalid_number(
+                    "value",
+                    i64::from(v),
+                    "must be less than or equal to 1000000000",
+                ))
+            }
+            Some(_) => {}
+        }
+        if let Some(p) = self.preemption_policy.as_deref() {
+            if !PREEMPTION_POLICIES.contains(&p) {
+                errors.push(FieldError::not_supported(
+                    "preemptionPolicy",
+                    p,
+                    PREEMPTION_POLICIES,
+                ));
+            }
+        }
+    }
+
+    fn validate_update(&self, old: &PriorityClass, errors: &mut Vec<FieldError>) {
+        if self.value != old.value {
+            errors.push(FieldError::forbidden(
+                "value",
+                "may not be changed in an update.",
+            ));
+        }
+    }
+}
+
+/// A pod's priority from the class it names (`priorityClassName`), or from the cluster's
+/// default class when it names none: `(priority, preemptionPolicy)`; an error names a class
+/// that does not exist. `classes` are the PriorityClass objects.
+pub fn priority_of(
+    class_name: Option<&str>,
+    classes: &[serde_json::Value],
+) -> Result<Option<(i32, String)>, String> {
+    let found = |c: &&serde_json::Value| match class_name {
+        Some(n) => c["metadata"]["name"] == n,
+        None => c["globalDefault"] == true,
+    };
+    match (classes.iter().find(found), class_name) {
+        (Some(c), _) => Ok(Some((
+            c["value"].as_i64().unwrap_or(0) as i32,
+            c["preemptionPolicy"]
+                .as_str()
+                .unwrap_or("PreemptLowerPriority")
+                .to_string(),
+        ))),
+        (None, Some("system-node-critical")) => {
+            Ok(Some((2_000_001_000, "PreemptLowerPriority".into())))
+        }
+        (None, Some("system-cluster-critical")) => {
+            Ok(Some((2_000_000_000, "PreemptLowerPriority".into())))
+        }
+        (None, Some(n)) => Err(format!("no PriorityClass with name {n} was found")),
+        (None, None) => Ok(None),
     }
 }

@@ -34,6 +34,7 @@ pub(super) async fn reconcile_replica_set(
     let pods: Vec<&Pod> = owned.iter().map(|c| &c.object).collect();
     let now = ctx.clock.now();
     let plan = replicaset::plan(rs, &pods, now);
+    let classes = super::priority_classes(ctx.engine.as_ref());
     let namespace = rs.metadata.namespace.clone().unwrap_or_default();
     let name = rs.metadata.name.clone().unwrap_or_default();
     let who = involved("apps/v1", "ReplicaSet", &rs.metadata);
@@ -43,7 +44,7 @@ pub(super) async fn reconcile_replica_set(
         let owner = owner_ref("apps/v1", "ReplicaSet", &rs.metadata);
         let mut made = Vec::new();
         for _ in 0..plan.create {
-            match new_pod(&template, &namespace, &name, owner.clone(), now) {
+            match new_pod(&template, &namespace, &name, owner.clone(), &classes, now) {
                 Ok(pod) => made.push(pod),
                 Err(why) => {
                     recorder
@@ -240,6 +241,7 @@ pub(super) async fn reconcile_daemon_set(
         .collect();
     let now = ctx.clock.now();
     let plan = daemonset::plan(ds, &nodes, &pods, now);
+    let classes = super::priority_classes(ctx.engine.as_ref());
     let who = involved("apps/v1", "DaemonSet", &ds.metadata);
     let name = ds.metadata.name.clone().unwrap_or_default();
     let namespace = ds.metadata.namespace.clone().unwrap_or_default();
@@ -247,15 +249,16 @@ pub(super) async fn reconcile_daemon_set(
     let mut written = Written::default();
     for node in &plan.create {
         let template = daemonset::pod_template(ds, node);
-        let (pod_key, pod) = match new_pod(&template, &namespace, &name, owner.clone(), now) {
-            Ok(p) => p,
-            Err(why) => {
-                recorder
-                    .warning(&who, "FailedCreate", &format!("Error creating: {why}"))
-                    .await;
-                return Ok(Next::Done);
-            }
-        };
+        let (pod_key, pod) =
+            match new_pod(&template, &namespace, &name, owner.clone(), &classes, now) {
+                Ok(p) => p,
+                Err(why) => {
+                    recorder
+                        .warning(&who, "FailedCreate", &format!("Error creating: {why}"))
+                        .await;
+                    return Ok(Next::Done);
+                }
+            };
         let pod_name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
         match propose(ctx, Command::create(pod_key, pod.to_string())).await {
             Ok(r) => {

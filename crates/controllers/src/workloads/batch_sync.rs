@@ -61,6 +61,7 @@ pub(super) async fn reconcile_job(
     let pods: Vec<&Pod> = owned.iter().map(|c| &c.object).collect();
     let now = ctx.clock.now();
     let plan = job::plan(j, &pods, now);
+    let classes = super::priority_classes(ctx.engine.as_ref());
     let who = involved("batch/v1", "Job", &j.metadata);
     if plan.expired {
         propose(ctx, Command::delete(key, Some(cached.revision))).await?;
@@ -79,9 +80,10 @@ pub(super) async fn reconcile_job(
                 &namespace,
                 &format!("{name}-{i}"),
                 owner.clone(),
+                &classes,
                 now,
             ),
-            None => new_pod(&template, &namespace, &name, owner.clone(), now),
+            None => new_pod(&template, &namespace, &name, owner.clone(), &classes, now),
         };
         match made_pod {
             Ok(p) => made.push(p),

@@ -99,6 +99,7 @@ pub fn new_pod(
     namespace: &str,
     prefix: &str,
     owner: OwnerReference,
+    classes: &[Value],
     now: SystemTime,
 ) -> Result<(String, Value), String> {
     let name = format!("{prefix}-{}", random_suffix(5));
@@ -119,6 +120,13 @@ pub fn new_pod(
     });
     object["metadata"]["creationTimestamp"] = json!(rfc3339(now));
     object["metadata"]["generation"] = json!(1);
+    let class = object["spec"]["priorityClassName"]
+        .as_str()
+        .map(str::to_string);
+    if let Some((value, policy)) = flotilla_api::kinds::priority_of(class.as_deref(), classes)? {
+        object["spec"]["priority"] = json!(value);
+        object["spec"]["preemptionPolicy"] = json!(policy);
+    }
     let admitted =
         admit(pods_resource(), object, None, FieldValidation::Ignore).map_err(|e| match e {
             flotilla_api::kinds::Rejection::Decode(m) => m,
@@ -129,6 +137,19 @@ pub fn new_pod(
                 .join("; "),
         })?;
     Ok((format!("/core/pods/{namespace}/{name}"), admitted.object))
+}
+
+/// Every PriorityClass in the local replica, for the pods a controller makes.
+pub fn priority_classes(engine: &dyn flotilla_store::Engine) -> Vec<Value> {
+    engine
+        .list("/scheduling.k8s.io/priorityclasses/", None, 0)
+        .map(|l| {
+            l.items
+                .iter()
+                .filter_map(|(_, r)| serde_json::from_slice(&r.value).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The write that deletes a pod as `kubectl delete` would (gracefully once it is scheduled),
