@@ -104,7 +104,9 @@ pub fn preemption(pod: &PodFacts, cluster: &ClusterState) -> Option<(String, Vec
         return None;
     }
     let counts = PodCounts::of(pod, cluster);
-    let mut best: Option<((i32, usize, i64), String, Vec<Arc<PodFacts>>)> = None;
+    // (highest victim priority, victims, their priorities' sum), node, victims.
+    type Choice = ((i32, usize, i64), String, Vec<Arc<PodFacts>>);
+    let mut best: Option<Choice> = None;
     for node in cluster.nodes() {
         let mut lower: Vec<Arc<PodFacts>> = node
             .pods
