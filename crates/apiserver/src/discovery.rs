@@ -239,7 +239,8 @@ mod tests {
                 "authentication.k8s.io",
                 "authorization.k8s.io",
                 "batch",
-                "policy"
+                "policy",
+                "scheduling.k8s.io"
             ]
         );
         assert_eq!(
