@@ -13,6 +13,7 @@ mod events;
 mod metrics;
 mod objects;
 mod openapi;
+mod priority;
 mod protobuf;
 mod raw;
 mod subresources;

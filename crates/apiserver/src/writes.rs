@@ -232,41 +232,6 @@ fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
         .expect("just made an object")
 }
 
-/// Every PriorityClass in the local replica.
-pub(crate) fn priority_classes(engine: &dyn Engine) -> Vec<Value> {
-    engine
-        .list("/scheduling.k8s.io/priorityclasses/", None, 0)
-        .map(|l| {
-            l.items
-                .iter()
-                .filter_map(|(_, r)| serde_json::from_slice(&r.value).ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A new pod's `spec.priority` (and `preemptionPolicy`) from its `priorityClassName` or the
-/// default class, as Kubernetes' Priority admission sets them; a class that does not exist
-/// is a 403, as there.
-fn set_priority(engine: &dyn Engine, pod: &mut Value, name: &str) -> Result<(), WriteError> {
-    let class = pod["spec"]["priorityClassName"]
-        .as_str()
-        .map(str::to_string);
-    match flotilla_api::kinds::priority_of(class.as_deref(), &priority_classes(engine)) {
-        Ok(Some((value, policy))) => {
-            pod["spec"]["priority"] = json!(value);
-            pod["spec"]["preemptionPolicy"] = json!(policy);
-            Ok(())
-        }
-        Ok(None) => Ok(()),
-        Err(why) => Err(WriteError::new(
-            403,
-            "Forbidden",
-            format!("pods \"{name}\" is forbidden: {why}"),
-        )),
-    }
-}
-
 /// POST: creates the object in the body.
 pub async fn create(
     engine: &dyn Engine,
@@ -302,7 +267,7 @@ pub async fn create(
         crate::events::prepare(&mut object);
     }
     if r.kind == "Pod" && r.group.is_empty() {
-        set_priority(engine, &mut object, &name)?;
+        crate::priority::set_priority(engine, &mut object, &name)?;
     }
     let meta = meta_mut(&mut object);
     meta.remove("resourceVersion");
