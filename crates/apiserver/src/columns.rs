@@ -342,6 +342,12 @@ pub fn columns(r: &Resource) -> Vec<Column> {
             ("Images", "string", 1),
             ("Selector", "string", 1),
         ],
+        "priorityclasses" => vec![
+            ("Value", "integer", 0),
+            ("Global-Default", "boolean", 0),
+            ("Age", "string", 0),
+            ("PreemptionPolicy", "string", 0),
+        ],
         "poddisruptionbudgets" => vec![
             ("Min Available", "string", 0),
             ("Max Unavailable", "string", 0),
@@ -467,6 +473,12 @@ pub fn cells(r: &Resource, o: &Value, age: Value) -> Vec<Value> {
                 json!(selector_text(&sp["selector"]["matchLabels"])),
             ]
         }
+        "priorityclasses" => vec![
+            json!(n(&o["value"])),
+            json!(o["globalDefault"] == true),
+            age,
+            json!(s(&o["preemptionPolicy"])),
+        ],
         "poddisruptionbudgets" => {
             let shown = |v: &Value| match v {
                 Value::Null => "N/A".to_string(),

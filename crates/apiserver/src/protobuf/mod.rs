@@ -463,6 +463,38 @@ mod tests {
     }
 
     #[test]
+    fn decodes_a_priority_class_and_a_disruption_budget() {
+        let raw = [
+            bytes_field(1, &bytes_field(1, b"high")),
+            varint_field(2, 1000),
+            varint_field(3, 0),
+            bytes_field(4, b"urgent"),
+        ]
+        .concat();
+        let got = decode(&envelope("scheduling.k8s.io/v1", "PriorityClass", raw)).unwrap();
+        assert_eq!(got["value"], 1000);
+        assert_eq!(got["description"], "urgent");
+        assert!(
+            got.get("globalDefault").is_none(),
+            "false on the wire is unset"
+        );
+        let max = [varint_field(1, 0), varint_field(2, 1), bytes_field(3, b"")].concat();
+        let spec = [
+            bytes_field(2, &bytes_field(1, &entry("app", b"web"))),
+            bytes_field(3, &max),
+        ]
+        .concat();
+        let raw = [
+            bytes_field(1, &bytes_field(1, b"web")),
+            bytes_field(2, &spec),
+        ]
+        .concat();
+        let got = decode(&envelope("policy/v1", "PodDisruptionBudget", raw)).unwrap();
+        assert_eq!(got["spec"]["maxUnavailable"], 1);
+        assert_eq!(got["spec"]["selector"]["matchLabels"]["app"], "web");
+    }
+
+    #[test]
     fn decodes_secrets_and_namespaces_and_refuses_the_rest() {
         let raw = [
             bytes_field(1, &bytes_field(1, b"s")),

@@ -210,6 +210,10 @@ msg!(PodDisruptionBudget { 1 "metadata" Msg(&ObjectMeta), 2 "spec" Msg(&PodDisru
 msg!(PodDisruptionBudgetSpec { 1 "minAvailable" IntOrString, 2 "selector" Msg(&LabelSelector),
     3 "maxUnavailable" IntOrString, 4 "unhealthyPodEvictionPolicy" Str });
 
+// scheduling.k8s.io/v1
+msg!(PriorityClass { 1 "metadata" Msg(&ObjectMeta), 2 "value" IntSet, 3 "globalDefault" Bool,
+    4 "description" Str, 5 "preemptionPolicy" Str });
+
 /// The schema of a top-level kind kubectl may send as protobuf.
 pub fn of_kind(kind: &str) -> Option<&'static Msg> {
     Some(match kind {
@@ -224,6 +228,7 @@ pub fn of_kind(kind: &str) -> Option<&'static Msg> {
         "Job" => &Job,
         "CronJob" => &CronJob,
         "PodDisruptionBudget" => &PodDisruptionBudget,
+        "PriorityClass" => &PriorityClass,
         _ => return None,
     })
 }
