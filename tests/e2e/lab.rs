@@ -47,6 +47,12 @@ impl Kube {
         }
     }
 
+    /// kubectl pointed at the lab's first node.
+    pub fn of(cluster: &Cluster, kubectl: &Kubectl, dir: &Path) -> Kube {
+        let lab = cluster.lab.as_ref().expect("a lab cluster");
+        Kube::new(format!("https://{}:6443", lab.addr(0)), kubectl, dir)
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> String {
         self.kubectl.ok(&self.server, args)
     }

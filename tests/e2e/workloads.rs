@@ -37,8 +37,7 @@ fn replay(stream: &str) -> Vec<(usize, usize)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn deployments_spread_roll_and_answer_kubectl_rollout() {
     let (cluster, kubectl, dir) = lab().await;
-    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
-    let ctx = Ctx::new(server, &kubectl, dir.path());
+    let ctx = Ctx::of(&cluster, &kubectl, dir.path());
 
     // The command of the issue, sent by kubectl 1.32 as protobuf.
     ctx.kubectl(&[
@@ -210,8 +209,7 @@ async fn deployments_spread_roll_and_answer_kubectl_rollout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn placement_follows_the_rules_and_explains_refusals() {
     let (cluster, kubectl, dir) = lab().await;
-    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
-    let ctx = Ctx::new(server, &kubectl, dir.path());
+    let ctx = Ctx::of(&cluster, &kubectl, dir.path());
     let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
 
     // nodeSelector: the one labelled node, or nowhere.
@@ -346,8 +344,7 @@ spec:
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_and_cron_jobs_run_to_completion() {
     let (cluster, kubectl, dir) = lab().await;
-    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
-    let ctx = Ctx::new(server, &kubectl, dir.path());
+    let ctx = Ctx::of(&cluster, &kubectl, dir.path());
     ctx.apply(
         "jobs",
         r#"apiVersion: batch/v1
@@ -455,8 +452,7 @@ spec:
 #[tokio::test(flavor = "multi_thread")]
 async fn daemon_sets_run_on_every_node_and_on_nodes_that_join() {
     let (mut cluster, kubectl, dir) = lab().await;
-    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
-    let ctx = Ctx::new(server, &kubectl, dir.path());
+    let ctx = Ctx::of(&cluster, &kubectl, dir.path());
     ctx.apply(
         "agent",
         r#"apiVersion: apps/v1
@@ -501,8 +497,7 @@ spec:
 #[tokio::test(flavor = "multi_thread")]
 async fn drain_respects_a_disruption_budget() {
     let (cluster, kubectl, dir) = lab().await;
-    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
-    let ctx = Ctx::new(server, &kubectl, dir.path());
+    let ctx = Ctx::of(&cluster, &kubectl, dir.path());
     let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
     ctx.kubectl(&[
         "create",
@@ -594,8 +589,7 @@ async fn drain_respects_a_disruption_budget() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_higher_priority_pod_preempts_lower_ones() {
     let (cluster, kubectl, dir) = lab().await;
-    let server = format!("https://{}:6443", cluster.lab.as_ref().unwrap().addr(0));
-    let ctx = Ctx::new(server, &kubectl, dir.path());
+    let ctx = Ctx::of(&cluster, &kubectl, dir.path());
     ctx.apply(
         "classes",
         r#"apiVersion: scheduling.k8s.io/v1

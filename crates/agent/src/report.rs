@@ -7,29 +7,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_api::meta::{new_uid, now_rfc3339};
+use flotilla_controllers::events::{event_object, repeat_command, Involved};
 use flotilla_store::{Command, Engine, Proposer, StoreError};
 use k8s_openapi::api::core::v1::Pod;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Recent events remembered for counting repeats (the map is cleared beyond this).
 const SEEN_EVENTS: usize = 4096;
-
-/// The update of the event at `key` for one more occurrence: `count` up, `lastTimestamp` now.
-fn repeat_command(engine: &dyn Engine, key: &str) -> Option<Command> {
-    let record = engine.get(key).ok()?.1?;
-    let mut object: Value = serde_json::from_slice(&record.value).ok()?;
-    let count = object["count"].as_u64().unwrap_or(1) + 1;
-    object["count"] = json!(count);
-    object["lastTimestamp"] = json!(now_rfc3339());
-    Some(Command::update(
-        key,
-        serde_json::to_vec(&object).expect("JSON serialises"),
-        Some(record.mod_revision),
-    ))
-}
 
 /// How long reports are gathered before they are written.
 const GATHER: Duration = Duration::from_millis(5);
@@ -90,43 +76,28 @@ impl Event {
         )
     }
 
-    /// The Event object.
+    /// The Event object, as the kubelet writes it.
     pub fn object(&self, node: &str) -> (String, Value) {
-        let now = now_rfc3339();
-        let suffix: String = new_uid().chars().filter(|c| *c != '-').take(16).collect();
-        let name = format!("{}.{suffix}", self.pod);
-        let mut involved = json!({
-            "kind": "Pod",
-            "namespace": self.namespace,
-            "name": self.pod,
-            "uid": self.uid,
-            "apiVersion": "v1",
-        });
-        if let Some(c) = &self.container {
-            involved["fieldPath"] = json!(format!("spec.containers{{{c}}}"));
-        }
-        let key = format!("/core/events/{}/{name}", self.namespace);
-        let object = json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "name": name,
-                "namespace": self.namespace,
-                "uid": new_uid(),
-                "creationTimestamp": now,
-            },
-            "involvedObject": involved,
-            "reason": self.reason,
-            "message": self.message,
-            "source": {"component": "kubelet", "host": node},
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-            "type": self.kind,
-            "reportingComponent": "kubelet",
-            "reportingInstance": node,
-        });
-        (key, object)
+        let involved = Involved {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            namespace: self.namespace.clone(),
+            name: self.pod.clone(),
+            uid: self.uid.clone(),
+        };
+        let field = self
+            .container
+            .as_ref()
+            .map(|c| format!("spec.containers{{{c}}}"));
+        event_object(
+            &involved,
+            field.as_deref(),
+            self.kind,
+            &self.reason,
+            &self.message,
+            "kubelet",
+            Some(node),
+        )
     }
 }
 

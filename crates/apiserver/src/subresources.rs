@@ -74,6 +74,17 @@ fn not_supported(sub: &str) -> WriteError {
     )
 }
 
+/// The `Status` of an eviction or a binding made.
+fn done() -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "code": 201,
+    })
+}
+
 /// `POST pods/NAME/eviction` (what `kubectl drain` sends): deletes the pod with the eviction's
 /// `deleteOptions`, unless a PodDisruptionBudget selecting it allows no disruption: then 429
 /// `TooManyRequests`, which kubectl retries. An allowed eviction takes one disruption from the
@@ -113,15 +124,6 @@ async fn evict(
     let namespace = target.namespace.unwrap_or("");
     let r = target.resource;
     let key = store_key(r, namespace, name);
-    let done = || {
-        json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Success",
-            "code": 201,
-        })
-    };
     let store = |e: flotilla_store::StoreError| WriteError::from_store(e.code(), e.to_string());
     proposer.read_barrier().await.map_err(store)?;
     for _ in 0..5 {
@@ -308,15 +310,7 @@ async fn bind(
         let command = Command::update(key.clone(), updated.to_string(), Some(revision));
         Ok(Attempt::Write(
             command,
-            Box::new(|_| {
-                json!({
-                    "kind": "Status",
-                    "apiVersion": "v1",
-                    "metadata": {},
-                    "status": "Success",
-                    "code": 201,
-                })
-            }),
+            Box::new(|_| done()),
         ))
     })
     .await

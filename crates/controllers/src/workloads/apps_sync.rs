@@ -10,8 +10,11 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
-use super::runner::{involved, propose, stored, Caches, Written, BY_CONTROLLER};
-use super::{daemonset, delete_pod, deployment, key_of, new_pod, owner_ref, replicaset};
+use super::runner::{
+    create_pods, delete_pods, involved, propose, stored, write_status, Caches, Written,
+    BY_CONTROLLER,
+};
+use super::{daemonset, deployment, key_of, new_pod, owner_ref, replicaset};
 use crate::events::Recorder;
 use crate::queue::Next;
 use crate::Context;
@@ -42,63 +45,16 @@ pub(super) async fn reconcile_replica_set(
     if plan.create > 0 {
         let template = rs.spec.template.clone().unwrap_or_default();
         let owner = owner_ref("apps/v1", "ReplicaSet", &rs.metadata);
-        let mut made = Vec::new();
-        for _ in 0..plan.create {
-            match new_pod(&template, &namespace, &name, owner.clone(), &classes, now) {
-                Ok(pod) => made.push(pod),
-                Err(why) => {
-                    recorder
-                        .warning(&who, "FailedCreate", &format!("Error creating: {why}"))
-                        .await;
-                    return Ok(Next::Done);
-                }
-            }
-        }
-        let writes = made.into_iter().map(|(key, pod)| async move {
-            let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
-            (
-                name,
-                propose(ctx, Command::create(key, pod.to_string())).await,
-            )
-        });
-        for (pod, result) in futures::future::join_all(writes).await {
-            match result {
-                Ok(r) => {
-                    written.pods = written.pods.max(r);
-                    recorder
-                        .normal(&who, "SuccessfulCreate", &format!("Created pod: {pod}"))
-                        .await;
-                }
-                Err(e) => {
-                    recorder
-                        .warning(&who, "FailedCreate", &format!("Error creating: {e}"))
-                        .await;
-                }
-            }
+        let made = (0..plan.create)
+            .map(|_| new_pod(&template, &namespace, &name, owner.clone(), &classes, now))
+            .collect();
+        if !create_pods(ctx, recorder, &who, made, &mut written).await {
+            return Ok(Next::Done);
         }
     }
-    for i in &plan.delete {
-        let c = &owned[*i];
-        let pod = stored(ctx, &c.key, c.revision);
-        let Some(command) = pod
-            .ok()
-            .and_then(|pod| delete_pod(&c.key, &pod, c.revision, now))
-        else {
-            continue;
-        };
-        if let Ok(r) = propose(ctx, command).await {
-            written.pods = written.pods.max(r);
-            let pod = c.object.metadata.name.clone().unwrap_or_default();
-            recorder
-                .normal(&who, "SuccessfulDelete", &format!("Deleted pod: {pod}"))
-                .await;
-        }
-    }
-    if let Some(status) = plan.status {
-        let mut object = stored(ctx, key, cached.revision)?;
-        object["status"] = serde_json::to_value(status).map_err(StoreError::storage)?;
-        let command = Command::update(key, object.to_string(), Some(cached.revision));
-        written.replica_sets = propose(ctx, command).await?;
+    delete_pods(ctx, recorder, &who, &owned, &plan.delete, now, &mut written).await;
+    if let Some(status) = &plan.status {
+        written.replica_sets = write_status(ctx, key, cached.revision, status).await?;
     }
     caches.catch_up(&written).await;
     Ok(if plan.create == replicaset::BURST {
@@ -247,58 +203,20 @@ pub(super) async fn reconcile_daemon_set(
     let namespace = ds.metadata.namespace.clone().unwrap_or_default();
     let owner = owner_ref("apps/v1", "DaemonSet", &ds.metadata);
     let mut written = Written::default();
-    for node in &plan.create {
-        let template = daemonset::pod_template(ds, node);
-        let (pod_key, pod) =
-            match new_pod(&template, &namespace, &name, owner.clone(), &classes, now) {
-                Ok(p) => p,
-                Err(why) => {
-                    recorder
-                        .warning(&who, "FailedCreate", &format!("Error creating: {why}"))
-                        .await;
-                    return Ok(Next::Done);
-                }
-            };
-        let pod_name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
-        match propose(ctx, Command::create(pod_key, pod.to_string())).await {
-            Ok(r) => {
-                written.pods = written.pods.max(r);
-                recorder
-                    .normal(
-                        &who,
-                        "SuccessfulCreate",
-                        &format!("Created pod: {pod_name}"),
-                    )
-                    .await;
-            }
-            Err(e) => {
-                recorder
-                    .warning(&who, "FailedCreate", &format!("Error creating: {e}"))
-                    .await
-            }
-        }
+    let made = plan
+        .create
+        .iter()
+        .map(|node| {
+            let template = daemonset::pod_template(ds, node);
+            new_pod(&template, &namespace, &name, owner.clone(), &classes, now)
+        })
+        .collect();
+    if !create_pods(ctx, recorder, &who, made, &mut written).await {
+        return Ok(Next::Done);
     }
-    for i in &plan.delete {
-        let c = &owned[*i];
-        let Some(command) = stored(ctx, &c.key, c.revision)
-            .ok()
-            .and_then(|pod| delete_pod(&c.key, &pod, c.revision, now))
-        else {
-            continue;
-        };
-        if let Ok(r) = propose(ctx, command).await {
-            written.pods = written.pods.max(r);
-            let pod = c.object.metadata.name.clone().unwrap_or_default();
-            recorder
-                .normal(&who, "SuccessfulDelete", &format!("Deleted pod: {pod}"))
-                .await;
-        }
-    }
-    if let Some(status) = plan.status {
-        let mut object = stored(ctx, key, cached.revision)?;
-        object["status"] = serde_json::to_value(status).map_err(StoreError::storage)?;
-        let command = Command::update(key, object.to_string(), Some(cached.revision));
-        written.daemon_sets = propose(ctx, command).await?;
+    delete_pods(ctx, recorder, &who, &owned, &plan.delete, now, &mut written).await;
+    if let Some(status) = &plan.status {
+        written.daemon_sets = write_status(ctx, key, cached.revision, status).await?;
     }
     caches.catch_up(&written).await;
     Ok(plan.recheck.map_or(Next::Done, Next::After))

@@ -8,8 +8,10 @@ use k8s_openapi::api::core::v1::{EnvVar, Pod, PodTemplateSpec};
 use serde_json::json;
 
 use super::job::INDEX;
-use super::runner::{involved, propose, stored, Caches, Written, BY_CONTROLLER};
-use super::{cronjob, delete_pod, job, key_of, new_pod, owner_ref};
+use super::runner::{
+    create_pods, delete_pods, involved, propose, write_status, Caches, Written, BY_CONTROLLER,
+};
+use super::{cronjob, job, key_of, new_pod, owner_ref};
 use crate::events::Recorder;
 use crate::queue::Next;
 use crate::Context;
@@ -72,9 +74,10 @@ pub(super) async fn reconcile_job(
     let template = j.spec.clone().unwrap_or_default().template;
     let owner = owner_ref("batch/v1", "Job", &j.metadata);
     let mut written = Written::default();
-    let mut made = Vec::new();
-    for index in &plan.create {
-        let made_pod = match index {
+    let made = plan
+        .create
+        .iter()
+        .map(|index| match index {
             Some(i) => new_pod(
                 &indexed(&template, &name, *i),
                 &namespace,
@@ -84,60 +87,14 @@ pub(super) async fn reconcile_job(
                 now,
             ),
             None => new_pod(&template, &namespace, &name, owner.clone(), &classes, now),
-        };
-        match made_pod {
-            Ok(p) => made.push(p),
-            Err(why) => {
-                recorder
-                    .warning(&who, "FailedCreate", &format!("Error creating: {why}"))
-                    .await;
-                return Ok(Next::Done);
-            }
-        }
+        })
+        .collect();
+    if !create_pods(ctx, recorder, &who, made, &mut written).await {
+        return Ok(Next::Done);
     }
-    let writes = made.into_iter().map(|(key, pod)| async move {
-        let pod_name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
-        (
-            pod_name,
-            propose(ctx, Command::create(key, pod.to_string())).await,
-        )
-    });
-    for (pod, result) in futures::future::join_all(writes).await {
-        match result {
-            Ok(r) => {
-                written.pods = written.pods.max(r);
-                recorder
-                    .normal(&who, "SuccessfulCreate", &format!("Created pod: {pod}"))
-                    .await;
-            }
-            Err(e) => {
-                recorder
-                    .warning(&who, "FailedCreate", &format!("Error creating: {e}"))
-                    .await;
-            }
-        }
-    }
-    for i in &plan.delete {
-        let c = &owned[*i];
-        let Some(command) = stored(ctx, &c.key, c.revision)
-            .ok()
-            .and_then(|pod| delete_pod(&c.key, &pod, c.revision, now))
-        else {
-            continue;
-        };
-        if let Ok(r) = propose(ctx, command).await {
-            written.pods = written.pods.max(r);
-            let pod = c.object.metadata.name.clone().unwrap_or_default();
-            recorder
-                .normal(&who, "SuccessfulDelete", &format!("Deleted pod: {pod}"))
-                .await;
-        }
-    }
+    delete_pods(ctx, recorder, &who, &owned, &plan.delete, now, &mut written).await;
     if let Some(status) = &plan.status {
-        let mut object = stored(ctx, key, cached.revision)?;
-        object["status"] = serde_json::to_value(status).map_err(StoreError::storage)?;
-        let command = Command::update(key, object.to_string(), Some(cached.revision));
-        written.jobs = propose(ctx, command).await?;
+        written.jobs = write_status(ctx, key, cached.revision, status).await?;
     }
     for (type_, reason, message) in &plan.events {
         recorder.record(&who, type_, reason, message).await;
@@ -203,10 +160,7 @@ pub(super) async fn reconcile_cron_job(
         recorder.record(&who, type_, reason, message).await;
     }
     if let Some(status) = &plan.status {
-        let mut object = stored(ctx, key, cached.revision)?;
-        object["status"] = serde_json::to_value(status).map_err(StoreError::storage)?;
-        let command = Command::update(key, object.to_string(), Some(cached.revision));
-        written.cron_jobs = propose(ctx, command).await?;
+        written.cron_jobs = write_status(ctx, key, cached.revision, status).await?;
     }
     caches.catch_up(&written).await;
     Ok(plan.recheck.map_or(Next::Done, Next::After))

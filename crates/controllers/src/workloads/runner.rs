@@ -137,6 +137,94 @@ pub(super) fn involved(
     }
 }
 
+/// Makes the pods (`made`: store key and object, or why they could not be made) concurrently,
+/// each with its `SuccessfulCreate` event, or one `FailedCreate`. Whether they could be made.
+pub(super) async fn create_pods(
+    ctx: &Context,
+    recorder: &Recorder,
+    who: &Involved,
+    made: Result<Vec<(String, Value)>, String>,
+    written: &mut Written,
+) -> bool {
+    let made = match made {
+        Ok(m) => m,
+        Err(why) => {
+            recorder
+                .warning(who, "FailedCreate", &format!("Error creating: {why}"))
+                .await;
+            return false;
+        }
+    };
+    let writes = made.into_iter().map(|(key, pod)| async move {
+        let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+        (
+            name,
+            propose(ctx, Command::create(key, pod.to_string())).await,
+        )
+    });
+    for (pod, result) in futures::future::join_all(writes).await {
+        match result {
+            Ok(r) => {
+                written.pods = written.pods.max(r);
+                recorder
+                    .normal(who, "SuccessfulCreate", &format!("Created pod: {pod}"))
+                    .await;
+            }
+            Err(e) => {
+                recorder
+                    .warning(who, "FailedCreate", &format!("Error creating: {e}"))
+                    .await;
+            }
+        }
+    }
+    true
+}
+
+/// Deletes the pods at `indexes` of `owned` as a client would (gracefully), each with its
+/// `SuccessfulDelete` event; a pod that changed since it was read is left for the next round.
+pub(super) async fn delete_pods(
+    ctx: &Context,
+    recorder: &Recorder,
+    who: &Involved,
+    owned: &[Arc<Cached<Pod>>],
+    indexes: &[usize],
+    now: std::time::SystemTime,
+    written: &mut Written,
+) {
+    for i in indexes {
+        let c = &owned[*i];
+        let Some(command) = stored(ctx, &c.key, c.revision)
+            .ok()
+            .and_then(|pod| super::delete_pod(&c.key, &pod, c.revision, now))
+        else {
+            continue;
+        };
+        if let Ok(r) = propose(ctx, command).await {
+            written.pods = written.pods.max(r);
+            let pod = c.object.metadata.name.clone().unwrap_or_default();
+            recorder
+                .normal(who, "SuccessfulDelete", &format!("Deleted pod: {pod}"))
+                .await;
+        }
+    }
+}
+
+/// Writes `status` onto the object at `key` as read at `revision`; the revision written.
+pub(super) async fn write_status(
+    ctx: &Context,
+    key: &str,
+    revision: Revision,
+    status: &impl serde::Serialize,
+) -> Result<Revision, StoreError> {
+    let mut object = stored(ctx, key, revision)?;
+    object["status"] = serde_json::to_value(status).map_err(StoreError::storage)?;
+    propose(
+        ctx,
+        Command::update(key, object.to_string(), Some(revision)),
+    )
+    .await
+}
+
 /// The controller's key for an owner reference of `kind` in `namespace`.
 fn owner_key(prefix: &str, namespace: Option<&String>, name: &str) -> String {
     format!(
@@ -388,16 +476,6 @@ mod tests {
         }
     }
 
-    struct Guard<F: FnMut()>(F);
-    impl<F: FnMut()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            (self.0)()
-        }
-    }
-    fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
-        Guard(f)
-    }
-
     async fn until(what: &str, check: impl Fn() -> bool) {
         for _ in 0..1000 {
             if check() {
@@ -406,23 +484,6 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("timed out waiting for {what}");
-    }
-
-    fn dump(store: &MemoryStore) -> String {
-        let mut out = String::new();
-        for (_, _, v) in list(store, "/core/events/") {
-            if v["type"] == "Warning" {
-                out += &format!("{} {}\n", v["reason"], v["message"]);
-            }
-        }
-        out += &format!("pods: {}\n", list(store, PODS).len());
-        for (k, _, v) in list(store, "/apps/") {
-            out += &format!(
-                "{k}: spec.replicas={} status={} ann={}\n",
-                v["spec"]["replicas"], v["status"], v["metadata"]["annotations"]
-            );
-        }
-        out
     }
 
     #[tokio::test]
@@ -473,8 +534,6 @@ mod tests {
             .propose(Command::update(key, d.to_string(), Some(revision)))
             .await
             .unwrap();
-        let probe = Arc::clone(&store);
-        let _print = scopeguard(move || eprintln!("{}", dump(&probe)));
         until("the rollout", || {
             let d = &list(&store, key)[0].2;
             d["status"]["updatedReplicas"] == 4
