@@ -199,7 +199,12 @@ async fn flotilla_round(archive: &Path, round: usize, kills: usize) -> Result<Ve
 }
 
 /// Runs `swarm-lab.sh` with `args` and environment `env`.
-fn swarm_lab(script: &Path, dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Result<()> {
+pub(crate) fn swarm_lab(
+    script: &Path,
+    dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Result<()> {
     let status = Command::new("bash")
         .arg(script)
         .args(args)

@@ -7,6 +7,7 @@ mod load;
 mod membership;
 mod pods;
 mod runtime;
+mod scheduler;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,9 @@ enum Command {
     /// Node failover: kill -9 a node with 2 of a deployment's 6 pods, time until 6 run
     /// elsewhere, against Docker Swarm (defaults and tuned).
     Failover(failover::FailoverArgs),
+    /// Scheduling: 10,000 pods in deployments onto 5,000 hollow nodes; and 100 replicas that
+    /// really run against `docker service create --replicas 100` on Docker Swarm.
+    Scheduler(scheduler::SchedulerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Command::Membership(args) => runtime.block_on(membership::run(args)),
         Command::Pods(args) => runtime.block_on(pods::run_bench(args)),
         Command::Failover(args) => runtime.block_on(failover::run(args)),
+        Command::Scheduler(args) => runtime.block_on(scheduler::run(args)),
         Command::Runtime(_) => unreachable!("run before the async runtime starts"),
     }
 }

@@ -61,7 +61,7 @@ impl Member {
             .await
             .map_err(|e| format!("cannot start gossip: {e}"))?;
         let members = gossip::watch_members(&node, &gossip, stop.clone());
-        let group: LeaderGroup = loops::leader_group(&node, members);
+        let group: LeaderGroup = loops::leader_group(&node, members)?;
         let leader_loops = group.status();
         tokio::spawn(loops::register(
             Arc::clone(&node),

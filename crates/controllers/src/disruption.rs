@@ -154,7 +154,7 @@ fn scale_of(ctx: &Context, namespace: &str, kind: &str, name: &str) -> Option<i3
 async fn reconcile(
     ctx: &Context,
     budgets: &Informer<PodDisruptionBudget>,
-    pods: &Informer<Pod>,
+    pods: &Informer<Arc<Pod>>,
     key: &str,
 ) -> Result<Next, StoreError> {
     let Some(cached) = budgets.get(key) else {
@@ -163,7 +163,7 @@ async fn reconcile(
     let budget = &cached.object;
     let namespace = budget.metadata.namespace.clone().unwrap_or_default();
     let in_namespace = pods.by_index(BY_NAMESPACE, &namespace);
-    let list: Vec<&Pod> = in_namespace.iter().map(|c| &c.object).collect();
+    let list: Vec<&Pod> = in_namespace.iter().map(|c| &*c.object).collect();
     let fresh = status(
         budget,
         &list,
@@ -203,7 +203,7 @@ pub async fn run_disruption(ctx: Context, stop: CancellationToken) {
     };
     let pods = {
         let (q, budgets) = (queue.clone(), budgets.clone());
-        Informer::builder([PODS], parse::<Pod>)
+        Informer::builder([PODS], crate::informer::parse_pod)
             .index(BY_NAMESPACE, |c| {
                 c.object.metadata.namespace.clone().into_iter().collect()
             })

@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use flotilla_api::meta::{new_uid, now_rfc3339};
-use flotilla_store::{Command, Engine, Proposer};
+use flotilla_store::{Command, Engine, Op, Proposer};
 use serde_json::{json, Value};
 
 /// Recent events remembered for counting repeats (the map is cleared beyond this).
@@ -106,14 +107,51 @@ pub fn repeat_command(engine: &dyn Engine, key: &str) -> Option<Command> {
     ))
 }
 
+/// Events one component may write about one object at once, and how fast that allowance comes
+/// back: Kubernetes' spam filter (a burst of 25, then one per 5 minutes). A ReplicaSet
+/// controller making 1,000 pods writes 25 `SuccessfulCreate` events, not 1,000.
+const SPAM_BURST: f64 = 25.0;
+const SPAM_REFILL: Duration = Duration::from_secs(300);
+
+/// One object's allowance of events.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(now: Instant) -> Bucket {
+        Bucket {
+            tokens: SPAM_BURST,
+            at: now,
+        }
+    }
+
+    /// Takes one event's token at `now`; whether there was one.
+    fn take(&mut self, now: Instant) -> bool {
+        let refilled =
+            now.saturating_duration_since(self.at).as_secs_f64() / SPAM_REFILL.as_secs_f64();
+        self.tokens = (self.tokens + refilled).min(SPAM_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Writes events for one component (`deployment-controller`, `default-scheduler`). Clones
-/// share what was seen.
+/// share what was seen and each object's allowance.
 #[derive(Clone)]
 pub struct Recorder {
     engine: Arc<dyn Engine>,
     proposer: Arc<dyn Proposer>,
     component: &'static str,
     seen: Arc<Mutex<HashMap<String, String>>>,
+    allowance: Arc<Mutex<HashMap<String, Bucket>>>,
 }
 
 impl Recorder {
@@ -127,7 +165,34 @@ impl Recorder {
             proposer,
             component,
             seen: Arc::default(),
+            allowance: Arc::default(),
         }
+    }
+
+    /// Whether one more event about `involved` may be written now (the spam filter).
+    fn allowed(&self, involved: &Involved) -> bool {
+        let now = Instant::now();
+        let mut allowance = self.allowance.lock().expect("allowance");
+        if allowance.len() > SEEN {
+            // Full buckets are the same as none.
+            allowance.retain(|_, b| {
+                b.tokens
+                    + now.saturating_duration_since(b.at).as_secs_f64() / SPAM_REFILL.as_secs_f64()
+                    < SPAM_BURST
+            });
+        }
+        let key = format!(
+            "{}/{}/{}/{}",
+            involved.kind, involved.namespace, involved.name, involved.uid
+        );
+        let allowed = allowance
+            .entry(key)
+            .or_insert_with(|| Bucket::full(now))
+            .take(now);
+        if !allowed {
+            tracing::debug!(object = %involved.name, "event dropped: too many about one object");
+        }
+        allowed
     }
 
     pub async fn normal(&self, involved: &Involved, reason: &str, message: &str) {
@@ -138,9 +203,33 @@ impl Recorder {
         self.record(involved, "Warning", reason, message).await
     }
 
+    /// A new event of this component, to be written in the same batch as the change it
+    /// describes (a created pod and its `SuccessfulCreate`): one Raft entry for both. `None`
+    /// when the spam filter drops it.
+    pub fn create_op(
+        &self,
+        involved: &Involved,
+        type_: &str,
+        reason: &str,
+        message: &str,
+    ) -> Option<Op> {
+        if !self.allowed(involved) {
+            return None;
+        }
+        let (key, object) =
+            event_object(involved, None, type_, reason, message, self.component, None);
+        Some(Op::Create {
+            key,
+            value: object.to_string().into_bytes(),
+        })
+    }
+
     /// Writes the event (or counts a repeat); a failure is logged, never returned: an event
     /// is worth no retry of the work it describes.
     pub async fn record(&self, involved: &Involved, type_: &str, reason: &str, message: &str) {
+        if !self.allowed(involved) {
+            return;
+        }
         let signature = format!(
             "{}/{}/{}/{type_}/{reason}/{message}",
             involved.namespace, involved.kind, involved.uid
@@ -161,5 +250,24 @@ impl Recorder {
         if let Err(e) = self.proposer.propose(command).await {
             tracing::debug!(error = %e, reason, "cannot write an event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spam_filter_allows_a_burst_then_one_per_five_minutes() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::full(t0);
+        let burst = (0..100).filter(|_| bucket.take(t0)).count();
+        assert_eq!(burst, 25);
+        assert!(!bucket.take(t0 + Duration::from_secs(299)));
+        assert!(bucket.take(t0 + Duration::from_secs(301)));
+        assert!(!bucket.take(t0 + Duration::from_secs(302)));
+        // A long quiet time refills it, but never beyond the burst.
+        let later = t0 + Duration::from_secs(3600 * 24);
+        assert_eq!((0..100).filter(|_| bucket.take(later)).count(), 25);
     }
 }

@@ -472,5 +472,65 @@ pub fn parse_json(_key: &str, record: &Record) -> Option<serde_json::Value> {
     serde_json::from_slice(&record.value).ok()
 }
 
+/// A fast 64-bit fingerprint of `bytes` (FNV-1a over 8-byte words): it only tells apart two
+/// records that already share a key and a revision, so speed matters more than strength.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = 0xcbf2_9ce4_8422_2325 ^ bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        h = (h ^ u64::from_le_bytes(w.try_into().expect("8 bytes"))).wrapping_mul(PRIME);
+    }
+    for b in words.remainder() {
+        h = (h ^ u64::from(*b)).wrapping_mul(PRIME);
+    }
+    h
+}
+
+/// Pods parsed once per process. The leader's loops (scheduler, workload controllers, taint
+/// eviction, disruption budgets) each keep an informer of pods and all of them see every
+/// change: the first to parse a record shares the object with the others, through a window of
+/// the most recently parsed records (keyed by key, revision and a hash of the bytes, so that
+/// two stores in one process never share a pod).
+pub fn parse_pod(key: &str, record: &Record) -> Option<Arc<k8s_openapi::api::core::v1::Pod>> {
+    type Parsed = (String, Revision, u64);
+    struct Recent {
+        pods: HashMap<Parsed, Arc<k8s_openapi::api::core::v1::Pod>>,
+        order: std::collections::VecDeque<Parsed>,
+    }
+    const KEEP: usize = 2048;
+    static RECENT: std::sync::OnceLock<std::sync::Mutex<Recent>> = std::sync::OnceLock::new();
+    let recent = RECENT.get_or_init(|| {
+        std::sync::Mutex::new(Recent {
+            pods: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+        })
+    });
+    let id = (
+        key.to_string(),
+        record.mod_revision,
+        fingerprint(&record.value),
+    );
+    if let Some(pod) = recent
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pods
+        .get(&id)
+    {
+        return Some(Arc::clone(pod));
+    }
+    let pod = Arc::new(serde_json::from_slice(&record.value).ok()?);
+    let mut r = recent.lock().unwrap_or_else(|p| p.into_inner());
+    if r.pods.insert(id.clone(), Arc::clone(&pod)).is_none() {
+        r.order.push_back(id);
+        while r.order.len() > KEEP {
+            if let Some(old) = r.order.pop_front() {
+                r.pods.remove(&old);
+            }
+        }
+    }
+    Some(pod)
+}
+
 #[cfg(test)]
 mod tests;

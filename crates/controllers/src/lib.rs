@@ -5,6 +5,7 @@
 //! `flotilla_util::LeaderGroup`. This crate reads and writes only through the store contract
 //! (`flotilla-store`), never Raft, so every loop runs against `MemoryStore` in tests.
 
+pub mod batch;
 pub mod disruption;
 pub mod events;
 pub mod gc;

@@ -61,6 +61,16 @@ pub const AGENT_ANNOTATION: &str = "node.flotilla.io/agent";
 /// The taint of a node gossip reports down.
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 
+/// The annotation of Node objects a Flotilla node registered itself. The lifecycle manages only
+/// those: a Node object written through the API (a hollow node, as kube-scheduler's
+/// `scheduler_perf` and kubemark make, or a virtual kubelet's) says what its writer says.
+pub const REGISTERED_ANNOTATION: &str = "node.flotilla.io/registered";
+
+/// Whether a Node object was registered by a Flotilla node.
+pub fn is_registered(node: &Value) -> bool {
+    node["metadata"]["annotations"][REGISTERED_ANNOTATION] == "true"
+}
+
 /// Whether a Node object is of a node that runs an agent.
 pub fn has_agent(node: &Value) -> bool {
     node["metadata"]["annotations"][AGENT_ANNOTATION] == "true"
@@ -106,9 +116,9 @@ impl NodeInfo {
 
     fn annotations(&self) -> Value {
         if self.agent {
-            json!({AGENT_ANNOTATION: "true"})
+            json!({REGISTERED_ANNOTATION: "true", AGENT_ANNOTATION: "true"})
         } else {
-            json!({})
+            json!({REGISTERED_ANNOTATION: "true"})
         }
     }
 
@@ -286,9 +296,11 @@ pub fn register_existing(info: &NodeInfo, current: &Record, now: &str) -> Option
     node["status"]["nodeInfo"] = node_info();
     match node["metadata"]["annotations"].as_object_mut() {
         Some(a) if info.agent => {
+            a.insert(REGISTERED_ANNOTATION.into(), json!("true"));
             a.insert(AGENT_ANNOTATION.into(), json!("true"));
         }
         Some(a) => {
+            a.insert(REGISTERED_ANNOTATION.into(), json!("true"));
             a.remove(AGENT_ANNOTATION);
         }
         None => node["metadata"]["annotations"] = info.annotations(),
@@ -371,6 +383,9 @@ pub fn plan(
         let Some(name) = node["metadata"]["name"].as_str() else {
             continue;
         };
+        if !is_registered(node) {
+            continue;
+        }
         if !members.contains(name) {
             let mut ops = vec![Op::Delete {
                 key: key.clone(),
@@ -629,6 +644,23 @@ mod tests {
             keys,
             vec!["/core/nodes/n1", "/flotilla/podcidrs/10.244.3.0"]
         );
+    }
+
+    #[test]
+    fn a_node_object_written_through_the_api_is_left_as_its_writer_says() {
+        let hollow = json!({
+            "metadata": {"name": "hollow-1"},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        });
+        let nodes = [(node_key("hollow-1"), 4, hollow)];
+        // Neither a Raft member nor alive in gossip, and still neither deleted nor tainted.
+        assert!(plan(&nodes, &names(&["n1"]), &names(&["hollow-1"]), at(1)).is_empty());
+        assert!(is_registered(&new_node(
+            &info("n1"),
+            "10.244.3.0/24",
+            "u",
+            "t0"
+        )));
     }
 
     mod lifecycle {

@@ -3,8 +3,9 @@
 //! Each round it places the pending pods in priority order with the pure
 //! [`flotilla_scheduler::schedule`], records each decision in the cache at once (the pod is
 //! *assumed* there, so the next decision counts it even though its binding is not committed
-//! yet), and commits the bindings concurrently, each with its `Scheduled` event in the same
-//! atomic write. A binding that fails gives the room back and the pod is placed again. A pod no
+//! yet), and commits the bindings in the background, each with its `Scheduled` event, many to
+//! a Raft entry ([`crate::batch`]). A binding that fails gives the room back and the pod is
+//! placed again. A pod no
 //! node fits gets `PodScheduled=False` with Kubernetes' explanation and a `FailedScheduling`
 //! event, and waits until a node or a pod changes (or [`RETRY_UNSCHEDULABLE`] passes).
 
@@ -106,71 +107,88 @@ fn set_scheduled(object: &mut Value, status: &str, reason: Option<&str>, message
     }
 }
 
-/// Binds the pod at `key` (if it is still the pod `uid` and unbound) to `node`, with its
-/// `Scheduled` event, in one write.
-async fn bind(ctx: &Context, key: &str, uid: &str, node: &str) -> Result<(), StoreError> {
-    for _ in 0..3 {
-        let Some(record) = ctx.engine.get(key)?.1 else {
-            return Err(StoreError::NotFound { key: key.into() });
-        };
-        let mut object: Value =
-            serde_json::from_slice(&record.value).map_err(StoreError::storage)?;
-        if object["metadata"]["uid"] != uid {
-            return Err(StoreError::NotFound { key: key.into() });
-        }
-        match object["spec"]["nodeName"].as_str() {
-            Some(n) if !n.is_empty() => {
-                return if n == node {
-                    Ok(())
-                } else {
-                    Err(StoreError::Conflict {
-                        key: key.into(),
-                        expected: record.mod_revision,
-                        current: record.mod_revision,
-                    })
-                }
-            }
-            _ => {}
-        }
-        object["spec"]["nodeName"] = json!(node);
-        set_scheduled(&mut object, "True", None, "");
-        let involved = Involved::of(&json!({
-            "apiVersion": "v1", "kind": "Pod", "metadata": object["metadata"].clone()}));
-        let message = format!(
-            "Successfully assigned {}/{} to {node}",
-            involved.namespace, involved.name
-        );
-        let (event_key, event) = event_object(
-            &involved,
-            None,
-            "Normal",
-            "Scheduled",
-            &message,
-            SCHEDULER_NAME,
-            None,
-        );
-        let command = Command::batch(vec![
-            Op::Update {
+/// The write that binds the pod at `key` (if it is still the pod `uid` and unbound) to `node`,
+/// with its `Scheduled` event; `None` when it is bound there already.
+fn bind_command(
+    ctx: &Context,
+    key: &str,
+    uid: &str,
+    node: &str,
+) -> Result<Option<Command>, StoreError> {
+    let Some(record) = ctx.engine.get(key)?.1 else {
+        return Err(StoreError::NotFound { key: key.into() });
+    };
+    let mut object: Value = serde_json::from_slice(&record.value).map_err(StoreError::storage)?;
+    if object["metadata"]["uid"] != uid {
+        return Err(StoreError::NotFound { key: key.into() });
+    }
+    match object["spec"]["nodeName"].as_str() {
+        Some(n) if n == node => return Ok(None),
+        Some(n) if !n.is_empty() => {
+            return Err(StoreError::Conflict {
                 key: key.into(),
-                value: object.to_string().into_bytes(),
-                expected: Some(record.mod_revision),
-            },
-            Op::Create {
-                key: event_key,
-                value: event.to_string().into_bytes(),
-            },
-        ]);
-        match ctx.proposer.propose(command).await {
-            Ok(_) => return Ok(()),
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e),
+                expected: record.mod_revision,
+                current: record.mod_revision,
+            })
+        }
+        _ => {}
+    }
+    object["spec"]["nodeName"] = json!(node);
+    set_scheduled(&mut object, "True", None, "");
+    let involved = Involved::of(&json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": object["metadata"].clone()}));
+    let message = format!(
+        "Successfully assigned {}/{} to {node}",
+        involved.namespace, involved.name
+    );
+    let (event_key, event) = event_object(
+        &involved,
+        None,
+        "Normal",
+        "Scheduled",
+        &message,
+        SCHEDULER_NAME,
+        None,
+    );
+    Ok(Some(Command::batch(vec![
+        Op::Update {
+            key: key.into(),
+            value: object.to_string().into_bytes(),
+            expected: Some(record.mod_revision),
+        },
+        Op::Create {
+            key: event_key,
+            value: event.to_string().into_bytes(),
+        },
+    ])))
+}
+
+/// Commits `bindings` (pod key, uid, node) in batches; whether each one was.
+async fn bind_all(ctx: &Context, bindings: &[(String, String, String)]) -> Vec<bool> {
+    let mut bound = vec![false; bindings.len()];
+    let mut commands = Vec::new();
+    let mut committed = Vec::new();
+    for (i, (key, uid, node)) in bindings.iter().enumerate() {
+        match bind_command(ctx, key, uid, node) {
+            Ok(Some(command)) => {
+                commands.push(command);
+                committed.push(i);
+            }
+            Ok(None) => bound[i] = true,
+            Err(e) => tracing::debug!(%key, %node, error = %e, "cannot bind; placing again"),
         }
     }
-    Err(StoreError::Conflict {
-        key: key.into(),
-        expected: 0,
-        current: 0,
-    })
+    let answers = crate::batch::propose_all(ctx.proposer.as_ref(), commands).await;
+    for (i, answer) in committed.into_iter().zip(answers) {
+        match answer {
+            Ok(_) => bound[i] = true,
+            Err(e) => {
+                let (key, _, node) = &bindings[i];
+                tracing::debug!(%key, %node, error = %e, "binding failed; placing again");
+            }
+        }
+    }
+    bound
 }
 
 /// Writes `PodScheduled=False` with `message` onto the pod (if it is still unbound and says
@@ -360,12 +378,37 @@ impl State {
     }
 }
 
+/// Commits `bindings` in the background (at most [`MAX_IN_FLIGHT`] at once); each outcome comes
+/// back as a [`Msg::Bound`].
+async fn commit(
+    ctx: &Context,
+    tx: &mpsc::UnboundedSender<Msg>,
+    in_flight: &Arc<Semaphore>,
+    bindings: Vec<(String, String, String)>,
+) {
+    if bindings.is_empty() {
+        return;
+    }
+    let permits = Arc::clone(in_flight)
+        .acquire_many_owned(bindings.len() as u32)
+        .await
+        .expect("never closed");
+    let (ctx, tx) = (ctx.clone(), tx.clone());
+    tokio::spawn(async move {
+        let bound = bind_all(&ctx, &bindings).await;
+        drop(permits);
+        for ((key, _, _), ok) in bindings.into_iter().zip(bound) {
+            let _ = tx.send(Msg::Bound(key, ok));
+        }
+    });
+}
+
 /// Runs the scheduler until `stop`.
 pub async fn run_scheduler(ctx: Context, stop: CancellationToken) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let pods = {
         let tx = tx.clone();
-        Informer::builder([PODS_PREFIX], parse::<Pod>)
+        Informer::builder([PODS_PREFIX], crate::informer::parse_pod)
             .on_change(move |c| {
                 let _ = tx.send(Msg::Pod(
                     c.key.to_string(),
@@ -433,6 +476,7 @@ pub async fn run_scheduler(ctx: Context, stop: CancellationToken) {
         }
         let mut messages: BTreeMap<String, String> = BTreeMap::new();
         let mut preemptions = Vec::new();
+        let mut bindings = Vec::new();
         for key in state.take_pending() {
             let Some(pod) = pods.get(&key).map(|c| Arc::clone(&c.object)) else {
                 continue;
@@ -463,20 +507,12 @@ pub async fn run_scheduler(ctx: Context, stop: CancellationToken) {
             let uid = facts.uid.clone();
             state.cluster.place(&node, Arc::new(facts));
             state.assumed.insert(key.clone());
-            let permit = Arc::clone(&in_flight)
-                .acquire_owned()
-                .await
-                .expect("never closed");
-            let (ctx, tx) = (ctx.clone(), tx.clone());
-            tokio::spawn(async move {
-                let result = bind(&ctx, &key, &uid, &node).await;
-                if let Err(e) = &result {
-                    tracing::debug!(%key, %node, error = %e, "binding failed; placing again");
-                }
-                drop(permit);
-                let _ = tx.send(Msg::Bound(key, result.is_ok()));
-            });
+            bindings.push((key, uid, node));
+            if bindings.len() >= crate::batch::MAX_OPS / 2 {
+                commit(&ctx, &tx, &in_flight, std::mem::take(&mut bindings)).await;
+            }
         }
+        commit(&ctx, &tx, &in_flight, bindings).await;
         for (key, message) in messages {
             let (ctx, recorder) = (ctx.clone(), recorder.clone());
             tokio::spawn(async move {

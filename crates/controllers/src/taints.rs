@@ -74,7 +74,7 @@ type FirstSeen = Mutex<HashMap<(String, String, String), SystemTime>>;
 async fn reconcile(
     ctx: &Context,
     nodes: &Informer<Node>,
-    pods: &Informer<Pod>,
+    pods: &Informer<Arc<Pod>>,
     members: &ClusterMembers,
     seen: &FirstSeen,
     recorder: &Recorder,
@@ -191,7 +191,7 @@ pub async fn run_taint_eviction(
     };
     let pods = {
         let (q, nodes) = (queue.clone(), nodes.clone());
-        Informer::builder([PODS], parse::<Pod>)
+        Informer::builder([PODS], crate::informer::parse_pod)
             .index(BY_NODE, |c| {
                 c.object
                     .spec

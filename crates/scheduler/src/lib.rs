@@ -202,31 +202,19 @@ mod scores {
         if nodes.len() == 1 {
             return nodes[0];
         }
-        let mut total = vec![0.0; nodes.len()];
-        let mut add = |weight: f64, raw: Vec<f64>, already_normal: bool| {
-            let scores = if already_normal { raw } else { normalise(&raw) };
-            for (t, s) in total.iter_mut().zip(scores) {
+        // Least allocated and balanced allocation (weight 1 each), already on 0–100.
+        let mut total: Vec<f64> = nodes
+            .iter()
+            .map(|n| {
+                let (c, m) = shares(pod, n);
+                (2.0 - c - m) / 2.0 * 100.0 + (1.0 - (c - m).abs()) * 100.0
+            })
+            .collect();
+        let mut add = |weight: f64, raw: Vec<f64>| {
+            for (t, s) in total.iter_mut().zip(normalise(&raw)) {
                 *t += weight * s;
             }
         };
-        // Least allocated and balanced allocation (weight 1 each).
-        let shares: Vec<(f64, f64)> = nodes.iter().map(|n| shares(pod, n)).collect();
-        add(
-            1.0,
-            shares
-                .iter()
-                .map(|(c, m)| (2.0 - c - m) / 2.0 * 100.0)
-                .collect(),
-            true,
-        );
-        add(
-            1.0,
-            shares
-                .iter()
-                .map(|(c, m)| (1.0 - (c - m).abs()) * 100.0)
-                .collect(),
-            true,
-        );
         // Spreading the pods of one controller over nodes (weight 2).
         if let Some(owner) = &pod.owner {
             add(
@@ -235,7 +223,6 @@ mod scores {
                     .iter()
                     .map(|n| -f64::from(n.by_owner.get(owner).copied().unwrap_or(0)))
                     .collect(),
-                false,
             );
         }
         // Preferred node affinity (weight 2).
@@ -252,7 +239,6 @@ mod scores {
                             .sum()
                     })
                     .collect(),
-                false,
             );
         }
         // PreferNoSchedule taints the pod does not tolerate (weight 3).
@@ -265,8 +251,11 @@ mod scores {
                 })
                 .count() as f64
         };
-        if nodes.iter().any(|n| tainted(n) > 0.0) {
-            add(3.0, nodes.iter().map(|n| -tainted(n)).collect(), false);
+        if nodes
+            .iter()
+            .any(|n| !n.taints.is_empty() && tainted(n) > 0.0)
+        {
+            add(3.0, nodes.iter().map(|n| -tainted(n)).collect());
         }
         // Preferred pod affinity and anti-affinity (weight 2).
         if !counts.preferred.is_empty() {
@@ -288,7 +277,6 @@ mod scores {
                             .sum()
                     })
                     .collect(),
-                false,
             );
         }
         // Soft topology spread (weight 2): fewer matching pods in the node's domains.
@@ -316,7 +304,6 @@ mod scores {
                             .sum::<f64>()
                     })
                     .collect(),
-                false,
             );
         }
         let mut best = 0;

@@ -38,6 +38,8 @@ pub struct GroupStatus {
 pub struct LeaderGroup {
     loops: Vec<(&'static str, LoopFactory)>,
     status: Arc<Mutex<GroupStatus>>,
+    /// The runtime the loops run on; the caller's when `None`.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for LeaderGroup {
@@ -57,7 +59,14 @@ impl LeaderGroup {
         LeaderGroup {
             loops: Vec::new(),
             status: Arc::default(),
+            runtime: None,
         }
+    }
+
+    /// Runs the loops (and whatever they spawn) on the runtime of `handle`.
+    pub fn on_runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
+        self
     }
 
     /// Adds a loop: `start` is called with a token that is cancelled when leadership ends; the
@@ -113,7 +122,11 @@ impl LeaderGroup {
             .iter()
             .map(|(name, start)| {
                 let fut = start(stop.child_token());
-                let task = crate::task::spawn_named(name, async move {
+                let handle = self
+                    .runtime
+                    .clone()
+                    .unwrap_or_else(tokio::runtime::Handle::current);
+                let task = crate::task::spawn_named_on(&handle, name, async move {
                     fut.await;
                 });
                 (*name, task)

@@ -11,7 +11,20 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(
+    spawn_named_on(&tokio::runtime::Handle::current(), name, fut)
+}
+
+/// [`spawn_named`] on the runtime of `handle`.
+pub fn spawn_named_on<F>(
+    handle: &tokio::runtime::Handle,
+    name: &'static str,
+    fut: F,
+) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    handle.spawn(
         async move {
             let out = fut.await;
             tracing::debug!("task ended");

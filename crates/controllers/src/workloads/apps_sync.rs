@@ -34,7 +34,7 @@ pub(super) async fn reconcile_replica_set(
     }
     let uid = rs.metadata.uid.clone().unwrap_or_default();
     let owned = caches.pods.by_index(BY_CONTROLLER, &uid);
-    let pods: Vec<&Pod> = owned.iter().map(|c| &c.object).collect();
+    let pods: Vec<&Pod> = owned.iter().map(|c| &*c.object).collect();
     let now = ctx.clock.now();
     let plan = replicaset::plan(rs, &pods, now);
     let classes = super::priority_classes(ctx.engine.as_ref());
@@ -188,7 +188,7 @@ pub(super) async fn reconcile_daemon_set(
     }
     let uid = ds.metadata.uid.clone().unwrap_or_default();
     let owned = caches.pods.by_index(BY_CONTROLLER, &uid);
-    let pods: Vec<&Pod> = owned.iter().map(|c| &c.object).collect();
+    let pods: Vec<&Pod> = owned.iter().map(|c| &*c.object).collect();
     let nodes: Vec<flotilla_scheduler::NodeState> = caches
         .nodes
         .list()

@@ -60,7 +60,7 @@ pub(super) async fn reconcile_job(
     }
     let uid = j.metadata.uid.clone().unwrap_or_default();
     let owned = caches.pods.by_index(BY_CONTROLLER, &uid);
-    let pods: Vec<&Pod> = owned.iter().map(|c| &c.object).collect();
+    let pods: Vec<&Pod> = owned.iter().map(|c| &*c.object).collect();
     let now = ctx.clock.now();
     let plan = job::plan(j, &pods, now);
     let classes = super::priority_classes(ctx.engine.as_ref());

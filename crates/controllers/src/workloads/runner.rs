@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_store::{Command, Revision, StoreError};
+use flotilla_store::{Command, Op, Revision, StoreError};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -52,7 +52,7 @@ fn controller_uid<T>(
 /// The informers the workload controllers share.
 #[derive(Clone)]
 pub(super) struct Caches {
-    pub pods: Informer<Pod>,
+    pub pods: Informer<Arc<Pod>>,
     pub replica_sets: Informer<ReplicaSet>,
     pub deployments: Informer<Deployment>,
     pub daemon_sets: Informer<DaemonSet>,
@@ -137,8 +137,9 @@ pub(super) fn involved(
     }
 }
 
-/// Makes the pods (`made`: store key and object, or why they could not be made) concurrently,
-/// each with its `SuccessfulCreate` event, or one `FailedCreate`. Whether they could be made.
+/// Makes the pods (`made`: store key and object, or why they could not be made), each with its
+/// `SuccessfulCreate` event, in batches ([`crate::batch`]), or one `FailedCreate`. Whether they
+/// could be made.
 pub(super) async fn create_pods(
     ctx: &Context,
     recorder: &Recorder,
@@ -155,21 +156,26 @@ pub(super) async fn create_pods(
             return false;
         }
     };
-    let writes = made.into_iter().map(|(key, pod)| async move {
-        let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
-        (
-            name,
-            propose(ctx, Command::create(key, pod.to_string())).await,
-        )
-    });
-    for (pod, result) in futures::future::join_all(writes).await {
+    let writes = made
+        .into_iter()
+        .map(|(key, pod)| {
+            let name = pod["metadata"]["name"].as_str().unwrap_or("");
+            let event = recorder.create_op(
+                who,
+                "Normal",
+                "SuccessfulCreate",
+                &format!("Created pod: {name}"),
+            );
+            let create = Op::Create {
+                key,
+                value: pod.to_string().into_bytes(),
+            };
+            Command::batch([create].into_iter().chain(event).collect())
+        })
+        .collect();
+    for result in crate::batch::propose_all(ctx.proposer.as_ref(), writes).await {
         match result {
-            Ok(r) => {
-                written.pods = written.pods.max(r);
-                recorder
-                    .normal(who, "SuccessfulCreate", &format!("Created pod: {pod}"))
-                    .await;
-            }
+            Ok(r) => written.pods = written.pods.max(r),
             Err(e) => {
                 recorder
                     .warning(who, "FailedCreate", &format!("Error creating: {e}"))
@@ -181,31 +187,37 @@ pub(super) async fn create_pods(
 }
 
 /// Deletes the pods at `indexes` of `owned` as a client would (gracefully), each with its
-/// `SuccessfulDelete` event; a pod that changed since it was read is left for the next round.
+/// `SuccessfulDelete` event, in batches; a pod that changed since it was read is left for the
+/// next round.
 pub(super) async fn delete_pods(
     ctx: &Context,
     recorder: &Recorder,
     who: &Involved,
-    owned: &[Arc<Cached<Pod>>],
+    owned: &[Arc<Cached<Arc<Pod>>>],
     indexes: &[usize],
     now: std::time::SystemTime,
     written: &mut Written,
 ) {
-    for i in indexes {
-        let c = &owned[*i];
-        let Some(command) = stored(ctx, &c.key, c.revision)
-            .ok()
-            .and_then(|pod| super::delete_pod(&c.key, &pod, c.revision, now))
-        else {
-            continue;
-        };
-        if let Ok(r) = propose(ctx, command).await {
-            written.pods = written.pods.max(r);
-            let pod = c.object.metadata.name.clone().unwrap_or_default();
-            recorder
-                .normal(who, "SuccessfulDelete", &format!("Deleted pod: {pod}"))
-                .await;
-        }
+    let writes = indexes
+        .iter()
+        .filter_map(|i| {
+            let c = &owned[*i];
+            let mut command = stored(ctx, &c.key, c.revision)
+                .ok()
+                .and_then(|pod| super::delete_pod(&c.key, &pod, c.revision, now))?;
+            let pod = c.object.metadata.name.as_deref().unwrap_or("");
+            command.ops.extend(recorder.create_op(
+                who,
+                "Normal",
+                "SuccessfulDelete",
+                &format!("Deleted pod: {pod}"),
+            ));
+            Some(command)
+        })
+        .collect();
+    let answers = crate::batch::propose_all(ctx.proposer.as_ref(), writes).await;
+    for r in answers.into_iter().flatten() {
+        written.pods = written.pods.max(r);
     }
 }
 
@@ -242,8 +254,8 @@ pub async fn run_workloads(ctx: Context, stop: CancellationToken) {
     let ds_queue = WorkQueue::default();
     let pods = {
         let (rq, jq, dq) = (rs_queue.clone(), job_queue.clone(), ds_queue.clone());
-        Informer::builder([PODS], parse::<Pod>)
-            .index(BY_CONTROLLER, controller_uid(|p: &Pod| &p.metadata))
+        Informer::builder([PODS], crate::informer::parse_pod)
+            .index(BY_CONTROLLER, controller_uid(|p: &Arc<Pod>| &p.metadata))
             .on_change(move |c| {
                 let Some(pod) = c.new.or(c.old).map(|p| &p.object) else {
                     return;
