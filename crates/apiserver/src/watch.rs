@@ -147,7 +147,22 @@ pub async fn run(
                 }
             },
         };
+        // The events of one revision (a batch of writes) leave in one chunk: a client that
+        // resumes from a revision has then seen all of its events unless the connection broke
+        // inside that one write.
+        let mut chunk: Vec<u8> = Vec::new();
+        let mut chunk_revision = None;
         for event in events {
+            if chunk_revision != Some(event.revision)
+                && !chunk.is_empty()
+                && tx
+                    .send(Bytes::from(std::mem::take(&mut chunk)))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+            chunk_revision = Some(event.revision);
             let (kind, record): (&str, Option<&Record>) = match event.kind {
                 EventKind::Created => ("ADDED", event.record.as_ref()),
                 EventKind::Updated => ("MODIFIED", event.record.as_ref()),
@@ -157,9 +172,7 @@ pub async fn run(
                 .filter(|_| unfiltered)
                 .and_then(|rec| raw_line(kind, rec, event.revision))
             {
-                if tx.send(l).await.is_err() {
-                    return;
-                }
+                chunk.extend_from_slice(&l);
                 continue;
             }
             let Some(mut object) = record.and_then(object_of) else {
@@ -171,9 +184,10 @@ pub async fn run(
             if !matches(&object) {
                 continue;
             }
-            if tx.send(line(kind, shape(object))).await.is_err() {
-                return;
-            }
+            chunk.extend_from_slice(&line(kind, shape(object)));
+        }
+        if !chunk.is_empty() && tx.send(Bytes::from(chunk)).await.is_err() {
+            return;
         }
     }
 }
@@ -202,6 +216,47 @@ mod tests {
             after,
             timeout: None,
             table: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_events_of_one_revision_leave_in_one_chunk() {
+        let store = Arc::new(MemoryStore::new(100));
+        let r = flotilla_api::find("", "v1", "configmaps").unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let engine: Arc<dyn Engine> = store.clone();
+        tokio::spawn(run(
+            engine,
+            Arc::clone(store.window()),
+            r,
+            Some("default".into()),
+            request(Some(store.applied_revision())),
+            tx,
+        ));
+        let ops = ["a", "b"]
+            .map(|n| flotilla_store::Op::Create {
+                key: format!("/core/configmaps/default/{n}"),
+                value: cm(n, "1").into_bytes(),
+            })
+            .to_vec();
+        let revision = store.propose(Command::batch(ops)).await.unwrap();
+        let chunk = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a chunk within 5 s")
+            .expect("the stream is open");
+        let lines: Vec<Value> = chunk
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        for (l, name) in lines.iter().zip(["a", "b"]) {
+            assert_eq!(l["type"], "ADDED");
+            assert_eq!(l["object"]["metadata"]["name"], name);
+            assert_eq!(
+                l["object"]["metadata"]["resourceVersion"],
+                revision.to_string()
+            );
         }
     }
 

@@ -172,7 +172,40 @@ async fn flotilla_round(archive: &Path, round: usize, kills: usize) -> Result<Ve
                 break Instant::now();
             }
             if Instant::now() > deadline {
-                bail!("6 replicas did not come back within 120 s");
+                let list = pods
+                    .list(&ListParams::default().labels(&format!("app={app}")))
+                    .await?;
+                for p in &list.items {
+                    eprintln!(
+                        "{} on {:?}: phase {:?}, ready {}, deleting {}",
+                        p.metadata.name.as_deref().unwrap_or(""),
+                        node_of(p),
+                        p.status.as_ref().and_then(|s| s.phase.clone()),
+                        ready(p),
+                        p.metadata.deletion_timestamp.is_some()
+                    );
+                }
+                for n in nodes.list(&ListParams::default()).await?.items {
+                    eprintln!(
+                        "node {}: conditions {:?}, taints {:?}",
+                        n.metadata.name.as_deref().unwrap_or(""),
+                        n.status.and_then(|s| s.conditions).map(|c| c
+                            .into_iter()
+                            .map(|c| (c.type_, c.status))
+                            .collect::<Vec<_>>()),
+                        n.spec.and_then(|s| s.taints)
+                    );
+                }
+                let kept = std::env::temp_dir()
+                    .join(format!("flotilla-bench-failover-{}", std::process::id()));
+                std::fs::create_dir_all(&kept)?;
+                for n in &cluster.nodes {
+                    std::fs::copy(n.log_path(), kept.join(format!("{}.log", n.name)))?;
+                }
+                bail!(
+                    "6 replicas did not come back within 120 s (the nodes' logs: {})",
+                    kept.display()
+                );
             }
             tokio::time::sleep(POLL).await;
         };

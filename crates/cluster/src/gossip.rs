@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flotilla_controllers::ClusterMembers;
 use flotilla_gossip::{Gossip, GossipConfig, Liveness, Membership, NodeMeta, Timing};
@@ -14,6 +14,9 @@ use flotilla_raft::RaftNode;
 use tokio_util::sync::CancellationToken;
 
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+/// How long a Raft member may be missing from gossip's view before the node lifecycle counts
+/// it down (joins take about a second).
+const MISSING_GRACE: Duration = Duration::from_secs(5);
 
 /// Gossip's own runtime: one thread, so that failure detection keeps its timing however busy
 /// the node's main runtime is (applying, serving the API, catching up). Never dropped.
@@ -127,16 +130,38 @@ pub fn watch_members(
 ) -> tokio::sync::watch::Receiver<ClusterMembers> {
     let now = {
         let node = Arc::clone(node);
+        // Since when each member has been missing from gossip's view altogether.
+        let missing_since: std::sync::Mutex<std::collections::HashMap<u64, Instant>> =
+            Default::default();
         move || {
             let members = node.members();
-            let down_ids = node.down_members();
+            let view = node.gossip_view();
+            let mut missing = missing_since.lock().unwrap_or_else(|p| p.into_inner());
+            missing.retain(|id, _| !view.contains_key(id));
+            let at = Instant::now();
+            // Only a gossip that sees some other member alive can tell one missing: a node
+            // whose own gossip sees nobody judges nobody.
+            let working = view
+                .iter()
+                .any(|(id, down)| *id != node.id && down.is_none());
+            let down = members
+                .iter()
+                .filter(|(id, _)| *id != node.id)
+                .filter(|(id, _)| match view.get(id) {
+                    Some(down) => down.is_some(),
+                    // A member gossip has never seen (its join failed) is down once it has
+                    // been missing for longer than a join takes: otherwise its death would
+                    // go unnoticed.
+                    None => {
+                        let since = *missing.entry(*id).or_insert(at);
+                        working && at.duration_since(since) > MISSING_GRACE
+                    }
+                })
+                .map(|(_, m)| m.name.clone())
+                .collect();
             ClusterMembers {
                 names: members.iter().map(|(_, m)| m.name.clone()).collect(),
-                down: members
-                    .iter()
-                    .filter(|(id, _)| down_ids.contains_key(id))
-                    .map(|(_, m)| m.name.clone())
-                    .collect(),
+                down,
             }
         }
     };

@@ -78,6 +78,9 @@ pub struct Gossip {
     events: broadcast::Sender<Event>,
 }
 
+/// How long one join may take, handshake and state exchange included.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(3);
+
 fn options(t: &Timing) -> Options {
     Options::lan()
         .with_probe_interval(t.probe_interval)
@@ -199,9 +202,14 @@ impl Membership for Gossip {
         // answers is enough, gossip does the rest.
         let mut errors = Vec::new();
         for seed in &targets {
-            match self.list.join(MaybeResolvedAddress::resolved(*seed)).await {
-                Ok(_) => return Ok(()),
-                Err(e) => errors.push(format!("{seed}: {e}")),
+            // Bounded here too: a join that hangs (seen once in about ten cluster starts: the
+            // joiner never answered anyone again) holds memberlist's state; dropped, it frees
+            // it and the caller's next round tries again.
+            let join = self.list.join(MaybeResolvedAddress::resolved(*seed));
+            match tokio::time::timeout(JOIN_TIMEOUT, join).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => errors.push(format!("{seed}: {e}")),
+                Err(_) => errors.push(format!("{seed}: no answer in {JOIN_TIMEOUT:?}")),
             }
         }
         Err(GossipError::Join {
