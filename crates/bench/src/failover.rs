@@ -196,15 +196,9 @@ async fn flotilla_round(archive: &Path, round: usize, kills: usize) -> Result<Ve
                         n.spec.and_then(|s| s.taints)
                     );
                 }
-                let kept = std::env::temp_dir()
-                    .join(format!("flotilla-bench-failover-{}", std::process::id()));
-                std::fs::create_dir_all(&kept)?;
-                for n in &cluster.nodes {
-                    std::fs::copy(n.log_path(), kept.join(format!("{}.log", n.name)))?;
-                }
                 bail!(
                     "6 replicas did not come back within 120 s (the nodes' logs: {})",
-                    kept.display()
+                    keep_logs(&cluster)?.display()
                 );
             }
             tokio::time::sleep(POLL).await;
@@ -216,6 +210,12 @@ async fn flotilla_round(archive: &Path, round: usize, kills: usize) -> Result<Ve
             node_down_s: down,
         };
         eprintln!("{kill:?}");
+        if kill.recovered_s > SLOW.as_secs_f64() {
+            eprintln!(
+                "slower than {SLOW:?}: the nodes' logs are in {}",
+                keep_logs(&cluster)?.display()
+            );
+        }
         out.push(kill);
         cluster.restart(victim).await?;
         deployments.delete(&app, &DeleteParams::default()).await?;
@@ -229,6 +229,25 @@ async fn flotilla_round(archive: &Path, round: usize, kills: usize) -> Result<Ve
     }
     drop(cluster);
     Ok(out)
+}
+
+/// A kill slower than this keeps the nodes' logs.
+const SLOW: Duration = Duration::from_secs(4);
+
+/// Copies the nodes' logs where they outlive the cluster; the directory.
+fn keep_logs(cluster: &Cluster) -> Result<PathBuf> {
+    let kept = std::env::temp_dir().join(format!(
+        "flotilla-bench-failover-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    ));
+    std::fs::create_dir_all(&kept)?;
+    for n in &cluster.nodes {
+        std::fs::copy(n.log_path(), kept.join(format!("{}.log", n.name)))?;
+    }
+    Ok(kept)
 }
 
 /// Runs `swarm-lab.sh` with `args` and environment `env`.
