@@ -209,6 +209,22 @@ mod tests {
         serde_json::from_slice(&line).unwrap()
     }
 
+    /// A watch of the configMaps in `default`, its lines in the receiver.
+    fn watch_configmaps(store: &Arc<MemoryStore>, req: WatchRequest) -> mpsc::Receiver<Bytes> {
+        let r = flotilla_api::find("", "v1", "configmaps").unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let engine: Arc<dyn Engine> = store.clone();
+        tokio::spawn(run(
+            engine,
+            Arc::clone(store.window()),
+            r,
+            Some("default".into()),
+            req,
+            tx,
+        ));
+        rx
+    }
+
     fn request(after: Option<u64>) -> WatchRequest {
         WatchRequest {
             labels: LabelSelector::parse("app=x").unwrap(),
@@ -222,17 +238,7 @@ mod tests {
     #[tokio::test]
     async fn the_events_of_one_revision_leave_in_one_chunk() {
         let store = Arc::new(MemoryStore::new(100));
-        let r = flotilla_api::find("", "v1", "configmaps").unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let engine: Arc<dyn Engine> = store.clone();
-        tokio::spawn(run(
-            engine,
-            Arc::clone(store.window()),
-            r,
-            Some("default".into()),
-            request(Some(store.applied_revision())),
-            tx,
-        ));
+        let mut rx = watch_configmaps(&store, request(Some(store.applied_revision())));
         let ops = ["a", "b"]
             .map(|n| flotilla_store::Op::Create {
                 key: format!("/core/configmaps/default/{n}"),
@@ -267,17 +273,7 @@ mod tests {
             .propose(Command::create("/core/configmaps/default/a", cm("a", "1")))
             .await
             .unwrap();
-        let r = flotilla_api::find("", "v1", "configmaps").unwrap();
-        let (tx, mut rx) = mpsc::channel(16);
-        let engine: Arc<dyn Engine> = store.clone();
-        tokio::spawn(run(
-            engine,
-            Arc::clone(store.window()),
-            r,
-            Some("default".into()),
-            request(None),
-            tx,
-        ));
+        let mut rx = watch_configmaps(&store, request(None));
         let first = next_event(&mut rx).await;
         assert_eq!(
             (

@@ -31,15 +31,22 @@ pub struct FailoverArgs {
     /// Rounds, alternating the systems.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
-    /// Skip Swarm.
-    #[arg(long)]
-    no_swarm: bool,
-    /// The Swarm lab's script.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/swarm-lab/swarm-lab.sh"))]
-    swarm_lab: PathBuf,
+    #[command(flatten)]
+    swarm: SwarmArgs,
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+/// Where the Docker Swarm peer comes from, for the benchmarks that compare with it.
+#[derive(clap::Args)]
+pub(crate) struct SwarmArgs {
+    /// Skip Swarm.
+    #[arg(long)]
+    pub no_swarm: bool,
+    /// The Swarm lab's script.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/swarm-lab/swarm-lab.sh"))]
+    pub swarm_lab: PathBuf,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -341,9 +348,9 @@ pub async fn run(args: FailoverArgs) -> Result<()> {
         for first in [flotilla_first, !flotilla_first] {
             if first {
                 kills.extend(flotilla_round(&archive, round, args.kills).await?);
-            } else if !args.no_swarm {
+            } else if !args.swarm.no_swarm {
                 for (heartbeat, delay) in swarm {
-                    let script = args.swarm_lab.clone();
+                    let script = args.swarm.swarm_lab.clone();
                     let n = args.kills;
                     let got = tokio::task::spawn_blocking(move || {
                         swarm_round(&script, round, n, heartbeat, delay)

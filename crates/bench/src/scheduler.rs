@@ -52,12 +52,8 @@ pub struct SchedulerArgs {
     /// Only the part with 100 replicas that really run.
     #[arg(long)]
     running_only: bool,
-    /// Skip Swarm.
-    #[arg(long)]
-    no_swarm: bool,
-    /// The Swarm lab's script.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/swarm-lab/swarm-lab.sh"))]
-    swarm_lab: PathBuf,
+    #[command(flatten)]
+    swarm: crate::failover::SwarmArgs,
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -436,8 +432,8 @@ pub async fn run(args: SchedulerArgs) -> Result<()> {
             for first in [flotilla_first, !flotilla_first] {
                 if first {
                     running.push(flotilla_running(&archive, round, args.running).await?);
-                } else if !args.no_swarm {
-                    let (script, n) = (args.swarm_lab.clone(), args.running);
+                } else if !args.swarm.no_swarm {
+                    let (script, n) = (args.swarm.swarm_lab.clone(), args.running);
                     running.push(
                         tokio::task::spawn_blocking(move || swarm_running(&script, round, n))
                             .await??,

@@ -22,16 +22,7 @@ const MISSING_GRACE: Duration = Duration::from_secs(5);
 /// the node's main runtime is (applying, serving the API, catching up). Never dropped.
 fn gossip_runtime() -> Result<&'static tokio::runtime::Runtime, String> {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    if let Some(rt) = RUNTIME.get() {
-        return Ok(rt);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("gossip")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start gossip's runtime: {e}"))?;
-    Ok(RUNTIME.get_or_init(|| rt))
+    flotilla_util::dedicated_runtime(&RUNTIME, "gossip")
 }
 
 pub async fn start(

@@ -15,16 +15,7 @@ use tokio_util::sync::CancellationToken;
 /// leads nor wait behind them; the loops reach both only through the store. Never dropped.
 fn control_runtime() -> Result<&'static tokio::runtime::Runtime, String> {
     static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    if let Some(rt) = RUNTIME.get() {
-        return Ok(rt);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("control")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the control loops' runtime: {e}"))?;
-    Ok(RUNTIME.get_or_init(|| rt))
+    flotilla_util::dedicated_runtime(&RUNTIME, "control")
 }
 
 /// The leader-only loops: the garbage collector, the node lifecycle, the scheduler and the

@@ -9,7 +9,7 @@ mod task;
 pub use backoff::Backoff;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use leader::{GroupStatus, GroupStatusHandle, LeaderGroup};
-pub use task::{spawn_named, spawn_named_on};
+pub use task::{dedicated_runtime, spawn_named, spawn_named_on};
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -33,3 +33,22 @@ where
         .instrument(tracing::info_span!("task", name)),
     )
 }
+
+/// A runtime of one worker thread named `name`, made on first use and kept in `cell` for the
+/// life of the process (never dropped): for work that must keep its own pace however busy the
+/// main runtime is (gossip), or must not slow it (the leader's control loops).
+pub fn dedicated_runtime(
+    cell: &'static std::sync::OnceLock<tokio::runtime::Runtime>,
+    name: &str,
+) -> Result<&'static tokio::runtime::Runtime, String> {
+    if let Some(rt) = cell.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the {name} runtime: {e}"))?;
+    Ok(cell.get_or_init(|| rt))
+}
