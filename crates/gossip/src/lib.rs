@@ -5,6 +5,7 @@
 //! The rest of Flotilla sees only [`Membership`]: a view of peers with their metadata and
 //! whether they are alive, and a stream of [`Event`]s.
 
+mod accept;
 mod memberlist_impl;
 mod meta;
 mod quic;

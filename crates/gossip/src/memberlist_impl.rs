@@ -9,17 +9,17 @@ use flotilla_pki::Credential;
 use memberlist::delegate::{CompositeDelegate, EventDelegate, NodeDelegate, VoidDelegate};
 use memberlist::proto::{MaybeResolvedAddress, Meta, NodeState};
 use memberlist::quic::QuicTransportOptions;
-use memberlist::tokio::{TokioQuicTransport, TokioQuinn, TokioSocketAddrResolver};
+use memberlist::tokio::{TokioQuicTransport, TokioSocketAddrResolver};
 use memberlist::{Memberlist, Options};
 use smol_str::SmolStr;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::meta::NodeMeta;
 use crate::view::{Event, Raw, Tracker, View};
-use crate::{quic, GossipError, Membership, Timing};
+use crate::{accept, quic, GossipError, Membership, Timing};
 
 type Id = SmolStr;
-type Transport = TokioQuicTransport<Id, TokioSocketAddrResolver, TokioQuinn>;
+type Transport = TokioQuicTransport<Id, TokioSocketAddrResolver, accept::Layer>;
 type Void = VoidDelegate<Id, SocketAddr>;
 type Delegate =
     CompositeDelegate<Id, SocketAddr, Void, Void, Arc<Events>, Void, Arc<MetaSource>, Void>;
@@ -106,7 +106,7 @@ impl Gossip {
         let meta = Arc::new(MetaSource(RwLock::new(meta)));
         let stream = quic::options(&config.ca_pem, &config.identity)?;
         let mut transport =
-            QuicTransportOptions::<Id, TokioSocketAddrResolver, TokioQuinn>::with_stream_layer_options(
+            QuicTransportOptions::<Id, TokioSocketAddrResolver, accept::Layer>::with_stream_layer_options(
                 SmolStr::new(&config.id),
                 stream,
             );
