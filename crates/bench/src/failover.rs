@@ -146,6 +146,9 @@ async fn flotilla_round(archive: &Path, round: usize, kills: usize) -> Result<Ve
             })
             .await?;
         }
+        // A formed cluster: every node's gossip sees every member (a node killed before it
+        // is in gossip is caught only by the 5 s rule for members gossip never saw).
+        cluster.wait_gossip_alive(Duration::from_secs(60)).await?;
         deployments
             .create(&PostParams::default(), &deployment(&app))
             .await?;

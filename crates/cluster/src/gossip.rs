@@ -79,13 +79,18 @@ pub async fn start(
     Ok((gossip, reconnecting))
 }
 
+/// Joins the members gossip does not see alive: once a second, and at once when the Raft
+/// membership changes, so that a node that has just joined the cluster is in gossip (and so
+/// watched for failure) within a join's time rather than up to a second later.
 async fn reconnect(node: Arc<RaftNode>, gossip: Gossip, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(RECONNECT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut members = node.members_watch();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            changed = members.changed() => if changed.is_err() { return },
         }
         let role = if node.is_voter() { "voter" } else { "learner" };
         if let Err(e) = gossip.set_role(role).await {

@@ -28,9 +28,11 @@ pub struct Timing {
     pub probe_interval: Duration,
     /// How long a direct probe waits for its ack before asking others to probe.
     pub probe_timeout: Duration,
-    /// Suspicion lasts `suspicion_mult * max(1, log10(n)) * probe_interval` at least.
+    /// Suspicion lasts `suspicion_mult * max(1, log10(n)) * probe_interval` at least, once
+    /// `suspicion_mult - 2` other members have confirmed it (none are awaited if the cluster is
+    /// too small to have them).
     pub suspicion_mult: usize,
-    /// ... and at most this many times that, until others confirm the suspicion.
+    /// ... and at most this many times that, without those confirmations.
     pub suspicion_max_timeout_mult: usize,
     /// How often news is gossiped (besides piggybacking on probes).
     pub gossip_interval: Duration,
@@ -43,7 +45,7 @@ impl Default for Timing {
         Timing {
             probe_interval: Duration::from_millis(160),
             probe_timeout: Duration::from_millis(100),
-            suspicion_mult: 4,
+            suspicion_mult: 3,
             suspicion_max_timeout_mult: 3,
             gossip_interval: Duration::from_millis(100),
             gossip_nodes: 4,

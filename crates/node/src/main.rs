@@ -195,7 +195,7 @@ struct NodeArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     gossip_probe_timeout: Option<Duration>,
     /// Gossip: a suspected node is declared dead after at least this many probe intervals
-    /// (scaled by log10 of the cluster size) unless it refutes [default: 4].
+    /// (scaled by log10 of the cluster size) unless it refutes [default: 3].
     #[arg(long, value_parser = clap::value_parser!(u64).range(3..=20))]
     gossip_suspicion_mult: Option<u64>,
     /// How long to keep trying to reach the seed.
