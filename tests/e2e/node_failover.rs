@@ -67,6 +67,18 @@ async fn a_dead_nodes_pods_come_back_elsewhere_and_it_fences_them_on_return() {
         })
         .collect();
     assert_eq!(stale.len(), 2, "2 of the 6 pods on {name}: {before:?}");
+    // A pod that tolerates an unreachable node for good stays there, but not Ready (so that
+    // it leaves services' endpoints), and is Ready again once its node is back.
+    kube.apply(
+        "keeper",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: keeper}}\nspec:\n  nodeName: {name}\n  \
+             tolerations: [{{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute}}]\n  \
+             containers: [{{name: c, image: busybox, command: [sleep, '3600']}}]\n"
+        ),
+    );
+    let keeper_ready = |k: &Kube| crate::lab::ready(&k.json(&["get", "pod", "keeper"]));
+    kube.wait("keeper Ready", Duration::from_secs(30), keeper_ready);
 
     let killed = Instant::now();
     cluster.kill_with_pods(victim);
@@ -93,6 +105,15 @@ async fn a_dead_nodes_pods_come_back_elsewhere_and_it_fences_them_on_return() {
             "{pod} evicted: {evictions}"
         );
     }
+    kube.wait("keeper not Ready", Duration::from_secs(10), |k| {
+        !keeper_ready(k)
+    });
+    let keeper = kube.json(&["get", "pod", "keeper"]);
+    assert!(
+        keeper["metadata"]["deletionTimestamp"].is_null(),
+        "{keeper}"
+    );
+    assert_eq!(keeper["spec"]["nodeName"], name.as_str());
 
     // Back: Ready only with its stale pods stopped and gone.
     cluster.restart(victim).await.unwrap();
@@ -122,6 +143,7 @@ async fn a_dead_nodes_pods_come_back_elsewhere_and_it_fences_them_on_return() {
         },
     );
     assert_eq!(ready_elsewhere(&kube, "").len(), 6);
+    kube.wait("keeper Ready again", Duration::from_secs(60), keeper_ready);
     drop(cluster);
 }
 

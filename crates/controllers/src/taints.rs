@@ -4,15 +4,20 @@
 //! default toleration of an unreachable node (1 s, see `set_default_toleration_seconds`) the
 //! pods of a dead node are replaced within seconds of gossip declaring it down. A node that
 //! gossip reports alive again evicts nothing more, even before the node lifecycle has removed
-//! its taint: a short cut restarts nothing.
+//! its taint: a short cut restarts nothing. The pods of a node gossip reports down are marked
+//! not `Ready` at once, as Kubernetes' node lifecycle marks them, so that they leave services'
+//! endpoints while they wait for their eviction (or for good, if they tolerate the taint); the
+//! node's agent reports them `Ready` again when it is back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use flotilla_api::meta::rfc3339;
 use flotilla_scheduler::tolerates;
-use flotilla_store::{Record, StoreError};
+use flotilla_store::{Command, Record, StoreError};
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +69,77 @@ pub fn eviction_due(
     due
 }
 
+/// The pod (as stored) with its `Ready` condition turned `False` at `now`, if it was `True`;
+/// the other conditions stay as its agent last wrote them, as in Kubernetes.
+pub fn not_ready(pod: &Value, now: &str) -> Option<Value> {
+    let at = pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .position(|c| c["type"] == "Ready" && c["status"] == "True")?;
+    let mut updated = pod.clone();
+    let condition = &mut updated["status"]["conditions"][at];
+    condition["status"] = json!("False");
+    condition["lastTransitionTime"] = json!(now);
+    Some(updated)
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn involved(pod: &Pod) -> Involved {
+    let meta = &pod.metadata;
+    Involved {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+    }
+}
+
+/// Marks the `Ready` pods of the node `name`, which gossip reports down, not `Ready`.
+async fn mark_not_ready(
+    ctx: &Context,
+    pods: &Informer<Arc<Pod>>,
+    recorder: &Recorder,
+    name: &str,
+) -> Result<(), StoreError> {
+    let now = rfc3339(ctx.clock.now());
+    for pod in pods.by_index(BY_NODE, name) {
+        if pod.object.metadata.deletion_timestamp.is_some() || !is_ready(&pod.object) {
+            continue;
+        }
+        let Ok((_, Some(record))) = ctx.engine.get(&pod.key) else {
+            continue;
+        };
+        if record.mod_revision != pod.revision {
+            continue;
+        }
+        let Some(updated) = serde_json::from_slice::<Value>(&record.value)
+            .ok()
+            .and_then(|object| not_ready(&object, &now))
+        else {
+            continue;
+        };
+        let command = Command::update(&pod.key, updated.to_string(), Some(pod.revision));
+        match ctx.proposer.propose(command).await {
+            Ok(_) => {
+                recorder
+                    .warning(&involved(&pod.object), "NodeNotReady", "Node is not ready")
+                    .await;
+                tracing::info!(pod = %pod.key, node = name, "not ready: its node is down");
+            }
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn parse<T: serde::de::DeserializeOwned>(_key: &str, record: &Record) -> Option<T> {
     serde_json::from_slice(&record.value).ok()
 }
@@ -85,6 +161,9 @@ async fn reconcile(
     };
     // Gossip has it alive again: its unreachable taint is about to go.
     let back = !members.down.contains(name);
+    if !back {
+        mark_not_ready(ctx, pods, recorder, name).await?;
+    }
     let taints: Vec<Taint> = node
         .object
         .spec
@@ -152,14 +231,7 @@ async fn reconcile(
         if let Some(command) = delete_pod(&pod.key, &object, pod.revision, now) {
             match ctx.proposer.propose(command).await {
                 Ok(_) => {
-                    let meta = &pod.object.metadata;
-                    let who = Involved {
-                        api_version: "v1".into(),
-                        kind: "Pod".into(),
-                        namespace: meta.namespace.clone().unwrap_or_default(),
-                        name: meta.name.clone().unwrap_or_default(),
-                        uid: meta.uid.clone().unwrap_or_default(),
-                    };
+                    let who = involved(&pod.object);
                     let message =
                         format!("Marking for deletion Pod {}/{}", who.namespace, who.name);
                     recorder
@@ -278,6 +350,29 @@ mod tests {
 
     fn tolerations(v: serde_json::Value) -> Vec<Toleration> {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_ready_pod_is_marked_not_ready_and_nothing_else_changes() {
+        let pod = json!({"metadata": {"name": "p"}, "status": {"phase": "Running", "conditions": [
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": "2027-01-15T07:00:00Z"},
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2027-01-15T07:00:00Z"}]}});
+        let marked = not_ready(&pod, "2027-01-15T08:00:00Z").unwrap();
+        assert_eq!(
+            marked["status"]["conditions"][1],
+            json!({"type": "Ready", "status": "False", "lastTransitionTime": "2027-01-15T08:00:00Z"})
+        );
+        assert_eq!(
+            marked["status"]["conditions"][0],
+            pod["status"]["conditions"][0]
+        );
+        assert_eq!(marked["status"]["phase"], "Running");
+        // Already not ready, or no conditions at all: nothing to write.
+        assert_eq!(not_ready(&marked, "2027-01-15T09:00:00Z"), None);
+        assert_eq!(
+            not_ready(&json!({"metadata": {"name": "p"}}), "2027-01-15T09:00:00Z"),
+            None
+        );
     }
 
     #[test]
