@@ -24,6 +24,21 @@ pub struct Involved {
 }
 
 impl Involved {
+    /// The reference to a typed object of `kind` in `api_version`, from its metadata.
+    pub fn from_meta(
+        api_version: &str,
+        kind: &str,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Involved {
+        Involved {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone().unwrap_or_default(),
+        }
+    }
+
     /// Reads the reference from an object's JSON.
     pub fn of(object: &Value) -> Involved {
         let m = &object["metadata"];

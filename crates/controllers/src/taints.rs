@@ -25,7 +25,7 @@ use crate::events::{Involved, Recorder};
 use crate::informer::Informer;
 use crate::nodes::{ClusterMembers, UNREACHABLE_TAINT};
 use crate::queue::{run_workers, Next, WorkQueue};
-use crate::workloads::delete_pod;
+use crate::workloads::{delete_pod, ready_since};
 use crate::Context;
 
 const NODES: &str = "/core/nodes/";
@@ -83,24 +83,6 @@ pub fn not_ready(pod: &Value, now: &str) -> Option<Value> {
     Some(updated)
 }
 
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn involved(pod: &Pod) -> Involved {
-    let meta = &pod.metadata;
-    Involved {
-        api_version: "v1".into(),
-        kind: "Pod".into(),
-        namespace: meta.namespace.clone().unwrap_or_default(),
-        name: meta.name.clone().unwrap_or_default(),
-        uid: meta.uid.clone().unwrap_or_default(),
-    }
-}
-
 /// Marks the `Ready` pods of the node `name`, which gossip reports down, not `Ready`.
 async fn mark_not_ready(
     ctx: &Context,
@@ -110,7 +92,7 @@ async fn mark_not_ready(
 ) -> Result<(), StoreError> {
     let now = rfc3339(ctx.clock.now());
     for pod in pods.by_index(BY_NODE, name) {
-        if pod.object.metadata.deletion_timestamp.is_some() || !is_ready(&pod.object) {
+        if pod.object.metadata.deletion_timestamp.is_some() || ready_since(&pod.object).is_none() {
             continue;
         }
         let Ok((_, Some(record))) = ctx.engine.get(&pod.key) else {
@@ -129,7 +111,11 @@ async fn mark_not_ready(
         match ctx.proposer.propose(command).await {
             Ok(_) => {
                 recorder
-                    .warning(&involved(&pod.object), "NodeNotReady", "Node is not ready")
+                    .warning(
+                        &Involved::from_meta("v1", "Pod", &pod.object.metadata),
+                        "NodeNotReady",
+                        "Node is not ready",
+                    )
                     .await;
                 tracing::info!(pod = %pod.key, node = name, "not ready: its node is down");
             }
@@ -231,7 +217,7 @@ async fn reconcile(
         if let Some(command) = delete_pod(&pod.key, &object, pod.revision, now) {
             match ctx.proposer.propose(command).await {
                 Ok(_) => {
-                    let who = involved(&pod.object);
+                    let who = Involved::from_meta("v1", "Pod", &pod.object.metadata);
                     let message =
                         format!("Marking for deletion Pod {}/{}", who.namespace, who.name);
                     recorder

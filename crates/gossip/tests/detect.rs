@@ -1,44 +1,14 @@
 //! Three gossip members on loopback with real QUIC and certificates from a test CA: they find
 //! each other, tell a silent member from one that says goodbye, and refuse a stranger.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use flotilla_gossip::{Gossip, GossipConfig, Liveness, Membership, NodeMeta, Timing};
-use flotilla_pki::{Ca, Credential};
+use flotilla_gossip::{Gossip, Liveness, Membership};
+use flotilla_pki::Ca;
 use flotilla_util::wait_until;
 
-fn free_udp_port() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-async fn member(ca: &Ca, i: u64) -> Gossip {
-    let cred = ca
-        .issue_node(&format!("g{i}"), "127.0.0.1".parse().unwrap())
-        .unwrap();
-    Gossip::start(GossipConfig {
-        id: format!("{i:x}"),
-        bind: free_udp_port(),
-        meta: NodeMeta {
-            name: format!("g{i}"),
-            raft_id: i,
-            peer_addr: format!("127.0.0.1:{}", 7000 + i),
-            role: String::new(),
-            leaving: false,
-        },
-        ca_pem: ca.cert_pem().to_string(),
-        identity: Credential {
-            cert_pem: format!("{}{}", cred.cert_pem, ca.cert_pem()),
-            key_pem: cred.key_pem,
-        },
-        timing: Timing::default(),
-    })
-    .await
-    .unwrap()
-}
+mod common;
+use common::member;
 
 async fn liveness_of(observer: &Gossip, name: &str, want: Liveness) -> bool {
     wait_until(Duration::from_secs(15), || {

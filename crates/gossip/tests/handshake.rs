@@ -8,40 +8,14 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_gossip::{Gossip, GossipConfig, Membership, NodeMeta, Timing};
-use flotilla_pki::{Ca, Credential, NODE_SERVER_NAME};
+use flotilla_gossip::Membership;
+use flotilla_pki::{Ca, NODE_SERVER_NAME};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-async fn member(ca: &Ca, i: u64) -> Gossip {
-    let cred = ca
-        .issue_node(&format!("g{i}"), "127.0.0.1".parse().unwrap())
-        .unwrap();
-    let bind = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    Gossip::start(GossipConfig {
-        id: format!("{i:x}"),
-        bind,
-        meta: NodeMeta {
-            name: format!("g{i}"),
-            raft_id: i,
-            peer_addr: format!("127.0.0.1:{}", 7000 + i),
-            role: String::new(),
-            leaving: false,
-        },
-        ca_pem: ca.cert_pem().to_string(),
-        identity: Credential {
-            cert_pem: format!("{}{}", cred.cert_pem, ca.cert_pem()),
-            key_pem: cred.key_pem,
-        },
-        timing: Timing::default(),
-    })
-    .await
-    .unwrap()
-}
+mod common;
+use common::member;
 
 /// Says when the server's certificate arrived, then hangs until `release` is dropped.
 #[derive(Debug)]
@@ -49,6 +23,11 @@ struct Hang {
     arrived: std_mpsc::SyncSender<()>,
     release: std::sync::Mutex<std_mpsc::Receiver<()>>,
     schemes: Vec<SignatureScheme>,
+}
+
+/// The handshake hangs before any signature is checked.
+fn not_reached() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::General("not reached".into()))
 }
 
 impl ServerCertVerifier for Hang {
@@ -71,7 +50,7 @@ impl ServerCertVerifier for Hang {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("not reached".into()))
+        not_reached()
     }
 
     fn verify_tls13_signature(
@@ -80,7 +59,7 @@ impl ServerCertVerifier for Hang {
         _: &CertificateDer<'_>,
         _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("not reached".into()))
+        not_reached()
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

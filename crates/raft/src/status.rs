@@ -80,14 +80,6 @@ impl RaftNode {
         (self.liveness.read().unwrap_or_else(|p| p.into_inner()))()
     }
 
-    /// The members gossip reports down, and for how long.
-    pub fn down_members(&self) -> BTreeMap<NodeId, Duration> {
-        self.gossip_view()
-            .into_iter()
-            .filter_map(|(id, down)| Some((id, down?)))
-            .collect()
-    }
-
     /// Tells the autopilot where liveness comes from.
     pub fn set_liveness(&self, source: LivenessSource) {
         *self.liveness.write().unwrap_or_else(|p| p.into_inner()) = source;

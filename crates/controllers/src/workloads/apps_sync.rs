@@ -11,11 +11,10 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 use super::runner::{
-    create_pods, delete_pods, involved, propose, stored, write_status, Caches, Written,
-    BY_CONTROLLER,
+    create_pods, delete_pods, propose, stored, write_status, Caches, Written, BY_CONTROLLER,
 };
 use super::{daemonset, deployment, key_of, new_pod, owner_ref, replicaset};
-use crate::events::Recorder;
+use crate::events::{Involved, Recorder};
 use crate::queue::Next;
 use crate::Context;
 
@@ -40,7 +39,7 @@ pub(super) async fn reconcile_replica_set(
     let classes = super::priority_classes(ctx.engine.as_ref());
     let namespace = rs.metadata.namespace.clone().unwrap_or_default();
     let name = rs.metadata.name.clone().unwrap_or_default();
-    let who = involved("apps/v1", "ReplicaSet", &rs.metadata);
+    let who = Involved::from_meta("apps/v1", "ReplicaSet", &rs.metadata);
     let mut written = Written::default();
     if plan.create > 0 {
         let template = rs.spec.template.clone().unwrap_or_default();
@@ -94,7 +93,7 @@ pub(super) async fn reconcile_deployment(
         });
     let now = ctx.clock.now();
     let plan = deployment::plan(d, &rss, old_pods_running, now);
-    let who = involved("apps/v1", "Deployment", &d.metadata);
+    let who = Involved::from_meta("apps/v1", "Deployment", &d.metadata);
     let replica_sets = flotilla_api::find("apps", "v1", "replicasets").expect("served");
     let mut written = Written::default();
     for action in &plan.actions {
@@ -198,7 +197,7 @@ pub(super) async fn reconcile_daemon_set(
     let now = ctx.clock.now();
     let plan = daemonset::plan(ds, &nodes, &pods, now);
     let classes = super::priority_classes(ctx.engine.as_ref());
-    let who = involved("apps/v1", "DaemonSet", &ds.metadata);
+    let who = Involved::from_meta("apps/v1", "DaemonSet", &ds.metadata);
     let name = ds.metadata.name.clone().unwrap_or_default();
     let namespace = ds.metadata.namespace.clone().unwrap_or_default();
     let owner = owner_ref("apps/v1", "DaemonSet", &ds.metadata);

@@ -9,10 +9,10 @@ use serde_json::json;
 
 use super::job::INDEX;
 use super::runner::{
-    create_pods, delete_pods, involved, propose, write_status, Caches, Written, BY_CONTROLLER,
+    create_pods, delete_pods, propose, write_status, Caches, Written, BY_CONTROLLER,
 };
 use super::{cronjob, job, key_of, new_pod, owner_ref};
-use crate::events::Recorder;
+use crate::events::{Involved, Recorder};
 use crate::queue::Next;
 use crate::Context;
 
@@ -64,7 +64,7 @@ pub(super) async fn reconcile_job(
     let now = ctx.clock.now();
     let plan = job::plan(j, &pods, now);
     let classes = super::priority_classes(ctx.engine.as_ref());
-    let who = involved("batch/v1", "Job", &j.metadata);
+    let who = Involved::from_meta("batch/v1", "Job", &j.metadata);
     if plan.expired {
         propose(ctx, Command::delete(key, Some(cached.revision))).await?;
         return Ok(Next::Done);
@@ -121,7 +121,7 @@ pub(super) async fn reconcile_cron_job(
     let jobs: Vec<&Job> = owned.iter().map(|c| &c.object).collect();
     let now = ctx.clock.now();
     let plan = cronjob::plan(cj, &jobs, now);
-    let who = involved("batch/v1", "CronJob", &cj.metadata);
+    let who = Involved::from_meta("batch/v1", "CronJob", &cj.metadata);
     let mut written = Written::default();
     for i in &plan.delete {
         let c = &owned[*i];

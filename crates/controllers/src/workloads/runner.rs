@@ -123,20 +123,6 @@ pub(super) async fn propose(ctx: &Context, command: Command) -> Result<Revision,
     ctx.proposer.propose(command).await
 }
 
-pub(super) fn involved(
-    api_version: &str,
-    kind: &str,
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Involved {
-    Involved {
-        api_version: api_version.into(),
-        kind: kind.into(),
-        namespace: meta.namespace.clone().unwrap_or_default(),
-        name: meta.name.clone().unwrap_or_default(),
-        uid: meta.uid.clone().unwrap_or_default(),
-    }
-}
-
 /// Makes the pods (`made`: store key and object, or why they could not be made), each with its
 /// `SuccessfulCreate` event, in batches ([`crate::batch`]), or one `FailedCreate`. Whether they
 /// could be made.
