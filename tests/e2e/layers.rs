@@ -28,6 +28,9 @@ const SAME_LAYER: &[(&str, &str)] = &[
     ("flotilla-cluster", "flotilla-controllers"),
     // The agent's loops are built on the informer and work queue.
     ("flotilla-agent", "flotilla-controllers"),
+    // DNS and the proxy keep their tables from informers.
+    ("flotilla-dns", "flotilla-controllers"),
+    ("flotilla-proxy", "flotilla-controllers"),
     // The harnesses share the cluster builder.
     ("flotilla-bench", "flotilla-testkit"),
     ("flotilla-tests", "flotilla-testkit"),

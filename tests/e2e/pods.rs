@@ -670,6 +670,11 @@ async fn the_process_runtime_runs_a_pod_for_a_multi_threaded_caller() {
             &flotilla_runtime::SandboxRequest {
                 hostname: "web".into(),
                 host_network: false,
+                dns: Some(flotilla_runtime::PodDns {
+                    nameservers: vec!["10.96.0.10".parse().unwrap()],
+                    searches: vec!["shop.svc.cluster.local".into(), "cluster.local".into()],
+                    options: vec!["ndots:5".into()],
+                }),
             },
         )
         .await
@@ -691,6 +696,20 @@ async fn the_process_runtime_runs_a_pod_for_a_multi_threaded_caller() {
     assert_eq!(state.status, Status::Running);
     assert!(state.pid > 0 && state.ended.is_none(), "{state:?}");
     assert_eq!(state.sandbox.as_deref(), Some("pod1"));
+
+    // The pod's resolv.conf is the one asked for.
+    let resolv = rt
+        .exec(
+            "pod1-app",
+            &["cat".into(), "/etc/resolv.conf".into()],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&resolv.output),
+        "nameserver 10.96.0.10\nsearch shop.svc.cluster.local cluster.local\noptions ndots:5\n"
+    );
 
     // Calls at once from the node's threads: each exec sees the sandbox's hostname and address.
     let script = "cat /etc/hostname; ip -4 -o addr show eth0".to_string();

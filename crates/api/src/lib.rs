@@ -11,6 +11,7 @@ pub mod patch;
 pub mod quantity;
 pub mod resources;
 pub mod selector;
+pub mod services;
 pub mod validation;
 
 pub use patch::{json_patch, merge_patch, strategic_merge_patch, PatchError};

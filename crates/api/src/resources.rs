@@ -197,6 +197,17 @@ pub const RESOURCES: &[Resource] = &[
     Resource {
         categories: NONE,
         ..grouped(
+            "discovery.k8s.io",
+            "EndpointSlice",
+            "endpointslices",
+            "endpointslice",
+            NONE,
+            NONE,
+        )
+    },
+    Resource {
+        categories: NONE,
+        ..grouped(
             "policy",
             "PodDisruptionBudget",
             "poddisruptionbudgets",

@@ -256,13 +256,42 @@ fn endpoints(o: &Value) -> String {
             }
         }
     }
+    or_none(first_three(all))
+}
+
+/// The first three of `items`, then how many more, as kubectl's printers shorten lists.
+fn first_three(mut all: Vec<String>) -> String {
     let more = all.len().saturating_sub(3);
     all.truncate(3);
     let mut text = all.join(",");
     if more > 0 {
         text.push_str(&format!(" + {more} more..."));
     }
-    or_none(text)
+    text
+}
+
+fn slice_ports(o: &Value) -> String {
+    let ports: Vec<String> = o["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| match p["port"].as_i64() {
+            Some(n) => n.to_string(),
+            None => "<unset>".into(),
+        })
+        .collect();
+    or_none(ports.join(","))
+}
+
+fn slice_endpoints(o: &Value) -> String {
+    let all = o["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+        .map(|a| s(&a))
+        .collect();
+    or_none(first_three(all))
 }
 
 /// Whether NAME leads the row (events put it last, in their wide columns).
@@ -378,6 +407,12 @@ pub fn columns(r: &Resource) -> Vec<Column> {
             ("Name", "string", 1),
         ],
         "endpoints" => vec![("Endpoints", "string", 0), ("Age", "string", 0)],
+        "endpointslices" => vec![
+            ("AddressType", "string", 0),
+            ("Ports", "string", 0),
+            ("Endpoints", "string", 0),
+            ("Age", "string", 0),
+        ],
         "serviceaccounts" => vec![("Secrets", "integer", 0), ("Age", "string", 0)],
         _ => vec![("Age", "string", 0)],
     }
@@ -544,6 +579,12 @@ pub fn cells(r: &Resource, o: &Value, age: Value) -> Vec<Value> {
             ]
         }
         "endpoints" => vec![json!(endpoints(o)), age],
+        "endpointslices" => vec![
+            json!(s(&o["addressType"])),
+            json!(slice_ports(o)),
+            json!(slice_endpoints(o)),
+            age,
+        ],
         "serviceaccounts" => vec![json!(len(&o["secrets"])), age],
         _ => vec![age],
     }
@@ -626,6 +667,17 @@ mod tests {
         assert_eq!(
             cells(resource("endpoints"), &ep, json!("1s"))[0],
             json!("10.0.0.1:80,10.0.0.1:443,10.0.0.2:80 + 1 more...")
+        );
+        let slice = json!({"addressType": "IPv4", "ports": [{"port": 80}, {"name": "x"}],
+            "endpoints": [{"addresses": ["10.244.0.5"]}, {"addresses": ["10.244.1.5"]}]});
+        assert_eq!(
+            cells(resource("endpointslices"), &slice, json!("1s")),
+            [
+                json!("IPv4"),
+                json!("80,<unset>"),
+                json!("10.244.0.5,10.244.1.5"),
+                json!("1s")
+            ]
         );
         let cm = json!({"data": {"a": "1", "b": "2"}, "binaryData": {"c": ""}});
         assert_eq!(cells(resource("configmaps"), &cm, json!("3s"))[0], json!(3));

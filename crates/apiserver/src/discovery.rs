@@ -239,6 +239,7 @@ mod tests {
                 "authentication.k8s.io",
                 "authorization.k8s.io",
                 "batch",
+                "discovery.k8s.io",
                 "policy",
                 "scheduling.k8s.io"
             ]

@@ -16,6 +16,7 @@ mod openapi;
 mod priority;
 mod protobuf;
 mod raw;
+mod services;
 mod subresources;
 mod update;
 mod watch;

@@ -25,7 +25,7 @@ pub(crate) enum Attempt<T> {
 }
 
 /// Attempts at most this many reads before answering that the object kept changing.
-const ATTEMPTS: usize = 5;
+pub(crate) const ATTEMPTS: usize = 5;
 
 /// The stored object and its revision: from the local replica, or after a read barrier when
 /// `fresh`. 404 if it is not there.
@@ -92,6 +92,8 @@ pub(crate) async fn guaranteed_update<T>(
                 Ok(written) => return Ok(finish(written)),
                 // Written meanwhile (or the replica lagged): read the latest and decide again.
                 Err(StoreError::Conflict { .. }) => fresh = true,
+                // A key written beside the object (a service's address) was taken meanwhile.
+                Err(StoreError::AlreadyExists { key: other }) if other != key => fresh = true,
                 Err(e) => return Err(store_failure(r, name, e)),
             },
         }

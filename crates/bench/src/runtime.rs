@@ -263,6 +263,7 @@ fn pod_start(runs: usize, flotilla: &Path, crun: &str, dir: &Path) -> Result<Vec
         ipam_dir: ipam.clone(),
         dns: Vec::new(),
         search: Vec::new(),
+        dns_options: Vec::new(),
         host_network: false,
     };
     for n in 0..runs {

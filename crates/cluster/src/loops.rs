@@ -48,6 +48,14 @@ pub(crate) fn leader_group(
         let ctx = ctx.clone();
         move |stop| flotilla_controllers::disruption::run_disruption(ctx.clone(), stop)
     });
+    group.add("endpoints", {
+        let ctx = ctx.clone();
+        move |stop| flotilla_controllers::endpoints::run_endpoints(ctx.clone(), stop)
+    });
+    group.add("services", {
+        let ctx = ctx.clone();
+        move |stop| flotilla_controllers::services::run_services(ctx.clone(), stop)
+    });
     group.add("workloads", {
         let ctx = ctx.clone();
         move |stop| flotilla_controllers::workloads::runner::run_workloads(ctx.clone(), stop)

@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod disruption;
+pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod informer;
@@ -14,6 +15,7 @@ pub mod namespaces;
 pub mod nodes;
 pub mod queue;
 pub mod scheduling;
+pub mod services;
 pub mod taints;
 pub mod workloads;
 

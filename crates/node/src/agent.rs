@@ -61,6 +61,7 @@ pub fn spawn(
     data_dir: &Path,
     info: &NodeInfo,
     workers: usize,
+    local: flotilla_proxy::LocalServices,
     stop: CancellationToken,
 ) {
     if !flotilla_sys::can_administer() {
@@ -125,6 +126,16 @@ pub fn spawn(
             ctx.clone(),
             info.name.clone(),
             Arc::new(flotilla_agent::network::HostNetwork),
+            stop.clone(),
+        ));
+        tokio::spawn(flotilla_proxy::run(
+            Arc::clone(&ctx.engine),
+            flotilla_proxy::ProxyConfig {
+                node: info.name.clone(),
+                cluster_cidr: flotilla_agent::network::POD_NETWORK.into(),
+            },
+            local,
+            flotilla_proxy::Nft::default(),
             stop.clone(),
         ));
         Agent::start(ctx, Arc::new(runtime) as Arc<dyn PodRuntime>, config, stop).await;

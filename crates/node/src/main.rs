@@ -217,6 +217,48 @@ struct NodeArgs {
     /// Changes kept in memory for watchers; an older watch start gets "compacted".
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     watch_window: u64,
+    /// Port of the node's DNS server (UDP and TCP) on the advertised address; 0 picks a
+    /// free one. Pods reach it at 10.96.0.10:53.
+    #[arg(long, default_value_t = 53)]
+    dns_port: u16,
+    /// A resolver for names outside cluster.local, IP or IP:PORT (repeatable; default: the
+    /// name servers of the host's /etc/resolv.conf; `none`: answer them SERVFAIL).
+    #[arg(long = "dns-upstream", value_name = "IP[:PORT]|none", value_parser = parse_upstream)]
+    dns_upstreams: Vec<Option<std::net::SocketAddr>>,
+}
+
+fn parse_upstream(s: &str) -> Result<Option<std::net::SocketAddr>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(Some(std::net::SocketAddr::new(ip, 53)));
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("expected IP, IP:PORT or none, got {s:?}"))
+}
+
+impl NodeArgs {
+    /// The node's DNS server: cluster.local and the reverse zones of the service and pod
+    /// networks.
+    fn dns(&self, advertise: IpAddr) -> flotilla_dns::DnsConfig {
+        let upstreams = if self.dns_upstreams.is_empty() {
+            let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            flotilla_dns::forward::upstreams_from_resolv_conf(&text, &[advertise])
+        } else {
+            self.dns_upstreams.iter().flatten().copied().collect()
+        };
+        flotilla_dns::DnsConfig {
+            listen: std::net::SocketAddr::new(advertise, self.dns_port),
+            upstreams,
+            zones: flotilla_dns::Zones {
+                domain: flotilla_dns::CLUSTER_DOMAIN.into(),
+                reverse: vec!["96.10.in-addr.arpa".into(), "244.10.in-addr.arpa".into()],
+            },
+            workers: 2,
+        }
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -364,6 +406,15 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let api_addr = api_listener
         .local_addr()
         .map_err(|e| format!("cannot read the API address: {e}"))?;
+    let dns_stop = tokio_util::sync::CancellationToken::new();
+    let _stop_dns = dns_stop.clone().drop_guard();
+    let dns_listen = std::net::SocketAddr::new(advertise, args.dns_port);
+    let dns = flotilla_dns::Dns::bind(args.dns(advertise), dns_stop)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => format!("DNS port {dns_listen} is already in use"),
+            _ => format!("cannot listen on {dns_listen} for DNS: {e}"),
+        })?;
     let mut info = NodeInfo::of_host(
         &config.name,
         &advertise.to_string(),
@@ -381,11 +432,21 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     })
     .await?;
     let node = Arc::clone(&member.node);
+    dns.follow(Arc::new(node.replica.clone()));
     agent::spawn(
         Arc::clone(&node),
         &data_dir,
         &info,
         args.pod_workers as usize,
+        // Pods reach the cluster's DNS and API at this node's own servers.
+        [
+            (
+                ("kube-system".to_string(), "kube-dns".to_string()),
+                dns.serving.udp,
+            ),
+            (("default".to_string(), "kubernetes".to_string()), api_addr),
+        ]
+        .into(),
         member.stopping(),
     );
     let pki = flotilla_pki::NodePki::load(&data_dir)
@@ -421,6 +482,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         "node_id": node.id,
         "peer_addr": node.addr,
         "api_addr": api_addr.to_string(),
+        "dns_addr": dns.serving.udp.to_string(),
         "cluster_id": node.cluster_id,
     });
     if let Some(token) = &member.join_token {

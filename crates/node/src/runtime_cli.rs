@@ -66,6 +66,9 @@ enum SandboxCommand {
         /// A search domain for /etc/resolv.conf (repeatable).
         #[arg(long, value_name = "DOMAIN")]
         search: Vec<String>,
+        /// An option for /etc/resolv.conf, `ndots:5` (repeatable).
+        #[arg(long = "dns-option", value_name = "OPTION")]
+        dns_options: Vec<String>,
         /// Use the host's network and UTS namespaces (a `hostNetwork` pod): no veth, no
         /// address.
         #[arg(long)]
@@ -245,6 +248,7 @@ fn sandbox(rt: &Runtime, command: SandboxCommand) -> Result<(), RuntimeError> {
             ipam_dir,
             dns,
             search,
+            dns_options,
             host_network,
             id,
         } => {
@@ -258,6 +262,7 @@ fn sandbox(rt: &Runtime, command: SandboxCommand) -> Result<(), RuntimeError> {
                 },
                 dns,
                 search,
+                dns_options,
                 host_network,
             };
             print(&rt.create_sandbox(&id, &config)?);

@@ -223,7 +223,10 @@ impl ImageStore {
         self.name(name, manifest)
     }
 
+    /// Names `manifest` once its layers are unpacked, as `docker load` does: a pod's first
+    /// start then only mounts them, and a layer that cannot be unpacked fails the import.
     fn name(&self, name: &str, manifest: String) -> Result<String, RuntimeError> {
+        self.unpack(&manifest)?;
         let mut refs = self.refs();
         refs.insert(name.to_string(), manifest.clone());
         self.save_refs(&refs)?;
@@ -432,6 +435,9 @@ mod tests {
             let mut h = tar::Header::new_gnu();
             h.set_size(data.len() as u64);
             h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
             h.set_cksum();
             b.append_data(&mut h, name, *data).unwrap();
         }

@@ -18,8 +18,8 @@ pub mod sandbox;
 
 pub use container::{CreateOptions, Exit, Runtime, State, Status};
 pub use pod::{
-    ContainerRequest, ContainerState, Ended, ExecOutput, FakeRuntime, NodeNetwork, PodRuntime,
-    ProcessRuntime, SandboxRequest,
+    ContainerRequest, ContainerState, Ended, ExecOutput, FakeRuntime, NodeNetwork, PodDns,
+    PodRuntime, ProcessRuntime, SandboxRequest,
 };
 pub use sandbox::{Sandbox, SandboxConfig};
 

@@ -16,7 +16,8 @@ use std::path::Path;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 
 use crate::ipam::Cidr;
@@ -174,7 +175,14 @@ pub async fn add_veth(
         )
         .execute()
         .await
-        .map_err(|e| err(&format!("attach {host_end} to {}", net.bridge), e))
+        .map_err(|e| err(&format!("attach {host_end} to {}", net.bridge), e))?;
+    // Hairpin: a pod reaching itself through a service address gets its packets back out of
+    // the port they came in by.
+    h.link()
+        .set(LinkBridgePort::new(index).hairpin(true).build())
+        .execute()
+        .await
+        .map_err(|e| err(&format!("hairpin on {host_end}"), e))
 }
 
 /// Inside the pod's namespace: loopback up, `eth0` with `ip`, up, default route.

@@ -31,6 +31,17 @@ pub struct SandboxRequest {
     pub hostname: String,
     /// On the node's network (`hostNetwork`).
     pub host_network: bool,
+    /// The pod's `/etc/resolv.conf`; none: the node network's.
+    pub dns: Option<PodDns>,
+}
+
+/// What a pod's `/etc/resolv.conf` says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodDns {
+    pub nameservers: Vec<std::net::Ipv4Addr>,
+    pub searches: Vec<String>,
+    /// `ndots:5`, `edns0`.
+    pub options: Vec<String>,
 }
 
 /// A container to create: an OCI bundle (its `config.json` says what runs, with what
@@ -208,12 +219,21 @@ impl PodRuntime for ProcessRuntime {
             "--ipam-dir",
             &ipam,
         ];
-        let dns: Vec<String> = net.dns.iter().map(|d| d.to_string()).collect();
-        for d in &dns {
+        let node_dns = PodDns {
+            nameservers: net.dns.clone(),
+            searches: net.search.clone(),
+            options: Vec::new(),
+        };
+        let dns = request.dns.as_ref().unwrap_or(&node_dns);
+        let servers: Vec<String> = dns.nameservers.iter().map(|d| d.to_string()).collect();
+        for d in &servers {
             args.extend(["--dns", d.as_str()]);
         }
-        for s in &net.search {
+        for s in &dns.searches {
             args.extend(["--search", s.as_str()]);
+        }
+        for o in &dns.options {
+            args.extend(["--dns-option", o.as_str()]);
         }
         if request.host_network {
             args.push("--host-network");
@@ -637,6 +657,7 @@ mod tests {
                 &SandboxRequest {
                     hostname: "web".into(),
                     host_network: false,
+                    dns: None,
                 },
             )
             .await

@@ -34,6 +34,8 @@ pub struct SandboxConfig {
     /// Name servers and search domains for `/etc/resolv.conf`; none: the host's file.
     pub dns: Vec<Ipv4Addr>,
     pub search: Vec<String>,
+    /// `options` of `/etc/resolv.conf` (`ndots:5`).
+    pub dns_options: Vec<String>,
     /// The pod uses the node's network and UTS namespaces (`hostNetwork`): no veth, no
     /// address of its own; only its IPC namespace is new.
     pub host_network: bool,
@@ -127,7 +129,9 @@ fn resolv_conf(config: &SandboxConfig) -> String {
     }
     if !config.search.is_empty() {
         out.push_str(&format!("search {}\n", config.search.join(" ")));
-        out.push_str("options ndots:5\n");
+    }
+    if !config.dns_options.is_empty() {
+        out.push_str(&format!("options {}\n", config.dns_options.join(" ")));
     }
     out
 }
@@ -351,6 +355,7 @@ mod tests {
             ipam_dir: dir.path().join("ipam"),
             dns: Vec::new(),
             search: Vec::new(),
+            dns_options: Vec::new(),
             host_network: false,
         };
         assert!(rt.create_sandbox("p", &config).is_err());

@@ -305,10 +305,15 @@ impl Cluster {
                     "0",
                     "--api-port",
                     "0",
+                    "--dns-port",
+                    "0",
                 ]
                 .map(String::from),
             );
         }
+        // Names outside the cluster are never sent to the host's resolvers from a test (a
+        // test that wants forwarding adds a stub upstream of its own).
+        args.extend(["--dns-upstream".into(), "none".into()]);
         if i > 0 {
             args.push("--join".into());
             args.push(self.nodes[0].addr.clone());

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use flotilla_api::meta::parse_rfc3339;
+use flotilla_runtime::PodDns;
 use flotilla_store::Record;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::Value;
@@ -196,6 +197,84 @@ pub(super) fn host_network(pod: &Pod) -> bool {
     pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
 }
 
+/// The pod's `/etc/resolv.conf` by its `dnsPolicy` and `dnsConfig`, as the kubelet writes
+/// it: the cluster's DNS (`ClusterFirst`, and `ClusterFirstWithHostNet` on the host's
+/// network), the host's file (`Default`, and `ClusterFirst` on the host's network: `None`
+/// here), or only `dnsConfig` (`None`); `dnsConfig` adds servers and searches and
+/// overrides options by name. `host` is the host's `resolv.conf`, for `Default` with a
+/// `dnsConfig`.
+pub fn pod_dns(pod: &Pod, host: impl FnOnce() -> String) -> Option<PodDns> {
+    let spec = pod.spec.as_ref()?;
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let on_host = spec.host_network == Some(true);
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let domain = CLUSTER_DOMAIN;
+    let cluster = policy == "ClusterFirstWithHostNet" || (policy == "ClusterFirst" && !on_host);
+    let mut dns = if cluster {
+        PodDns {
+            nameservers: vec![flotilla_api::services::DNS_IP],
+            searches: vec![
+                format!("{namespace}.svc.{domain}"),
+                format!("svc.{domain}"),
+                domain.to_string(),
+            ],
+            options: vec!["ndots:5".into()],
+        }
+    } else if policy == "None" {
+        PodDns::default()
+    } else {
+        spec.dns_config.as_ref()?;
+        let mut d = PodDns::default();
+        for line in host().lines() {
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("nameserver") => d.nameservers.extend(
+                    words
+                        .next()
+                        .and_then(|w| w.parse::<std::net::Ipv4Addr>().ok()),
+                ),
+                Some("search" | "domain") => d.searches = words.map(str::to_string).collect(),
+                Some("options") => d.options.extend(words.map(str::to_string)),
+                _ => {}
+            }
+        }
+        d
+    };
+    if let Some(config) = &spec.dns_config {
+        dns.nameservers.extend(
+            config
+                .nameservers
+                .iter()
+                .flatten()
+                .filter_map(|n| n.parse::<std::net::Ipv4Addr>().ok()),
+        );
+        for s in config.searches.iter().flatten() {
+            if !dns.searches.contains(s) {
+                dns.searches.push(s.clone());
+            }
+        }
+        for o in config.options.iter().flatten() {
+            let Some(name) = o.name.as_deref() else {
+                continue;
+            };
+            let text = match &o.value {
+                Some(v) => format!("{name}:{v}"),
+                None => name.to_string(),
+            };
+            let same = |existing: &String| existing.split(':').next() == Some(name);
+            match dns.options.iter().position(same) {
+                Some(i) => dns.options[i] = text,
+                None => dns.options.push(text),
+            }
+        }
+    }
+    dns.nameservers.truncate(3);
+    Some(dns)
+}
+
+/// The cluster's DNS domain.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
 pub(super) fn hostname(pod: &Pod) -> String {
     let name = pod
         .spec
@@ -222,4 +301,78 @@ pub(super) fn instance_of(state: &flotilla_runtime::ContainerState) -> u64 {
         .map_or(state.pid as u64, |d| {
             d.as_millis() as u64 ^ ((state.pid as u64) << 48)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(spec: Value) -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": "p", "namespace": "shop"}, "spec": spec}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn pods_resolve_through_the_cluster_unless_their_policy_says_otherwise() {
+        let host = || "nameserver 192.0.2.53\nsearch example.org\noptions edns0\n".to_string();
+        let d = pod_dns(&pod(json!({"containers": []})), host).unwrap();
+        assert_eq!(
+            d.nameservers,
+            ["10.96.0.10".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(
+            d.searches,
+            [
+                "shop.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
+        );
+        assert_eq!(d.options, ["ndots:5"]);
+        // The host's file, as it is.
+        assert_eq!(
+            pod_dns(
+                &pod(json!({"containers": [], "dnsPolicy": "Default"})),
+                host
+            ),
+            None
+        );
+        assert_eq!(
+            pod_dns(&pod(json!({"containers": [], "hostNetwork": true})), host),
+            None
+        );
+        let d = pod_dns(
+            &pod(json!({"containers": [], "hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"})),
+            host,
+        )
+        .unwrap();
+        assert_eq!(d.nameservers[0].to_string(), "10.96.0.10");
+        // dnsConfig: servers and searches added, options overridden by name.
+        let d = pod_dns(
+            &pod(json!({"containers": [], "dnsConfig": {"nameservers": ["1.2.3.4"],
+                "searches": ["corp.example"], "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}})),
+            host,
+        )
+        .unwrap();
+        assert_eq!(d.nameservers.len(), 2);
+        assert_eq!(d.searches.last().unwrap(), "corp.example");
+        assert_eq!(d.options, ["ndots:2", "edns0"]);
+        let d = pod_dns(
+            &pod(json!({"containers": [], "dnsPolicy": "None", "dnsConfig": {"nameservers": ["1.2.3.4"]}})),
+            host,
+        )
+        .unwrap();
+        assert_eq!((d.nameservers.len(), d.searches.len()), (1, 0));
+        let d = pod_dns(
+            &pod(json!({"containers": [], "dnsPolicy": "Default", "dnsConfig": {"searches": ["x.y"]}})),
+            host,
+        )
+        .unwrap();
+        assert_eq!(d.nameservers[0].to_string(), "192.0.2.53");
+        assert_eq!(d.searches, ["example.org", "x.y"]);
+        assert_eq!(d.options, ["edns0"]);
+    }
 }

@@ -44,6 +44,9 @@ impl Agent {
                         hostname(pod)
                     },
                     host_network,
+                    dns: super::pods::pod_dns(pod, || {
+                        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+                    }),
                 };
                 let made = match rt.create_sandbox(&id, &request).await {
                     Err(RuntimeError::SandboxExists(_)) => {

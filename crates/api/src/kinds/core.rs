@@ -24,6 +24,10 @@ impl Kind for Service {
         let (Some(new), Some(old)) = (self.spec.as_mut(), old.spec.as_ref()) else {
             return;
         };
+        let kind = new.type_.as_deref().unwrap_or("ClusterIP");
+        if kind == "ExternalName" {
+            return;
+        }
         if new.cluster_ip.as_deref().is_none_or(str::is_empty) {
             new.cluster_ip = old.cluster_ip.clone();
             if new.cluster_ips.is_none() {
@@ -31,6 +35,19 @@ impl Kind for Service {
             }
         }
         let old_ports = old.ports.as_deref().unwrap_or_default();
+        let wants_ports = |k: &str| k == "NodePort" || k == "LoadBalancer";
+        if !wants_ports(kind) {
+            // A type that has no node ports drops the ones the old type had, as Kubernetes
+            // does (`kubectl patch` of the type alone works).
+            if wants_ports(old.type_.as_deref().unwrap_or("ClusterIP")) {
+                for p in new.ports.iter_mut().flatten() {
+                    if old_ports.iter().any(|o| o.node_port == p.node_port) {
+                        p.node_port = None;
+                    }
+                }
+            }
+            return;
+        }
         for p in new.ports.iter_mut().flatten() {
             if p.node_port.is_none() {
                 p.node_port = old_ports
@@ -271,4 +288,5 @@ impl Kind for Namespace {
 impl Kind for Node {}
 impl Kind for Event {}
 impl Kind for Endpoints {}
+impl Kind for k8s_openapi::api::discovery::v1::EndpointSlice {}
 impl Kind for ServiceAccount {}

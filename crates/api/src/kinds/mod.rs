@@ -17,7 +17,7 @@ pub use workloads::selector_matches;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{apps, batch, core::v1 as core_v1, policy, scheduling};
+use k8s_openapi::api::{apps, batch, core::v1 as core_v1, discovery, policy, scheduling};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -95,6 +95,7 @@ macro_rules! with_kind {
             "Job" => $f::<batch::v1::Job>($($arg),*),
             "CronJob" => $f::<batch::v1::CronJob>($($arg),*),
             "PodDisruptionBudget" => $f::<policy::v1::PodDisruptionBudget>($($arg),*),
+            "EndpointSlice" => $f::<discovery::v1::EndpointSlice>($($arg),*),
             "PriorityClass" => $f::<scheduling::v1::PriorityClass>($($arg),*),
             other => unreachable!("no type for kind {other}"),
         }

@@ -1,0 +1,212 @@
+//! A service's cluster IP and node ports at admission: picked (or checked) in the local
+//! replica by `flotilla_api::services`, and held by keys written in the same Raft command as
+//! the service. A key someone took meanwhile refuses the whole command; the write is then
+//! planned again from a fresh read, so nothing is ever given twice.
+
+use flotilla_api::services::{self, Holder};
+use flotilla_api::Resource;
+use flotilla_store::{Engine, Op};
+use serde_json::Value;
+
+use crate::writes::{invalid, store_failure, WriteError};
+
+pub(crate) fn is_service(r: &Resource) -> bool {
+    r.kind == "Service" && r.group.is_empty()
+}
+
+/// Fills in the addresses of the admitted `service` (`old`: the stored one of an update) and
+/// gives the operations that take and release their keys beside the service's own write.
+pub(crate) fn allocation_ops(
+    engine: &dyn Engine,
+    r: &Resource,
+    name: &str,
+    service: &mut Value,
+    old: Option<&Value>,
+) -> Result<Vec<Op>, WriteError> {
+    let uid = service["metadata"]["uid"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let holder = |key: &str| match engine.get(key) {
+        Ok((_, Some(record))) => match services::held_by(&record.value) {
+            Some((_, _, held)) if held == uid => Holder::This,
+            _ => Holder::Other,
+        },
+        Ok((_, None)) => Holder::Free,
+        // Unreadable: never hand it out.
+        Err(_) => Holder::Other,
+    };
+    let allocation = services::allocate(service, old, &holder, &mut rand::rng())
+        .map_err(|causes| invalid(r, name, causes))?;
+    let value = services::holder(service);
+    let mut ops: Vec<Op> = allocation
+        .take
+        .into_iter()
+        .map(|key| Op::Create {
+            key,
+            value: value.clone(),
+        })
+        .collect();
+    for key in allocation.release {
+        if let (_, Some(record)) = engine.get(&key).map_err(|e| store_failure(r, name, e))? {
+            ops.push(Op::Delete {
+                key,
+                expected: Some(record.mod_revision),
+            });
+        }
+    }
+    Ok(ops)
+}
+
+/// The deletes that free what a removed `service` held (only keys it still holds).
+pub(crate) fn release_ops(engine: &dyn Engine, service: &Value) -> Vec<Op> {
+    let uid = service["metadata"]["uid"].as_str().unwrap_or("");
+    services::held(service)
+        .into_iter()
+        .filter_map(|key| {
+            let (_, record) = engine.get(&key).ok()?;
+            let record = record?;
+            let (_, _, held) = services::held_by(&record.value)?;
+            (held == uid).then_some(Op::Delete {
+                key,
+                expected: Some(record.mod_revision),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::objects::parse_path;
+    use crate::writes::{create, patch, WriteRequest};
+    use flotilla_api::deletion::{DeleteOptions, Propagation};
+    use flotilla_api::kinds::FieldValidation;
+    use flotilla_store::{Command, Engine, MemoryStore, Proposer};
+    use serde_json::{json, Value};
+
+    fn body(name: &str, spec: Value) -> Vec<u8> {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn request(body: &[u8]) -> WriteRequest<'_> {
+        WriteRequest {
+            body,
+            content_type: "application/json",
+            validation: FieldValidation::Strict,
+        }
+    }
+
+    fn held(store: &MemoryStore, key: &str) -> Option<String> {
+        let record = store.get(key).unwrap().1?;
+        flotilla_api::services::held_by(&record.value).map(|(_, name, _)| name)
+    }
+
+    #[tokio::test]
+    async fn services_hold_their_addresses_until_deleted() {
+        let store = MemoryStore::new(100);
+        store
+            .propose(Command::create(
+                "/core/namespaces/default",
+                json!({"metadata": {"name": "default"}}).to_string(),
+            ))
+            .await
+            .unwrap();
+        let list = parse_path(&["api", "v1", "namespaces", "default", "services"]).unwrap();
+        let ports = json!([{"port": 80}]);
+        let web = create(
+            &store,
+            &store,
+            &list,
+            &request(&body("web", json!({"ports": ports}))),
+        )
+        .await
+        .unwrap()
+        .object;
+        let ip = web["spec"]["clusterIP"].as_str().unwrap().to_string();
+        assert_eq!(web["spec"]["clusterIPs"], json!([ip]));
+        assert_eq!(
+            held(&store, &format!("/flotilla/clusterips/{ip}")).as_deref(),
+            Some("web")
+        );
+
+        // The same address asked for again: 422 on the field, nothing written.
+        let before = store.applied_revision();
+        let taken = create(
+            &store,
+            &store,
+            &list,
+            &request(&body("other", json!({"ports": ports, "clusterIP": ip}))),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (taken.code, taken.causes[0].field.as_str()),
+            (422, "spec.clusterIPs[0]")
+        );
+        assert!(
+            taken.causes[0].message.contains("already allocated"),
+            "{taken:?}"
+        );
+        assert_eq!(store.applied_revision(), before);
+
+        // NodePort: a port is picked and held; back to ClusterIP: released, the address kept.
+        let node = parse_path(&["api", "v1", "namespaces", "default", "services", "web"]).unwrap();
+        let patched = patch(
+            &store,
+            &store,
+            &node,
+            "web",
+            &WriteRequest {
+                body: br#"{"spec": {"type": "NodePort"}}"#,
+                content_type: "application/merge-patch+json",
+                validation: FieldValidation::Strict,
+            },
+        )
+        .await
+        .unwrap()
+        .object;
+        let port = patched["spec"]["ports"][0]["nodePort"].as_i64().unwrap();
+        let port_key = format!("/flotilla/nodeports/{port}");
+        assert_eq!(held(&store, &port_key).as_deref(), Some("web"));
+        assert_eq!(patched["spec"]["clusterIP"], json!(ip));
+        patch(
+            &store,
+            &store,
+            &node,
+            "web",
+            &WriteRequest {
+                body: br#"{"spec": {"type": "ClusterIP"}}"#,
+                content_type: "application/merge-patch+json",
+                validation: FieldValidation::Strict,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(held(&store, &port_key), None);
+        assert!(held(&store, &format!("/flotilla/clusterips/{ip}")).is_some());
+
+        // Deleted: the address is free again, for a service that asks for it.
+        let options = DeleteOptions {
+            propagation: Propagation::Background,
+            grace_period_seconds: None,
+            precondition_uid: None,
+            precondition_resource_version: None,
+        };
+        crate::deletion::delete(&store, &store, &node, "web", &options)
+            .await
+            .unwrap();
+        assert_eq!(held(&store, &format!("/flotilla/clusterips/{ip}")), None);
+        let again = create(
+            &store,
+            &store,
+            &list,
+            &request(&body("other", json!({"ports": ports, "clusterIP": ip}))),
+        )
+        .await
+        .unwrap()
+        .object;
+        assert_eq!(again["spec"]["clusterIP"], json!(ip));
+    }
+}

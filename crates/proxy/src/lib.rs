@@ -1,0 +1,316 @@
+//! Service addresses on every node (DESIGN.md §4): each node programs nftables from its own
+//! replica, so service traffic keeps flowing while the leader is gone. [`model`] renders a
+//! service to its share of the table and the change between two renderings; this loop keeps
+//! the rendering of every service, and after a change applies only the changed services'
+//! differences, all in one `nft -f` transaction. A failed transaction rebuilds the table.
+
+pub mod model;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use flotilla_controllers::endpoints::{SERVICES, SERVICE_NAME_LABEL, SLICES};
+use flotilla_controllers::Informer;
+use flotilla_store::{Engine, Record};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use model::{Endpoint, ServicePort};
+pub use model::{ProxyConfig, Rendered, ServiceView};
+
+/// The services every node answers itself: (namespace, name) → this node's address for them.
+pub type LocalServices = BTreeMap<(String, String), SocketAddr>;
+
+/// A service and its slices as the proxy sees them; `local` serves the service from this
+/// node (DNS, the API) instead of its endpoints.
+pub fn view(
+    service: &Service,
+    slices: &[&EndpointSlice],
+    local: Option<SocketAddr>,
+) -> Option<ServiceView> {
+    let spec = service.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    let cluster_ip = spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok());
+    let lower = |p: Option<&String>| p.map_or("tcp".to_string(), |p| p.to_ascii_lowercase());
+    let ports: Vec<ServicePort> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| ServicePort {
+            name: p.name.clone().unwrap_or_default(),
+            protocol: lower(p.protocol.as_ref()),
+            port: p.port as u16,
+            node_port: p.node_port.map(|n| n as u16),
+        })
+        .collect();
+    let mut endpoints = Vec::new();
+    match local {
+        Some(addr) => {
+            if let std::net::IpAddr::V4(ip) = addr.ip() {
+                endpoints.push(Endpoint {
+                    ip,
+                    node: None,
+                    ready: true,
+                    ports: ports
+                        .iter()
+                        .map(|p| ((p.name.clone(), p.protocol.clone()), addr.port()))
+                        .collect(),
+                });
+            }
+        }
+        None => {
+            for slice in slices {
+                let slice_ports: BTreeMap<(String, String), u16> = slice
+                    .ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| {
+                        Some((
+                            (
+                                p.name.clone().unwrap_or_default(),
+                                lower(p.protocol.as_ref()),
+                            ),
+                            p.port? as u16,
+                        ))
+                    })
+                    .collect();
+                for e in slice.endpoints.iter().flatten() {
+                    let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                    for ip in e
+                        .addresses
+                        .iter()
+                        .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+                    {
+                        endpoints.push(Endpoint {
+                            ip,
+                            node: e.node_name.clone(),
+                            ready,
+                            ports: slice_ports.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    endpoints.sort_by_key(|e| e.ip);
+    Some(ServiceView {
+        namespace: service.metadata.namespace.clone()?,
+        name: service.metadata.name.clone()?,
+        cluster_ip,
+        ports,
+        affinity_seconds: (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10800) as u32
+        }),
+        external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        endpoints,
+    })
+}
+
+/// How `nft` is run: the program and the arguments before `-f -` (a test runs it in a
+/// namespace of its own with `ip netns exec NAME nft`).
+#[derive(Clone, Debug)]
+pub struct Nft {
+    pub command: Vec<String>,
+}
+
+impl Default for Nft {
+    fn default() -> Self {
+        Nft {
+            command: vec!["nft".into()],
+        }
+    }
+}
+
+impl Nft {
+    /// Applies `script` as one transaction.
+    pub async fn apply(&self, script: &str) -> Result<(), String> {
+        let (program, args) = self.command.split_first().ok_or("no nft command")?;
+        let mut child = tokio::process::Command::new(program)
+            .args(args)
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {program} (apt-get install nftables): {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .await
+                .map_err(|e| format!("nft: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|e| format!("nft: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "nft: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(_key: &str, record: &Record) -> Option<Arc<T>> {
+    serde_json::from_slice(&record.value).ok().map(Arc::new)
+}
+
+/// `ns/name` of a service key, or of a slice's service.
+fn service_of_slice(slice: &EndpointSlice) -> Option<String> {
+    let ns = slice.metadata.namespace.as_deref()?;
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(format!("{ns}/{name}"))
+}
+
+const BY_SERVICE: &str = "service";
+
+/// The rendered state of the table and the services changed since it was applied.
+#[derive(Default)]
+struct State {
+    applied: BTreeMap<String, Rendered>,
+    dirty: BTreeSet<String>,
+    /// Rebuild the whole table (at start, and after a failed transaction).
+    full: bool,
+}
+
+/// Keeps the node's service rules from `engine`'s replica until `stop`.
+pub async fn run(
+    engine: Arc<dyn Engine>,
+    config: ProxyConfig,
+    local: LocalServices,
+    nft: Nft,
+    stop: CancellationToken,
+) {
+    let state = Arc::new(Mutex::new(State {
+        full: true,
+        ..State::default()
+    }));
+    let changed = Arc::new(Notify::new());
+    let mark = |state: Arc<Mutex<State>>, changed: Arc<Notify>, key: Option<String>| {
+        if let Some(key) = key {
+            state.lock().expect("proxy state").dirty.insert(key);
+            changed.notify_one();
+        }
+    };
+    let services = {
+        let (s, c) = (Arc::clone(&state), Arc::clone(&changed));
+        Informer::builder([SERVICES], parse::<Service>)
+            .on_change(move |ch| {
+                let key = ch.key.strip_prefix(SERVICES).map(str::to_string);
+                mark(Arc::clone(&s), Arc::clone(&c), key);
+            })
+            .build()
+    };
+    let slices = {
+        let (s, c) = (Arc::clone(&state), Arc::clone(&changed));
+        Informer::builder([SLICES], parse::<EndpointSlice>)
+            .index(BY_SERVICE, |c| {
+                service_of_slice(&c.object).into_iter().collect()
+            })
+            .on_change(move |ch| {
+                for side in [ch.old, ch.new].into_iter().flatten() {
+                    mark(
+                        Arc::clone(&s),
+                        Arc::clone(&c),
+                        service_of_slice(&side.object),
+                    );
+                }
+            })
+            .build()
+    };
+    let informers = stop.child_token();
+    let _stop_informers = informers.clone().drop_guard();
+    services.spawn(Arc::clone(&engine), informers.clone(), "proxy");
+    slices.spawn(Arc::clone(&engine), informers.clone(), "proxy");
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = async { tokio::join!(services.synced(), slices.synced()) } => {}
+    }
+    loop {
+        let (full, dirty, before) = {
+            let mut s = state.lock().expect("proxy state");
+            let full = std::mem::take(&mut s.full);
+            let dirty: BTreeSet<String> = if full {
+                services
+                    .list()
+                    .iter()
+                    .filter_map(|c| c.key.strip_prefix(SERVICES).map(str::to_string))
+                    .chain(s.applied.keys().cloned())
+                    .collect()
+            } else {
+                std::mem::take(&mut s.dirty)
+            };
+            let before: BTreeMap<String, Rendered> = if full {
+                BTreeMap::new()
+            } else {
+                dirty
+                    .iter()
+                    .map(|k| (k.clone(), s.applied.get(k).cloned().unwrap_or_default()))
+                    .collect()
+            };
+            (full, dirty, before)
+        };
+        let mut script = if full { model::base() } else { String::new() };
+        let mut after = BTreeMap::new();
+        for key in &dirty {
+            let rendered = services
+                .get(&format!("{SERVICES}{key}"))
+                .and_then(|s| {
+                    let (ns, name) = key.split_once('/')?;
+                    let cached = slices.by_index(BY_SERVICE, key);
+                    let mine: Vec<&EndpointSlice> = cached.iter().map(|c| &*c.object).collect();
+                    let here = local.get(&(ns.to_string(), name.to_string())).copied();
+                    view(&s.object, &mine, here)
+                })
+                .map(|v| model::render(&v, &config))
+                .unwrap_or_default();
+            let old = before.get(key).cloned().unwrap_or_default();
+            model::diff(&old, &rendered, &mut script);
+            after.insert(key.clone(), rendered);
+        }
+        if !script.is_empty() {
+            match nft.apply(&script).await {
+                Ok(()) => {
+                    let mut s = state.lock().expect("proxy state");
+                    if full {
+                        s.applied.clear();
+                    }
+                    for (k, r) in after {
+                        if r == Rendered::default() {
+                            s.applied.remove(&k);
+                        } else {
+                            s.applied.insert(k, r);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "service rules not applied; rebuilding the table");
+                    state.lock().expect("proxy state").full = true;
+                    changed.notify_one();
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    }
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = changed.notified() => {}
+        }
+    }
+}
