@@ -9,7 +9,7 @@ ifdef CI
 export CARGO_INCREMENTAL := 0
 endif
 # Debian packages: clang/libclang for RocksDB's bindings; protoc and etcd for the etcd side of the benchmark.
-DEB_PACKAGES := build-essential clang libclang-dev protobuf-compiler etcd-server etcd-client stress-ng iproute2 nftables busybox-static runc crun tzdata
+DEB_PACKAGES := build-essential clang libclang-dev protobuf-compiler etcd-server etcd-client stress-ng iproute2 nftables busybox-static runc crun tzdata bind9-dnsutils
 UP_DIR ?= $(CURDIR)/.flotilla
 
 # RocksDB's C++ is compiled once per machine, optimised, into a static archive outside cargo's
@@ -76,7 +76,7 @@ down:
 
 # The peers the benchmarks run against that `make test` does not need: Docker (its daemon is
 # started by the bench in a namespace of its own, never as a host service).
-BENCH_PACKAGES := docker.io
+BENCH_PACKAGES := docker.io dnsperf nsd
 
 bench-deps: deps
 	@missing=""; for p in $(BENCH_PACKAGES); do \

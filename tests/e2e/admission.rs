@@ -40,6 +40,8 @@ fn refused_join(cluster: &Cluster, name: &str, token: &str) -> String {
         "0",
         "--api-port",
         "0",
+        "--dns-port",
+        "0",
         "--join",
         &cluster.nodes[0].addr,
         "--token",

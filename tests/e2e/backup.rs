@@ -135,6 +135,8 @@ async fn a_backup_taken_during_writes_restores_exactly_its_revision() {
             "127.0.0.1",
             "--api-port",
             "0",
+            "--dns-port",
+            "0",
         ]
         .map(String::from)
         .to_vec(),

@@ -20,6 +20,7 @@ mod partition;
 mod pods;
 mod rewatch;
 mod runtime;
+mod services;
 mod snapshot;
 mod startup_errors;
 mod support;

@@ -35,6 +35,9 @@ fn node_args<'a>(name: &'a str, dir: &'a str, extra: &[&'a str]) -> Vec<&'a str>
     if !extra.contains(&"--api-port") {
         v.extend_from_slice(&["--api-port", "0"]);
     }
+    if !extra.contains(&"--dns-port") {
+        v.extend_from_slice(&["--dns-port", "0", "--dns-upstream", "none"]);
+    }
     v
 }
 
@@ -69,6 +72,29 @@ fn api_port_in_use_is_a_clear_error_and_writes_nothing() {
     assert!(
         !data.exists(),
         "a refused start must not create the data dir"
+    );
+}
+
+#[test]
+fn dns_port_in_use_is_a_clear_error_and_writes_nothing() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let args = node_args(
+        "a",
+        data.to_str().unwrap(),
+        &["--peer-port", "0", "--dns-port", &port],
+    );
+    let (code, stderr) = run_to_exit(&args, Duration::from_secs(30)).unwrap();
+    assert_clean_failure(
+        code,
+        &stderr,
+        &format!("DNS port 127.0.0.1:{port} is already in use"),
+    );
+    assert!(
+        !data.exists(),
+        "nothing is written when the DNS port is taken"
     );
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use flotilla_controllers::endpoints::{SERVICES, SERVICE_NAME_LABEL, SLICES};
 use flotilla_controllers::Informer;
 use flotilla_store::{Engine, Record};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -72,20 +72,49 @@ pub fn service_record(service: &Service, slices: &[&EndpointSlice]) -> Option<Se
     })
 }
 
-/// A pod as the table's input: one with an address of its own that is not finished.
-pub fn pod_record(pod: &Pod) -> Option<PodRecord> {
-    let spec = pod.spec.as_ref()?;
-    if spec.host_network == Some(true) {
-        return None;
+/// What DNS reads of a pod, decoded without the rest of it: every pod change on every node
+/// passes through here, and most (bindings, conditions) change none of it.
+#[derive(serde::Deserialize)]
+struct SlimPod {
+    metadata: SlimMeta,
+    #[serde(default)]
+    spec: SlimSpec,
+    #[serde(default)]
+    status: SlimStatus,
+}
+
+#[derive(serde::Deserialize)]
+struct SlimMeta {
+    namespace: Option<String>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct SlimSpec {
+    #[serde(rename = "hostNetwork")]
+    host_network: Option<bool>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct SlimStatus {
+    #[serde(rename = "podIP")]
+    pod_ip: Option<String>,
+    phase: Option<String>,
+}
+
+/// A pod's record from its stored JSON: `Some(None)` for a pod DNS does not name.
+fn parse_pod_record(_key: &str, record: &Record) -> Option<Option<PodRecord>> {
+    let pod: SlimPod = serde_json::from_slice(&record.value).ok()?;
+    if pod.spec.host_network == Some(true)
+        || matches!(pod.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    {
+        return Some(None);
     }
-    let status = pod.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return None;
-    }
-    Some(PodRecord {
-        namespace: pod.metadata.namespace.clone()?,
-        ip: status.pod_ip.as_deref()?.parse().ok()?,
-    })
+    Some(pod.metadata.namespace.and_then(|namespace| {
+        Some(PodRecord {
+            namespace,
+            ip: pod.status.pod_ip.as_deref()?.parse().ok()?,
+        })
+    }))
 }
 
 /// The zones the table answers for.
@@ -136,8 +165,16 @@ pub async fn run(
         .on_change(move |_| n.notify_one())
         .build();
     let n = Arc::clone(&changed);
-    let pods = Informer::builder([PODS], flotilla_controllers::informer::parse_pod)
-        .on_change(move |_| n.notify_one())
+    let pods = Informer::builder([PODS], parse_pod_record)
+        .on_change(move |c| {
+            let record = |side: Option<&Arc<flotilla_controllers::Cached<Option<PodRecord>>>>| {
+                side.and_then(|p| p.object.clone())
+            };
+            // Most pod changes name nothing new: no rebuild for them.
+            if record(c.old) != record(c.new) {
+                n.notify_one();
+            }
+        })
         .build();
     let informers = stop.child_token();
     let _stop_informers = informers.clone().drop_guard();
@@ -181,7 +218,7 @@ pub async fn run(
         let pod_records: Vec<PodRecord> = pods
             .list()
             .iter()
-            .filter_map(|p| pod_record(&p.object))
+            .filter_map(|p| p.object.clone())
             .collect();
         let serial = engine.applied_revision() as u32;
         let zone = build(&zones, serial, &records, &pod_records);
@@ -190,5 +227,42 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = changed.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(json: serde_json::Value) -> Option<Option<PodRecord>> {
+        let r = Record {
+            create_revision: 1,
+            mod_revision: 1,
+            value: json.to_string().into_bytes(),
+        };
+        parse_pod_record("/core/pods/ns/p", &r)
+    }
+
+    #[test]
+    fn pods_are_named_by_their_address_unless_finished_or_on_the_host() {
+        let running = serde_json::json!({"metadata": {"namespace": "ns", "name": "p"},
+            "spec": {"containers": []}, "status": {"phase": "Running", "podIP": "10.244.1.9"}});
+        assert_eq!(
+            record(running.clone()),
+            Some(Some(PodRecord {
+                namespace: "ns".into(),
+                ip: "10.244.1.9".parse().unwrap()
+            }))
+        );
+        let mut done = running.clone();
+        done["status"]["phase"] = "Succeeded".into();
+        assert_eq!(record(done), Some(None));
+        let mut host = running.clone();
+        host["spec"]["hostNetwork"] = true.into();
+        assert_eq!(record(host), Some(None));
+        assert_eq!(
+            record(serde_json::json!({"metadata": {"namespace": "ns"}})),
+            Some(None)
+        );
     }
 }

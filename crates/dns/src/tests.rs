@@ -2,12 +2,11 @@
 //! server over real sockets (UDP and TCP) with a stub upstream on loopback.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
 use proptest::prelude::*;
 
 use crate::server::{handle, Handled, ZoneCell};

@@ -201,7 +201,7 @@ pub fn base() -> String {
          \t\tfib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports\n\
          \t}}\n\
          \tchain nat-prerouting {{ type nat hook prerouting priority dstnat; policy accept; jump services; }}\n\
-         \tchain nat-output {{ type nat hook output priority dstnat; policy accept; jump services; }}\n\
+         \tchain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}\n\
          \tchain nat-postrouting {{ type nat hook postrouting priority srcnat; policy accept; jump masquerading; }}\n\
          }}\n"
     )
