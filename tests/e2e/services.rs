@@ -267,15 +267,13 @@ async fn services_are_found_by_name_and_reached_from_every_node() {
         .collect();
     for n in &nodes {
         let pod = format!("client-{n}");
-        let (code, out) = exec(
-            &cluster,
-            &ctx,
-            &pod,
-            "sh",
-            "nslookup mydeploy.myapp-ns; nslookup mydeploy",
-        );
-        assert_eq!(code, Some(0), "{out}");
-        assert_eq!(out.matches(&ip).count(), 2, "{out}");
+        // busybox's nslookup tries every search domain and exits 1 when any of them is
+        // NXDOMAIN, as it does against CoreDNS: the answer is what counts for the short name.
+        for name in ["mydeploy.myapp-ns", "mydeploy"] {
+            let (code, out) = exec(&cluster, &ctx, &pod, "sh", &format!("nslookup {name}"));
+            assert!(code == Some(0) || name == "mydeploy", "{out}");
+            assert!(out.contains(&format!("Address: {ip}")), "{name}: {out}");
+        }
         let (code, out) = exec(
             &cluster,
             &ctx,

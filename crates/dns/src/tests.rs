@@ -245,6 +245,26 @@ fn external_names_pods_and_other_names() {
 }
 
 #[test]
+fn a_service_and_its_namespace_alone_is_a_cname_to_its_full_name() {
+    let z = table();
+    let m = ask(&z, "web.shop.", RecordType::A);
+    assert_eq!(m.response_code(), ResponseCode::NoError);
+    assert_eq!(m.answers()[0].record_type(), RecordType::CNAME);
+    assert_eq!(data(&m), ["web.shop.svc.cluster.local.", "10.96.3.4"]);
+    assert_eq!(
+        m.answers()[1].name().to_string(),
+        "web.shop.svc.cluster.local."
+    );
+    let m = ask(&z, "web.shop.", RecordType::AAAA);
+    assert_eq!(data(&m), ["web.shop.svc.cluster.local."]);
+    // Not a service of that namespace: not ours.
+    assert_eq!(
+        handle(&packet("web.other.", RecordType::A, false), &z, true),
+        Handled::Forward
+    );
+}
+
+#[test]
 fn edns_is_echoed_and_unknown_versions_get_badvers() {
     let z = table();
     let Handled::Reply(r) = handle(

@@ -109,6 +109,7 @@ pub struct Zone {
     apexes: Vec<Apex>,
     /// Scratch: all the sets of a name, for ANY.
     any: HashMap<Vec<u8>, Section>,
+    short: HashMap<Vec<u8>, Short>,
 }
 
 /// `a-b-c-d` for an address (`:` → `-` for IPv6).
@@ -148,6 +149,16 @@ pub struct Builder {
     domain: String,
     names: BTreeMap<Vec<u8>, Node>,
     apexes: Vec<Apex>,
+    short: HashMap<Vec<u8>, Short>,
+}
+
+/// The answers for `svc.ns.` (a service's name with its namespace and nothing after it), which
+/// resolvers that apply the search path only to names without a dot (busybox's `nslookup`)
+/// send as they are: a CNAME to `svc.ns.svc.cluster.local`, with its addresses for A.
+#[derive(Debug, Default)]
+struct Short {
+    cname: Section,
+    with_addresses: Section,
 }
 
 impl Builder {
@@ -178,6 +189,7 @@ impl Builder {
             domain: domain.to_string(),
             names,
             apexes,
+            short: HashMap::new(),
         }
     }
 
@@ -237,8 +249,43 @@ impl Builder {
         self.add(text, TYPE_SRV, &data, Some(&extra));
     }
 
+    /// `svc.ns.` as a CNAME to `base`, with `ips` owned by `base`.
+    fn short(&mut self, s: &ServiceRecord, base: &str, ips: &[IpAddr]) {
+        let (Some(short), Some(target)) = (
+            name_to_wire(&format!("{}.{}", s.name, s.namespace)),
+            name_to_wire(base),
+        ) else {
+            return;
+        };
+        let mut entry = Short::default();
+        entry
+            .cname
+            .push(&record(&QUESTION_NAME, TYPE_CNAME, TTL, &target));
+        entry.with_addresses.append(&entry.cname.clone());
+        for ip in ips {
+            let (rtype, data) = address_record(*ip);
+            if rtype == TYPE_A {
+                entry
+                    .with_addresses
+                    .push(&record(&target, rtype, TTL, &data));
+            }
+        }
+        self.short.insert(short, entry);
+    }
+
     pub fn service(&mut self, s: &ServiceRecord) {
         let base = format!("{}.{}.svc.{}", s.name, s.namespace, self.domain);
+        let ips: Vec<IpAddr> = match &s.kind {
+            Kind::ClusterIp(ip) => vec![*ip],
+            Kind::Headless => s
+                .endpoints
+                .iter()
+                .filter(|e| e.ready)
+                .map(|e| e.ip)
+                .collect(),
+            Kind::ExternalName(_) => Vec::new(),
+        };
+        self.short(s, &base, &ips);
         match &s.kind {
             Kind::ClusterIp(ip) => {
                 self.address(&base, *ip);
@@ -298,6 +345,7 @@ impl Builder {
             names: self.names.into_iter().collect(),
             apexes: self.apexes,
             any,
+            short: self.short,
         }
     }
 }
@@ -323,7 +371,19 @@ impl Zone {
     /// The answer for `name` (wire, lowercased) and `qtype`.
     pub fn lookup(&self, name: &[u8], qtype: u16) -> Lookup<'_> {
         let Some(apex) = self.apexes.iter().find(|a| under(name, &a.name)) else {
-            return Lookup::NotOurs;
+            return match self.short.get(name) {
+                Some(short) => Lookup::Answer(Answer {
+                    rcode: NOERROR,
+                    authoritative: false,
+                    answers: Some(if matches!(qtype, TYPE_A | TYPE_ANY) {
+                        &short.with_addresses
+                    } else {
+                        &short.cname
+                    }),
+                    ..Default::default()
+                }),
+                None => Lookup::NotOurs,
+            };
         };
         let negative = |rcode| Answer {
             rcode,

@@ -178,8 +178,9 @@ pub async fn add_veth(
         .map_err(|e| err(&format!("attach {host_end} to {}", net.bridge), e))?;
     // Hairpin: a pod reaching itself through a service address gets its packets back out of
     // the port they came in by.
+    // (Port settings go in RTM_NEWLINK: RTM_SETLINK ignores them without an error.)
     h.link()
-        .set(LinkBridgePort::new(index).hairpin(true).build())
+        .set_port(LinkBridgePort::new(index).hairpin(true).build())
         .execute()
         .await
         .map_err(|e| err(&format!("hairpin on {host_end}"), e))
