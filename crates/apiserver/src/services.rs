@@ -5,10 +5,10 @@
 
 use flotilla_api::services::{self, Holder};
 use flotilla_api::Resource;
-use flotilla_store::{Engine, Op};
-use serde_json::Value;
+use flotilla_store::{Command, Engine, Op, Proposer, StoreError};
+use serde_json::{json, Value};
 
-use crate::writes::{invalid, store_failure, WriteError};
+use crate::writes::{invalid, kept_changing, store_failure, WriteError, Written};
 
 pub(crate) fn is_service(r: &Resource) -> bool {
     r.kind == "Service" && r.group.is_empty()
@@ -56,6 +56,79 @@ pub(crate) fn allocation_ops(
         }
     }
     Ok(ops)
+}
+
+/// Creates the admitted `service` at `key` with its addresses, in one command; one taken
+/// meanwhile through another node refuses it, and the addresses are picked again after a
+/// read barrier.
+pub(crate) async fn create(
+    engine: &dyn Engine,
+    proposer: &dyn Proposer,
+    r: &Resource,
+    key: &str,
+    name: &str,
+    object: Value,
+    warnings: Vec<String>,
+) -> Result<Written, WriteError> {
+    for _ in 0..crate::update::ATTEMPTS {
+        let mut service = object.clone();
+        let extra = allocation_ops(engine, r, name, &mut service, None)?;
+        let create = Op::Create {
+            key: key.to_string(),
+            value: service.to_string().into_bytes(),
+        };
+        let command = Command::batch([create].into_iter().chain(extra).collect());
+        match proposer.propose(command).await {
+            Ok(revision) => {
+                service["metadata"]["resourceVersion"] = json!(revision.to_string());
+                return Ok(Written {
+                    object: service,
+                    warnings,
+                });
+            }
+            Err(StoreError::AlreadyExists { key: taken }) if taken != key => {
+                proposer
+                    .read_barrier()
+                    .await
+                    .map_err(|e| store_failure(r, name, e))?;
+            }
+            Err(e) => return Err(store_failure(r, name, e)),
+        }
+    }
+    Err(kept_changing(r, name))
+}
+
+/// The write of a service's update over `current` (read at `revision`): with the keys it
+/// takes and releases, or, when its last finalizer went (`gone`), its removal with the keys
+/// it held.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn replace(
+    engine: &dyn Engine,
+    r: &Resource,
+    key: &str,
+    name: &str,
+    revision: u64,
+    current: &Value,
+    object: &mut Value,
+    gone: bool,
+) -> Result<Command, WriteError> {
+    if gone {
+        let delete = Op::Delete {
+            key: key.into(),
+            expected: Some(revision),
+        };
+        let release = release_ops(engine, current);
+        return Ok(Command::batch(
+            [delete].into_iter().chain(release).collect(),
+        ));
+    }
+    let extra = allocation_ops(engine, r, name, object, Some(current))?;
+    let update = Op::Update {
+        key: key.into(),
+        value: object.to_string().into_bytes(),
+        expected: Some(revision),
+    };
+    Ok(Command::batch([update].into_iter().chain(extra).collect()))
 }
 
 /// The deletes that free what a removed `service` held (only keys it still holds).

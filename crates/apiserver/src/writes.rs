@@ -320,35 +320,7 @@ pub async fn create(
         meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
         return Ok(Written { object, warnings });
     }
-    // A service takes its addresses in the same command; one taken meanwhile through another
-    // node refuses it, and the addresses are picked again after a read barrier.
-    for _ in 0..crate::update::ATTEMPTS {
-        let mut service = object.clone();
-        let extra = crate::services::allocation_ops(engine, r, &name, &mut service, None)?;
-        let create = flotilla_store::Op::Create {
-            key: key.clone(),
-            value: service.to_string().into_bytes(),
-        };
-        let command = Command::batch([create].into_iter().chain(extra).collect());
-        match proposer.propose(command).await {
-            Ok(revision) => {
-                meta_mut(&mut service)
-                    .insert("resourceVersion".into(), json!(revision.to_string()));
-                return Ok(Written {
-                    object: service,
-                    warnings,
-                });
-            }
-            Err(StoreError::AlreadyExists { key: taken }) if taken != key => {
-                proposer
-                    .read_barrier()
-                    .await
-                    .map_err(|e| store_failure(r, &name, e))?;
-            }
-            Err(e) => return Err(store_failure(r, &name, e)),
-        }
-    }
-    Err(kept_changing(r, &name))
+    crate::services::create(engine, proposer, r, &key, &name, object, warnings).await
 }
 
 /// The write of `object` over `current` (read at `revision`), keeping what the server owns
@@ -419,30 +391,14 @@ fn plan_replace(
             warnings,
         }));
     }
-    let command = match finalizing(r, name, current, &object)? {
-        // The last finalizer of an object being deleted is gone: so is the object (and what
-        // a service held).
-        true if crate::services::is_service(r) => Command::batch(
-            [flotilla_store::Op::Delete {
-                key: key.into(),
-                expected: Some(revision),
-            }]
-            .into_iter()
-            .chain(crate::services::release_ops(engine, current))
-            .collect(),
-        ),
-        true => Command::delete(key, Some(revision)),
-        false if crate::services::is_service(r) => {
-            let extra =
-                crate::services::allocation_ops(engine, r, name, &mut object, Some(current))?;
-            let update = flotilla_store::Op::Update {
-                key: key.into(),
-                value: object.to_string().into_bytes(),
-                expected: Some(revision),
-            };
-            Command::batch([update].into_iter().chain(extra).collect())
-        }
-        false => Command::update(key, object.to_string(), Some(revision)),
+    let gone = finalizing(r, name, current, &object)?;
+    let command = if crate::services::is_service(r) {
+        crate::services::replace(engine, r, key, name, revision, current, &mut object, gone)?
+    } else if gone {
+        // The last finalizer of an object being deleted is gone: so is the object.
+        Command::delete(key, Some(revision))
+    } else {
+        Command::update(key, object.to_string(), Some(revision))
     };
     Ok(Attempt::Write(
         command,

@@ -245,14 +245,19 @@ pub async fn start(
     let (tx, mut rx) = mpsc::channel::<Request>(4096);
     let (answers_tx, mut answers) = mpsc::channel::<(usize, std::io::Result<Vec<u8>>)>(4096);
     let mut sockets = Vec::new();
-    for (i, upstream) in upstreams.iter().enumerate() {
+    for upstream in upstreams {
         let bind: SocketAddr = if upstream.is_ipv4() {
             "0.0.0.0:0".parse().expect("an address")
         } else {
             "[::]:0".parse().expect("an address")
         };
         let socket = Arc::new(UdpSocket::bind(bind).await?);
-        socket.connect(upstream).await?;
+        if let Err(e) = socket.connect(upstream).await {
+            // No route to it from here (a lab's namespace): its queries get SERVFAIL.
+            tracing::warn!(%upstream, error = %e, "dns: cannot reach an upstream resolver; skipping it");
+            continue;
+        }
+        let i = sockets.len();
         let (s, tx, stop) = (Arc::clone(&socket), answers_tx.clone(), stop.clone());
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65535];
