@@ -103,6 +103,10 @@ struct SlimStatus {
 
 /// A pod's record from its stored JSON: `Some(None)` for a pod DNS does not name.
 fn parse_pod_record(_key: &str, record: &Record) -> Option<Option<PodRecord>> {
+    // Most changes are of pods without an address yet (created, bound): not even decoded.
+    if !record.value.windows(7).any(|w| w == b"\"podIP\"") {
+        return Some(None);
+    }
     let pod: SlimPod = serde_json::from_slice(&record.value).ok()?;
     if pod.spec.host_network == Some(true)
         || matches!(pod.status.phase.as_deref(), Some("Succeeded" | "Failed"))
