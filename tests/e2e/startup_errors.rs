@@ -52,8 +52,9 @@ fn port_in_use_is_a_clear_error() {
     assert_clean_failure(code, &stderr, "already in use");
 }
 
-#[test]
-fn api_port_in_use_is_a_clear_error_and_writes_nothing() {
+/// A node started with `flag` on a port something else holds: the error names the port, and
+/// the data dir is not created.
+fn port_in_use_writes_nothing(flag: &str, what: &str) {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port().to_string();
     let dir = tempfile::tempdir().unwrap();
@@ -61,13 +62,13 @@ fn api_port_in_use_is_a_clear_error_and_writes_nothing() {
     let args = node_args(
         "a",
         data.to_str().unwrap(),
-        &["--peer-port", "0", "--api-port", &port],
+        &["--peer-port", "0", flag, &port],
     );
     let (code, stderr) = run_to_exit(&args, Duration::from_secs(30)).unwrap();
     assert_clean_failure(
         code,
         &stderr,
-        &format!("API port 127.0.0.1:{port} is already in use"),
+        &format!("{what} port 127.0.0.1:{port} is already in use"),
     );
     assert!(
         !data.exists(),
@@ -76,26 +77,13 @@ fn api_port_in_use_is_a_clear_error_and_writes_nothing() {
 }
 
 #[test]
+fn api_port_in_use_is_a_clear_error_and_writes_nothing() {
+    port_in_use_writes_nothing("--api-port", "API");
+}
+
+#[test]
 fn dns_port_in_use_is_a_clear_error_and_writes_nothing() {
-    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = busy.local_addr().unwrap().port().to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("d");
-    let args = node_args(
-        "a",
-        data.to_str().unwrap(),
-        &["--peer-port", "0", "--dns-port", &port],
-    );
-    let (code, stderr) = run_to_exit(&args, Duration::from_secs(30)).unwrap();
-    assert_clean_failure(
-        code,
-        &stderr,
-        &format!("DNS port 127.0.0.1:{port} is already in use"),
-    );
-    assert!(
-        !data.exists(),
-        "nothing is written when the DNS port is taken"
-    );
+    port_in_use_writes_nothing("--dns-port", "DNS");
 }
 
 #[test]

@@ -77,30 +77,10 @@ impl Programmer for HostNetwork {
                }}\n\
              }}\n"
         );
-        let mut child = tokio::process::Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run nft (apt-get install nftables): {e}"))?;
-        use tokio::io::AsyncWriteExt;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(rules.as_bytes())
-                .await
-                .map_err(|e| format!("nft: {e}"))?;
-        }
-        let out = child
-            .wait_with_output()
+        flotilla_runtime::nft::Nft::default()
+            .apply(&rules)
             .await
-            .map_err(|e| format!("nft: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "nft refused the masquerade rule: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
+            .map_err(|e| format!("the masquerade rule was not applied: {e}"))?;
         Ok(())
     }
 

@@ -90,17 +90,10 @@ pub async fn delete(
         check_preconditions(r, name, &object, revision, options)?;
         Ok(match plan(r, &object, options, SystemTime::now()) {
             Deletion::Unchanged => Attempt::Unchanged(with_version(object, revision)),
-            Deletion::Remove if crate::services::is_service(r) => {
-                let delete = flotilla_store::Op::Delete {
-                    key: key.clone(),
-                    expected: Some(revision),
-                };
-                let release = crate::services::release_ops(engine, &object);
-                Attempt::Write(
-                    Command::batch([delete].into_iter().chain(release).collect()),
-                    answer(object, revision),
-                )
-            }
+            Deletion::Remove if crate::services::is_service(r) => Attempt::Write(
+                crate::services::remove(engine, &key, revision, &object),
+                answer(object, revision),
+            ),
             Deletion::Remove => Attempt::Write(
                 Command::delete(key.clone(), Some(revision)),
                 answer(object, revision),

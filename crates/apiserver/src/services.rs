@@ -113,14 +113,7 @@ pub(crate) fn replace(
     gone: bool,
 ) -> Result<Command, WriteError> {
     if gone {
-        let delete = Op::Delete {
-            key: key.into(),
-            expected: Some(revision),
-        };
-        let release = release_ops(engine, current);
-        return Ok(Command::batch(
-            [delete].into_iter().chain(release).collect(),
-        ));
+        return Ok(remove(engine, key, revision, current));
     }
     let extra = allocation_ops(engine, r, name, object, Some(current))?;
     let update = Op::Update {
@@ -131,8 +124,22 @@ pub(crate) fn replace(
     Ok(Command::batch([update].into_iter().chain(extra).collect()))
 }
 
+/// The removal of `service` (stored at `key`, read at `revision`) with the keys it holds.
+pub(crate) fn remove(engine: &dyn Engine, key: &str, revision: u64, service: &Value) -> Command {
+    let delete = Op::Delete {
+        key: key.into(),
+        expected: Some(revision),
+    };
+    Command::batch(
+        [delete]
+            .into_iter()
+            .chain(release_ops(engine, service))
+            .collect(),
+    )
+}
+
 /// The deletes that free what a removed `service` held (only keys it still holds).
-pub(crate) fn release_ops(engine: &dyn Engine, service: &Value) -> Vec<Op> {
+fn release_ops(engine: &dyn Engine, service: &Value) -> Vec<Op> {
     let uid = service["metadata"]["uid"].as_str().unwrap_or("");
     services::held(service)
         .into_iter()
@@ -152,7 +159,7 @@ pub(crate) fn release_ops(engine: &dyn Engine, service: &Value) -> Vec<Op> {
 mod tests {
     use crate::objects::parse_path;
     use crate::writes::{create, patch, WriteRequest};
-    use flotilla_api::deletion::{DeleteOptions, Propagation};
+    use flotilla_api::deletion::DeleteOptions;
     use flotilla_api::kinds::FieldValidation;
     use flotilla_store::{Command, Engine, MemoryStore, Proposer};
     use serde_json::{json, Value};
@@ -168,6 +175,13 @@ mod tests {
             body,
             content_type: "application/json",
             validation: FieldValidation::Strict,
+        }
+    }
+
+    fn merge_patch(body: &[u8]) -> WriteRequest<'_> {
+        WriteRequest {
+            content_type: "application/merge-patch+json",
+            ..request(body)
         }
     }
 
@@ -231,11 +245,7 @@ mod tests {
             &store,
             &node,
             "web",
-            &WriteRequest {
-                body: br#"{"spec": {"type": "NodePort"}}"#,
-                content_type: "application/merge-patch+json",
-                validation: FieldValidation::Strict,
-            },
+            &merge_patch(br#"{"spec": {"type": "NodePort"}}"#),
         )
         .await
         .unwrap()
@@ -249,11 +259,7 @@ mod tests {
             &store,
             &node,
             "web",
-            &WriteRequest {
-                body: br#"{"spec": {"type": "ClusterIP"}}"#,
-                content_type: "application/merge-patch+json",
-                validation: FieldValidation::Strict,
-            },
+            &merge_patch(br#"{"spec": {"type": "ClusterIP"}}"#),
         )
         .await
         .unwrap();
@@ -261,12 +267,7 @@ mod tests {
         assert!(held(&store, &format!("/flotilla/clusterips/{ip}")).is_some());
 
         // Deleted: the address is free again, for a service that asks for it.
-        let options = DeleteOptions {
-            propagation: Propagation::Background,
-            grace_period_seconds: None,
-            precondition_uid: None,
-            precondition_resource_version: None,
-        };
+        let options = DeleteOptions::default();
         crate::deletion::delete(&store, &store, &node, "web", &options)
             .await
             .unwrap();

@@ -276,6 +276,28 @@ pub fn slices(service: &Service, pods: &[&Pod]) -> Vec<EndpointSlice> {
         .collect()
 }
 
+/// A slice's ports as (name, protocol in lower case, number), as DNS and the proxy read them.
+pub fn slice_ports(slice: &EndpointSlice) -> Vec<(String, String, u16)> {
+    slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            let protocol = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+            Some((p.name.clone().unwrap_or_default(), protocol, p.port? as u16))
+        })
+        .collect()
+}
+
+/// Every address of a slice's endpoints, with its endpoint and whether it is ready (an
+/// endpoint without conditions is, as the API defines it).
+pub fn slice_addresses(slice: &EndpointSlice) -> impl Iterator<Item = (&str, &Endpoint, bool)> {
+    slice.endpoints.iter().flatten().flat_map(|e| {
+        let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+        e.addresses.iter().map(move |a| (a.as_str(), e, ready))
+    })
+}
+
 /// The write that makes the stored object at `key` (`current`: its revision and JSON) what
 /// `desired` says, keeping its server-owned metadata; `None` when nothing would change.
 fn write(key: String, current: Option<(Revision, &Value)>, mut desired: Value) -> Option<Op> {

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use flotilla_controllers::endpoints::{SERVICES, SERVICE_NAME_LABEL, SLICES};
+use flotilla_controllers::endpoints::{
+    slice_addresses, slice_ports, SERVICES, SERVICE_NAME_LABEL, SLICES,
+};
 use flotilla_controllers::Informer;
 use flotilla_store::{Engine, Record};
 use k8s_openapi::api::core::v1::Service;
@@ -43,16 +45,16 @@ pub fn service_record(service: &Service, slices: &[&EndpointSlice]) -> Option<Se
         .collect();
     let mut endpoints = Vec::new();
     for slice in slices {
-        let slice_ports: Vec<Port> = slice
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| Some(port(p.name.as_ref(), p.protocol.as_ref(), p.port?)))
+        let slice_ports: Vec<Port> = slice_ports(slice)
+            .into_iter()
+            .map(|(name, protocol, port)| Port {
+                name,
+                protocol,
+                port,
+            })
             .collect();
-        for e in slice.endpoints.iter().flatten() {
-            // An endpoint without conditions is ready, as the API defines it.
-            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            for ip in e.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+        for (address, e, ready) in slice_addresses(slice) {
+            if let Ok(ip) = address.parse::<IpAddr>() {
                 endpoints.push(Endpoint {
                     ip,
                     hostname: e.hostname.clone(),

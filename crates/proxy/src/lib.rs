@@ -10,15 +10,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use flotilla_controllers::endpoints::{SERVICES, SERVICE_NAME_LABEL, SLICES};
+use flotilla_controllers::endpoints::{
+    slice_addresses, slice_ports, SERVICES, SERVICE_NAME_LABEL, SLICES,
+};
 use flotilla_controllers::Informer;
 use flotilla_store::{Engine, Record};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use flotilla_runtime::nft::Nft;
 use model::{Endpoint, ServicePort};
 pub use model::{ProxyConfig, Rendered, ServiceView};
 
@@ -66,27 +68,12 @@ pub fn view(
         }
         None => {
             for slice in slices {
-                let slice_ports: BTreeMap<(String, String), u16> = slice
-                    .ports
-                    .iter()
-                    .flatten()
-                    .filter_map(|p| {
-                        Some((
-                            (
-                                p.name.clone().unwrap_or_default(),
-                                lower(p.protocol.as_ref()),
-                            ),
-                            p.port? as u16,
-                        ))
-                    })
+                let slice_ports: BTreeMap<(String, String), u16> = slice_ports(slice)
+                    .into_iter()
+                    .map(|(name, protocol, port)| ((name, protocol), port))
                     .collect();
-                for e in slice.endpoints.iter().flatten() {
-                    let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                    for ip in e
-                        .addresses
-                        .iter()
-                        .filter_map(|a| a.parse::<Ipv4Addr>().ok())
-                    {
+                for (address, e, ready) in slice_addresses(slice) {
+                    if let Ok(ip) = address.parse::<Ipv4Addr>() {
                         endpoints.push(Endpoint {
                             ip,
                             node: e.node_name.clone(),
@@ -114,54 +101,6 @@ pub fn view(
         external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
         endpoints,
     })
-}
-
-/// How `nft` is run: the program and the arguments before `-f -` (a test runs it in a
-/// namespace of its own with `ip netns exec NAME nft`).
-#[derive(Clone, Debug)]
-pub struct Nft {
-    pub command: Vec<String>,
-}
-
-impl Default for Nft {
-    fn default() -> Self {
-        Nft {
-            command: vec!["nft".into()],
-        }
-    }
-}
-
-impl Nft {
-    /// Applies `script` as one transaction.
-    pub async fn apply(&self, script: &str) -> Result<(), String> {
-        let (program, args) = self.command.split_first().ok_or("no nft command")?;
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run {program} (apt-get install nftables): {e}"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .await
-                .map_err(|e| format!("nft: {e}"))?;
-        }
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|e| format!("nft: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "nft: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(_key: &str, record: &Record) -> Option<Arc<T>> {

@@ -13,6 +13,7 @@ pub mod layers;
 pub mod logs;
 pub mod mounts;
 pub mod net;
+pub mod nft;
 pub mod pod;
 pub mod sandbox;
 
