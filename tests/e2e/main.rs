@@ -20,6 +20,7 @@ mod partition;
 mod pods;
 mod rewatch;
 mod runtime;
+mod service_failover;
 mod services;
 mod snapshot;
 mod startup_errors;

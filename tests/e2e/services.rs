@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::lab::{lab, Kube as Ctx};
 
-const APP: &str = r#"
+pub(crate) const APP: &str = r#"
 apiVersion: v1
 kind: Namespace
 metadata: {name: myapp-ns}
@@ -80,7 +80,7 @@ spec:
 
 /// Runs `script` in container `container` of pod `pod` (namespace myapp-ns) through its node's
 /// runtime; returns (exit code, output).
-fn exec(
+pub(crate) fn exec(
     cluster: &Cluster,
     ctx: &Ctx,
     pod: &str,
@@ -157,7 +157,7 @@ fn http_get(addr: &str) -> Option<String> {
 }
 
 /// The service rules of lab node `i`.
-fn rules(lab: &flotilla_lab::LabNet, i: usize) -> String {
+pub(crate) fn rules(lab: &flotilla_lab::LabNet, i: usize) -> String {
     let out = Command::new("ip")
         .args([
             "netns",
@@ -179,7 +179,7 @@ fn rules(lab: &flotilla_lab::LabNet, i: usize) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn pod_ips(ctx: &Ctx) -> BTreeMap<String, (String, String)> {
+pub(crate) fn pod_ips(ctx: &Ctx) -> BTreeMap<String, (String, String)> {
     let list = ctx.json(&["get", "pods", "-n", "myapp-ns", "-l", "app=mydeploy"]);
     list["items"]
         .as_array()

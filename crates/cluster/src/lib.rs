@@ -42,6 +42,8 @@ pub struct Member {
     pub join_token: Option<JoinToken>,
     /// What the leader group has done, for `/metrics`.
     pub leader_loops: GroupStatusHandle,
+    /// The members and those this node's gossip reports down.
+    pub members: tokio::sync::watch::Receiver<flotilla_controllers::ClusterMembers>,
     stop: CancellationToken,
     gossip: Gossip,
     reconnecting: JoinHandle<()>,
@@ -61,7 +63,7 @@ impl Member {
             .await
             .map_err(|e| format!("cannot start gossip: {e}"))?;
         let members = gossip::watch_members(&node, &gossip, stop.clone());
-        let group: LeaderGroup = loops::leader_group(&node, members)?;
+        let group: LeaderGroup = loops::leader_group(&node, members.clone())?;
         let leader_loops = group.status();
         tokio::spawn(loops::register(
             Arc::clone(&node),
@@ -74,6 +76,7 @@ impl Member {
             node,
             join_token,
             leader_loops,
+            members,
             stop,
             gossip,
             reconnecting,

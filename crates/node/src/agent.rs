@@ -62,6 +62,7 @@ pub fn spawn(
     info: &NodeInfo,
     workers: usize,
     local: flotilla_proxy::LocalServices,
+    members: tokio::sync::watch::Receiver<flotilla_controllers::ClusterMembers>,
     stop: CancellationToken,
 ) {
     if !flotilla_sys::can_administer() {
@@ -135,6 +136,7 @@ pub fn spawn(
                 cluster_cidr: flotilla_agent::network::POD_NETWORK.into(),
             },
             local,
+            members,
             flotilla_proxy::Nft::default(),
             stop.clone(),
         ));

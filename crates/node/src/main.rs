@@ -447,6 +447,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
             (("default".to_string(), "kubernetes".to_string()), api_addr),
         ]
         .into(),
+        member.members.clone(),
         member.stopping(),
     );
     let pki = flotilla_pki::NodePki::load(&data_dir)

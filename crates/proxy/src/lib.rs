@@ -3,6 +3,8 @@
 //! service to its share of the table and the change between two renderings; this loop keeps
 //! the rendering of every service, and after a change applies only the changed services'
 //! differences, all in one `nft -f` transaction. A failed transaction rebuilds the table.
+//! Endpoints on nodes this node's gossip reports down are left out at once, without waiting
+//! for the leader (which may be the node that died) to take them out of the endpoints.
 
 pub mod model;
 
@@ -13,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use flotilla_controllers::endpoints::{
     slice_addresses, slice_ports, SERVICES, SERVICE_NAME_LABEL, SLICES,
 };
-use flotilla_controllers::Informer;
+use flotilla_controllers::{ClusterMembers, Informer};
 use flotilla_store::{Engine, Record};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub use flotilla_runtime::nft::Nft;
@@ -28,11 +30,12 @@ pub use model::{ProxyConfig, Rendered, ServiceView};
 pub type LocalServices = BTreeMap<(String, String), SocketAddr>;
 
 /// A service and its slices as the proxy sees them; `local` serves the service from this
-/// node (DNS, the API) instead of its endpoints.
+/// node (DNS, the API) instead of its endpoints; endpoints on a node in `down` are not ready.
 pub fn view(
     service: &Service,
     slices: &[&EndpointSlice],
     local: Option<SocketAddr>,
+    down: &BTreeSet<String>,
 ) -> Option<ServiceView> {
     let spec = service.spec.as_ref()?;
     if spec.type_.as_deref() == Some("ExternalName") {
@@ -74,10 +77,11 @@ pub fn view(
                     .collect();
                 for (address, e, ready) in slice_addresses(slice) {
                     if let Ok(ip) = address.parse::<Ipv4Addr>() {
+                        let gone = e.node_name.as_ref().is_some_and(|n| down.contains(n));
                         endpoints.push(Endpoint {
                             ip,
                             node: e.node_name.clone(),
-                            ready,
+                            ready: ready && !gone,
                             ports: slice_ports.clone(),
                         });
                     }
@@ -125,11 +129,37 @@ struct State {
     full: bool,
 }
 
-/// Keeps the node's service rules from `engine`'s replica until `stop`.
+/// Every service with an endpoint on a node whose liveness differs between `a` and `b`.
+fn touched_by(
+    slices: &Informer<Arc<EndpointSlice>>,
+    a: &BTreeSet<String>,
+    b: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let flipped: BTreeSet<&String> = a.symmetric_difference(b).collect();
+    if flipped.is_empty() {
+        return BTreeSet::new();
+    }
+    slices
+        .list()
+        .iter()
+        .filter(|c| {
+            c.object
+                .endpoints
+                .iter()
+                .flatten()
+                .any(|e| e.node_name.as_ref().is_some_and(|n| flipped.contains(n)))
+        })
+        .filter_map(|c| service_of_slice(&c.object))
+        .collect()
+}
+
+/// Keeps the node's service rules from `engine`'s replica and the nodes `members` reports
+/// down, until `stop`.
 pub async fn run(
     engine: Arc<dyn Engine>,
     config: ProxyConfig,
     local: LocalServices,
+    mut members: watch::Receiver<ClusterMembers>,
     nft: Nft,
     stop: CancellationToken,
 ) {
@@ -178,6 +208,8 @@ pub async fn run(
         _ = stop.cancelled() => return,
         _ = async { tokio::join!(services.synced(), slices.synced()) } => {}
     }
+    let mut down = members.borrow_and_update().down.clone();
+    let mut watching = true;
     loop {
         let (full, dirty, before) = {
             let mut s = state.lock().expect("proxy state");
@@ -212,7 +244,7 @@ pub async fn run(
                     let cached = slices.by_index(BY_SERVICE, key);
                     let mine: Vec<&EndpointSlice> = cached.iter().map(|c| &*c.object).collect();
                     let here = local.get(&(ns.to_string(), name.to_string())).copied();
-                    view(&s.object, &mine, here)
+                    view(&s.object, &mine, here, &down)
                 })
                 .map(|v| model::render(&v, &config))
                 .unwrap_or_default();
@@ -250,6 +282,59 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = changed.notified() => {}
+            moved = members.changed(), if watching => {
+                if moved.is_err() {
+                    // The membership stopped with its node: what it said last stays.
+                    watching = false;
+                    continue;
+                }
+                let now = members.borrow_and_update().down.clone();
+                let touched = touched_by(&slices, &down, &now);
+                if !touched.is_empty() {
+                    tracing::info!(down = ?now, services = touched.len(), "node liveness changed: endpoints re-rendered");
+                }
+                down = now;
+                state.lock().expect("proxy state").dirty.extend(touched);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn endpoints_on_a_node_gossip_reports_down_are_not_ready() {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.20", "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-1", "namespace": "default",
+                         "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.244.1.5"], "nodeName": "n1", "conditions": {"ready": true}},
+                {"addresses": ["10.244.2.5"], "nodeName": "n2", "conditions": {"ready": true}}
+            ]
+        }))
+        .unwrap();
+        let ready = |down: &[&str]| -> Vec<String> {
+            let down = down.iter().map(|s| s.to_string()).collect();
+            view(&service, &[&slice], None, &down)
+                .unwrap()
+                .endpoints
+                .iter()
+                .filter(|e| e.ready)
+                .map(|e| e.ip.to_string())
+                .collect()
+        };
+        assert_eq!(ready(&[]), ["10.244.1.5", "10.244.2.5"]);
+        assert_eq!(ready(&["n2"]), ["10.244.1.5"]);
+        assert_eq!(ready(&["n1", "n2"]), Vec::<String>::new());
     }
 }
