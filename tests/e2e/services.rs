@@ -156,19 +156,10 @@ fn http_get(addr: &str) -> Option<String> {
     text.split("\r\n\r\n").nth(1).map(|b| b.trim().to_string())
 }
 
-/// The service rules of lab node `i`.
+/// The nftables rules of lab node `i` (the service tables among them).
 pub(crate) fn rules(lab: &flotilla_lab::LabNet, i: usize) -> String {
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.netns(i),
-            "nft",
-            "list",
-            "table",
-            "ip",
-            "flotilla-svc",
-        ])
+        .args(["netns", "exec", &lab.netns(i), "nft", "list", "ruleset"])
         .output()
         .unwrap();
     assert!(

@@ -1,11 +1,13 @@
 //! `flotilla-bench`: figures for Flotilla next to its peer systems, measured in the same run.
 
 mod api;
+mod dns;
 mod etcd;
 mod failover;
 mod load;
 mod membership;
 mod pods;
+mod proxy;
 mod runtime;
 mod scheduler;
 mod store;
@@ -41,6 +43,9 @@ enum Command {
     /// Scheduling: 10,000 pods in deployments onto 5,000 hollow nodes; and 100 replicas that
     /// really run against `docker service create --replicas 100` on Docker Swarm.
     Scheduler(scheduler::SchedulerArgs),
+    /// Service DNS: a node's DNS against NSD with the same records (dnsperf); and the proxy:
+    /// one endpoint change against a full rewrite of 10,000 services' rules.
+    Dns(dns::DnsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Command::Pods(args) => runtime.block_on(pods::run_bench(args)),
         Command::Failover(args) => runtime.block_on(failover::run(args)),
         Command::Scheduler(args) => runtime.block_on(scheduler::run(args)),
+        Command::Dns(args) => runtime.block_on(dns::run(args)),
         Command::Runtime(_) => unreachable!("run before the async runtime starts"),
     }
 }

@@ -2,11 +2,13 @@
 //! replica, so service traffic keeps flowing while the leader is gone. [`model`] renders a
 //! service to its share of the table and the change between two renderings; this loop keeps
 //! the rendering of every service, and after a change applies only the changed services'
-//! differences, all in one `nft -f` transaction. A failed transaction rebuilds the table.
+//! differences, all in one netlink transaction ([`netlink`]). The table is built whole with
+//! `nft -f` at start and rebuilt so after a failed transaction.
 //! Endpoints on nodes this node's gossip reports down are left out at once, without waiting
 //! for the leader (which may be the node that died) to take them out of the endpoints.
 
 pub mod model;
+pub mod netlink;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 pub use flotilla_runtime::nft::Nft;
 use model::{Endpoint, ServicePort};
 pub use model::{ProxyConfig, Rendered, ServiceView};
+pub use netlink::Netlink;
 
 /// The services every node answers itself: (namespace, name) → this node's address for them.
 pub type LocalServices = BTreeMap<(String, String), SocketAddr>;
@@ -210,6 +213,7 @@ pub async fn run(
     }
     let mut down = members.borrow_and_update().down.clone();
     let mut watching = true;
+    let mut netlink: Option<Netlink> = None;
     loop {
         let (full, dirty, before) = {
             let mut s = state.lock().expect("proxy state");
@@ -234,7 +238,7 @@ pub async fn run(
             };
             (full, dirty, before)
         };
-        let mut script = if full { model::base() } else { String::new() };
+        let mut changes = Vec::new();
         let mut after = BTreeMap::new();
         for key in &dirty {
             let rendered = services
@@ -249,18 +253,29 @@ pub async fn run(
                 .map(|v| model::render(&v, &config))
                 .unwrap_or_default();
             let old = before.get(key).cloned().unwrap_or_default();
-            model::diff(&old, &rendered, &mut script);
+            model::diff(&old, &rendered, &mut changes);
             after.insert(key.clone(), rendered);
         }
-        if !script.is_empty() {
-            match nft.apply(&script).await {
+        if full || !changes.is_empty() {
+            let applied = if full {
+                nft.apply(&(model::base() + &model::script(&changes))).await
+            } else {
+                let socket = match &mut netlink {
+                    Some(socket) => Ok(socket),
+                    None => Netlink::open().map(|s| netlink.insert(s)),
+                };
+                socket
+                    .and_then(|s| s.apply(&changes))
+                    .map_err(|e| format!("netlink: {e}"))
+            };
+            match applied {
                 Ok(()) => {
                     let mut s = state.lock().expect("proxy state");
                     if full {
                         s.applied.clear();
                     }
                     for (k, r) in after {
-                        if r == Rendered::default() {
+                        if r.is_empty() {
                             s.applied.remove(&k);
                         } else {
                             s.applied.insert(k, r);
