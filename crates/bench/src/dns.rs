@@ -59,6 +59,10 @@ pub struct DnsArgs {
     /// Skip the DNS measurement (the proxy's alone).
     #[arg(long)]
     no_dns: bool,
+    /// Services created one by one on a 3-node lab to time their names' arrival on every
+    /// node's DNS (0: skip).
+    #[arg(long, default_value_t = 20)]
+    spread: usize,
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -83,6 +87,9 @@ struct Summary {
     rounds: Vec<Round>,
     flotilla: Option<Medians>,
     nsd: Option<Medians>,
+    /// From a create's answer (its commit) until each node's DNS answers the name: ms.
+    spread_p50_ms: Option<f64>,
+    spread_max_ms: Option<f64>,
     proxy: Option<ProxyFigures>,
 }
 
@@ -405,6 +412,76 @@ async fn measure_dns(args: &DnsArgs) -> Result<Vec<Round>> {
     Ok(rounds)
 }
 
+/// One A query for `name` over UDP: whether `server` answers it with an address.
+fn answers(
+    socket: &std::net::UdpSocket,
+    server: std::net::SocketAddr,
+    name: &str,
+    id: u16,
+) -> bool {
+    let mut q = Vec::with_capacity(64);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]); // root; A; IN
+    if socket.send_to(&q, server).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    while let Ok((n, _)) = socket.recv_from(&mut buf) {
+        if n >= 12 && buf[..2] == id.to_be_bytes() {
+            return buf[3] & 0x0f == 0 && u16::from_be_bytes([buf[6], buf[7]]) > 0;
+        }
+    }
+    false
+}
+
+/// Services created one at a time through node 1 of a 3-node lab; for each, the time from
+/// the create's answer (the write committed) until each node's DNS answers its name.
+async fn measure_spread(services: usize) -> Result<Vec<f64>> {
+    let cluster = Cluster::start(3, Options::default().in_lab()).await?;
+    let lab = cluster.lab.clone().context("a lab")?;
+    let client = kube_client(&cluster.kubeconfig, &lab.addr(0).to_string()).await?;
+    let api: Api<Service> = Api::namespaced(client, "default");
+    let servers: Vec<std::net::SocketAddr> = (0..3).map(|i| (lab.addr(i), 53).into()).collect();
+    let mut delays = Vec::new();
+    for i in 0..services {
+        let name = format!("spread-{i}");
+        let s: Service = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"ports": [{"port": 80}]}
+        }))?;
+        api.create(&PostParams::default(), &s).await?;
+        let created = Instant::now();
+        let fqdn = format!("{name}.default.svc.cluster.local");
+        let servers = servers.clone();
+        let mut seen = tokio::task::spawn_blocking(move || -> Result<Vec<f64>> {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+            let mut id = 0u16;
+            servers
+                .iter()
+                .map(|server| loop {
+                    id = id.wrapping_add(1);
+                    if answers(&socket, *server, &fqdn, id) {
+                        return Ok(created.elapsed().as_secs_f64() * 1e3);
+                    }
+                    if created.elapsed() > Duration::from_secs(10) {
+                        bail!("{server} does not answer {fqdn} 10 s after its creation");
+                    }
+                })
+                .collect()
+        })
+        .await??;
+        delays.append(&mut seen);
+    }
+    drop(cluster);
+    Ok(delays)
+}
+
 pub async fn run(args: DnsArgs) -> Result<()> {
     anyhow::ensure!(
         crate::pods::nix_is_root(),
@@ -414,6 +491,11 @@ pub async fn run(args: DnsArgs) -> Result<()> {
         Vec::new()
     } else {
         measure_dns(&args).await?
+    };
+    let spread = if args.spread == 0 {
+        Vec::new()
+    } else {
+        measure_spread(args.spread).await?
     };
     let proxy = if args.no_proxy {
         None
@@ -425,6 +507,8 @@ pub async fn run(args: DnsArgs) -> Result<()> {
         services: args.services,
         flotilla: medians(&rounds, "flotilla"),
         nsd: medians(&rounds, "nsd"),
+        spread_p50_ms: (!spread.is_empty()).then(|| median(spread.clone())),
+        spread_max_ms: spread.iter().copied().reduce(f64::max),
         rounds,
         proxy,
     };
@@ -452,6 +536,12 @@ pub async fn run(args: DnsArgs) -> Result<()> {
                 f.p99_ms / n.p99_ms
             );
         }
+    }
+    if let (Some(p50), Some(max)) = (summary.spread_p50_ms, summary.spread_max_ms) {
+        println!(
+            "a new service's name on every node's DNS, from its create's answer: p50 {p50:.1} ms, max {max:.1} ms ({} services × 3 nodes)",
+            args.spread
+        );
     }
     if let Some(p) = &summary.proxy {
         println!(

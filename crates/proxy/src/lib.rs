@@ -264,9 +264,12 @@ pub async fn run(
                     Some(socket) => Ok(socket),
                     None => Netlink::open().map(|s| netlink.insert(s)),
                 };
-                socket
-                    .and_then(|s| s.apply(&changes))
-                    .map_err(|e| format!("netlink: {e}"))
+                let applied = socket.and_then(|s| s.apply(&changes));
+                if applied.is_err() {
+                    // A fresh socket for the next change, with nothing of this one unread.
+                    netlink = None;
+                }
+                applied.map_err(|e| format!("netlink: {e}"))
             };
             match applied {
                 Ok(()) => {

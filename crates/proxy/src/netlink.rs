@@ -432,7 +432,9 @@ impl Netlink {
         if changes.is_empty() {
             return Ok(());
         }
+        let first = self.seq.wrapping_add(1);
         let (bytes, acks) = batch(changes, &mut self.seq)?;
+        let span = self.seq.wrapping_sub(first);
         use nix::sys::socket::{recv, send, MsgFlags};
         let sent = send(self.fd.as_raw_fd(), &bytes, MsgFlags::empty())?;
         if sent != bytes.len() {
@@ -446,13 +448,15 @@ impl Netlink {
             while at + 16 <= n {
                 let len = u32::from_ne_bytes(buf[at..at + 4].try_into().expect("4 bytes")) as usize;
                 let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().expect("2 bytes"));
+                let seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
                 if len < 16 || at + len > n {
                     break;
                 }
-                if kind == NLMSG_ERROR && len >= 20 {
+                // Only this batch's answers count (an earlier refused batch may have left some).
+                if kind == NLMSG_ERROR && len >= 20 && seq.wrapping_sub(first) <= span {
                     let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().expect("4"));
                     if code != 0 {
-                        // The batch was refused whole; read what else the kernel says later.
+                        // The batch was refused whole: its other answers are left unread.
                         return Err(io::Error::from_raw_os_error(-code));
                     }
                     seen += 1;
