@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use flotilla_tests::Cluster;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::lab::{lab, Kube};
 
@@ -156,30 +157,40 @@ async fn a_partition_shorter_than_the_toleration_replaces_nothing() {
     let before: BTreeSet<String> = kube.pods("app=web").into_keys().collect();
 
     // Cut off just until the cluster has noticed (about a second): the node is tainted
-    // unreachable, its pods' toleration running. Watched with an API client polling every
-    // 20 ms, not kubectl, so that the cut ends as soon as the taint is there.
+    // unreachable, its pods' toleration running. Seen through an API watch, not kubectl, so
+    // that the cut ends as soon as the taint is there.
     let others_addr = cluster.lab.as_ref().unwrap().addr(others[0]).to_string();
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(
         flotilla_tests::kube_client(&cluster.kubeconfig, &others_addr)
             .await
             .unwrap(),
     );
+    let from = nodes.get(&name).await.unwrap().metadata.resource_version;
+    let mut events = nodes
+        .watch(&kube::api::WatchParams::default(), &from.unwrap())
+        .await
+        .unwrap()
+        .boxed();
     cluster.partition(&[vec![victim], others]).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let tainted = nodes.get(&name).await.ok().is_some_and(|n| {
-            n.spec
-                .and_then(|s| s.taints)
-                .unwrap_or_default()
-                .iter()
-                .any(|t| t.key == "node.kubernetes.io/unreachable")
-        });
-        if tainted {
-            break;
+    let tainted = |n: &k8s_openapi::api::core::v1::Node| {
+        n.metadata.name.as_deref() == Some(name.as_str())
+            && n.spec
+                .as_ref()
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|t| t.iter().any(|t| t.key == "node.kubernetes.io/unreachable"))
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(event) = events.try_next().await.unwrap() {
+            if let kube::api::WatchEvent::Modified(n) = event {
+                if tainted(&n) {
+                    return;
+                }
+            }
         }
-        assert!(Instant::now() < deadline, "{name} never declared down");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        panic!("the watch ended before {name} was declared down");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{name} never declared down"));
     cluster.heal().await.unwrap();
 
     let back = flotilla_tests::wait_until_blocking(Duration::from_secs(30), || {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::lab::{lab, Kube as Ctx};
-use crate::services::{exec, pod_ips, rules, APP};
+use crate::services::{client_running, exec, pod_ips, rules, APP};
 
 /// Six loops of requests and one of lookups, each line `SECONDS what ok|fail`, in /tmp/log.
 /// (This busybox's `wget -T` crashes: `timeout` bounds a request instead.)
@@ -27,19 +27,7 @@ fn client(node: &str, ip: &str) -> String {
            sleep 0.05; \
          done"
     );
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: client-{node}, namespace: myapp-ns}}
-spec:
-  nodeName: {node}
-  containers:
-  - name: sh
-    image: busybox
-    command: ["sh", "-c", {script:?}]
-"#
-    )
+    client_running(node, &format!("[\"sh\", \"-c\", {script:?}]"))
 }
 
 /// Per second: (lookups ok, lookups failed, requests ok, requests failed).

@@ -63,8 +63,8 @@ spec:
   ports: [{name: http, port: 8080, targetPort: http}]
 "#;
 
-/// A client pod pinned to `node`.
-fn client(node: &str) -> String {
+/// A client pod `client-NODE` pinned to `node`, running `command` (a YAML list).
+pub(crate) fn client_running(node: &str, command: &str) -> String {
     format!(
         r#"
 apiVersion: v1
@@ -73,9 +73,14 @@ metadata: {{name: client-{node}, namespace: myapp-ns}}
 spec:
   nodeName: {node}
   containers:
-  - {{name: sh, image: busybox, command: ["sleep", "3600"]}}
+  - {{name: sh, image: busybox, command: {command}}}
 "#
     )
+}
+
+/// A client pod pinned to `node`, idle.
+fn client(node: &str) -> String {
+    client_running(node, r#"["sleep", "3600"]"#)
 }
 
 /// Runs `script` in container `container` of pod `pod` (namespace myapp-ns) through its node's

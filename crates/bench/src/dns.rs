@@ -168,16 +168,12 @@ fn dig(server: Ipv4Addr, port: u16, line: &str) -> Result<String> {
 async fn answering(server: Ipv4Addr, port: u16, line: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if dig(server, port, line)?.starts_with("NOERROR: ")
-            && !dig(server, port, line)?.ends_with(": ")
-        {
+        let answer = dig(server, port, line)?;
+        if answer.starts_with("NOERROR: ") && !answer.ends_with(": ") {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!(
-                "{server}:{port} does not answer {line}: {}",
-                dig(server, port, line)?
-            );
+            bail!("{server}:{port} does not answer {line}: {answer}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
