@@ -24,6 +24,7 @@ mod service_failover;
 mod services;
 mod snapshot;
 mod startup_errors;
+mod streams;
 mod support;
 mod up;
 mod watch;

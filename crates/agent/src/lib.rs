@@ -15,6 +15,7 @@ pub mod resources;
 pub mod restart;
 pub mod spec;
 pub mod status;
+pub mod streams;
 pub mod volumes;
 
 pub use agent::{Agent, Config};

@@ -17,6 +17,7 @@ mod priority;
 mod protobuf;
 mod raw;
 mod services;
+mod streams;
 mod subresources;
 mod update;
 mod watch;
@@ -90,6 +91,8 @@ pub struct ApiConfig {
     pub metrics: Arc<metrics::Metrics>,
     /// The node's own gauges (Raft state) for `/metrics`.
     pub gauges: metrics::Gauges,
+    /// The node-to-node tunnel, to reach the node running a pod for its logs and exec.
+    pub tunnel: Option<Arc<flotilla_tunnel::Tunnel>>,
 }
 
 fn tls_err(e: impl std::fmt::Display) -> ApiError {
@@ -171,7 +174,8 @@ pub async fn serve(
             });
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            let conn =
+                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 result = conn => if let Err(err) = result {
@@ -462,6 +466,15 @@ async fn handle(
         let header = req.headers().get(hyper::header::AUTHORIZATION)?;
         bearer_caller(header.to_str().ok()?, &*config.engine)
     });
+    // Streams (logs, exec) read no body and may take the connection over.
+    if let Route::Subresource(target, sub) = route {
+        if target.resource.plural == "pods" && streams::serves(sub) {
+            if caller.is_none() {
+                return failure(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
+            }
+            return streams::handle(req, config, target, sub).await;
+        }
+    }
     let query = req.uri().query().map(str::to_string);
     let accept = req
         .headers()

@@ -148,6 +148,17 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| percent_decode(v))
 }
 
+/// Every value of a repeated query parameter (`command=sh&command=-c`), in order.
+pub fn query_params(query: Option<&str>, name: &str) -> Vec<String> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| percent_decode(v))
+        .collect()
+}
+
 /// Decodes `%XX` escapes and `+` in a query value.
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();

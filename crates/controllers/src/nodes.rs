@@ -54,6 +54,9 @@ pub struct NodeInfo {
     /// Whether the node runs an agent (pods). Such a node says itself when it is Ready again
     /// after being unreachable, once it has stopped the pods replaced meanwhile.
     pub agent: bool,
+    /// The UDP port of the node's tunnel (logs, exec), published as the Node's
+    /// `daemonEndpoints.kubeletEndpoint.Port`; 0 when it has none.
+    pub stream_port: u16,
 }
 
 /// The annotation of nodes that run an agent.
@@ -101,7 +104,12 @@ impl NodeInfo {
             storage_bytes: 0,
             labels,
             agent: false,
+            stream_port: 0,
         }
+    }
+
+    fn daemon_endpoints(&self) -> Value {
+        json!({"kubeletEndpoint": {"Port": self.stream_port}})
     }
 
     fn labels(&self) -> Value {
@@ -223,6 +231,7 @@ pub fn new_node(info: &NodeInfo, cidr: &str, uid: &str, now: &str) -> Value {
                 pressure_condition("PIDPressure", false, "KubeletHasSufficientPID", "the node has sufficient PIDs available", now),
             ],
             "nodeInfo": node_info(),
+            "daemonEndpoints": info.daemon_endpoints(),
         },
     })
 }
@@ -294,6 +303,7 @@ pub fn register_existing(info: &NodeInfo, current: &Record, now: &str) -> Option
     node["status"]["capacity"] = info.capacity();
     node["status"]["allocatable"] = info.allocatable();
     node["status"]["nodeInfo"] = node_info();
+    node["status"]["daemonEndpoints"] = info.daemon_endpoints();
     match node["metadata"]["annotations"].as_object_mut() {
         Some(a) if info.agent => {
             a.insert(REGISTERED_ANNOTATION.into(), json!("true"));
@@ -518,6 +528,7 @@ mod tests {
             storage_bytes: 100 << 30,
             labels: BTreeMap::from([("zone".into(), "a".into())]),
             agent: false,
+            stream_port: 7443,
         }
     }
 

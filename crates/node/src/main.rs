@@ -175,6 +175,9 @@ struct NodeArgs {
     /// Port of the Kubernetes API (HTTPS) on the advertised address; 0 picks a free one.
     #[arg(long, default_value_t = 6443)]
     api_port: u16,
+    /// UDP port of the node-to-node tunnel (QUIC: pods' logs and exec); 0 picks a free one.
+    #[arg(long, default_value_t = 7443)]
+    tunnel_port: u16,
     /// UDP port for gossip (QUIC); 0 uses the peer port's number.
     #[arg(long, default_value_t = 7946)]
     gossip_port: u16,
@@ -415,12 +418,24 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
             std::io::ErrorKind::AddrInUse => format!("DNS port {dns_listen} is already in use"),
             _ => format!("cannot listen on {dns_listen} for DNS: {e}"),
         })?;
+    let tunnel_bind = std::net::SocketAddr::new(advertise, args.tunnel_port);
+    let tunnel_socket = std::net::UdpSocket::bind(tunnel_bind).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            format!("tunnel port {tunnel_bind}/udp is already in use (--tunnel-port)")
+        }
+        _ => format!("cannot listen on {tunnel_bind}/udp for the tunnel: {e}"),
+    })?;
+    let tunnel_port = tunnel_socket
+        .local_addr()
+        .map_err(|e| format!("cannot read the tunnel address: {e}"))?
+        .port();
     let mut info = NodeInfo::of_host(
         &config.name,
         &advertise.to_string(),
         args.labels.iter().cloned().collect(),
     );
     info.agent = flotilla_sys::can_administer();
+    info.stream_port = tunnel_port;
     flotilla_api::kinds::set_default_toleration_seconds(args.default_toleration_seconds as i64);
     let _ = std::fs::create_dir_all(&data_dir);
     info.storage_bytes = flotilla_sys::fs::capacity(&data_dir).map_or(0, |(total, _)| total);
@@ -453,18 +468,33 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     let pki = flotilla_pki::NodePki::load(&data_dir)
         .map_err(|e| format!("cannot read the node's credentials: {e}"))?
         .ok_or("no credentials under the data dir")?;
+    let identity = flotilla_pki::Credential {
+        cert_pem: pki.chain_pem(),
+        key_pem: pki.node.key_pem.clone(),
+    };
+    let tunnel = flotilla_tunnel::Tunnel::on_socket(tunnel_socket, &pki.ca_pem, &identity)
+        .map_err(|e| format!("cannot start the tunnel: {e}"))?;
+    if info.agent {
+        let binary =
+            std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        tunnel.serve(
+            Arc::new(flotilla_agent::streams::PodStreams {
+                binary,
+                root: agent::Layout::of(&data_dir).runtime,
+            }),
+            member.stopping(),
+        );
+    }
     let api_config = flotilla_apiserver::ApiConfig {
         engine: Arc::new(node.replica.clone()),
         proposer: Arc::clone(&node) as Arc<dyn flotilla_store::Proposer>,
         window: Arc::clone(flotilla_store::Engine::window(&node.replica)),
         ca_pem: pki.ca_pem.clone(),
-        identity: flotilla_pki::Credential {
-            cert_pem: pki.chain_pem(),
-            key_pem: pki.node.key_pem.clone(),
-        },
+        identity,
         advertise: api_addr,
         metrics: Arc::default(),
         gauges: node_gauges(Arc::clone(&node), member.leader_loops.clone()),
+        tunnel: Some(Arc::new(tunnel)),
     };
     tokio::spawn({
         let stop = member.stopping();

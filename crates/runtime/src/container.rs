@@ -625,8 +625,34 @@ impl Runtime {
         if let Some(root) = &state.image_store {
             crate::images::ImageStore::new(root).unmount_rootfs(&dir, &lease(&dir))?;
         }
+        // The log outlives its container as the "previous" one (`kubectl logs --previous`)
+        // until the next instance of the container is deleted or its sandbox goes.
+        let log = crate::logs::path(&dir);
+        if log.exists() {
+            let previous = self.previous_log_path(id);
+            if let Some(parent) = previous.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::rename(&log, &previous)?;
+        }
         fs::remove_dir_all(dir)?;
         Ok(())
+    }
+
+    /// Where the log of container `id`'s previous instance is kept.
+    pub fn previous_log_path(&self, id: &str) -> PathBuf {
+        self.root.join(".previous-logs").join(format!("{id}.log"))
+    }
+
+    /// Drops the previous logs of the containers of sandbox `sandbox` (ids `SANDBOX_…`).
+    pub(crate) fn forget_previous_logs(&self, sandbox: &str) {
+        let prefix = format!("{sandbox}_");
+        let dir = self.root.join(".previous-logs");
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Runs `args` inside a running container: in its namespaces and cgroups, with its

@@ -127,13 +127,9 @@ pub fn shim(stdout: OwnedFd, stderr: OwnedFd, mut writer: Writer) -> i32 {
     }
 }
 
-/// The messages of the log from byte `offset`, each with its timestamp if `timestamps`
-/// (parts joined into their line), and the offset after the last complete line.
-pub fn read_from(
-    path: &Path,
-    offset: u64,
-    timestamps: bool,
-) -> std::io::Result<(Vec<String>, u64)> {
+/// The messages of the log from byte `offset`, each with its timestamp (parts joined into
+/// their line), and the offset after the last complete line.
+fn entries_from(path: &Path, offset: u64) -> std::io::Result<(Vec<(String, String)>, u64)> {
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
     let mut reader = BufReader::new(file);
@@ -158,14 +154,69 @@ pub fn read_from(
         if tag == "P" {
             continue;
         }
-        let text = std::mem::take(&mut partial);
-        out.push(if timestamps {
-            format!("{ts} {text}")
-        } else {
-            text
-        });
+        out.push((ts.to_string(), std::mem::take(&mut partial)));
     }
     Ok((out, consumed))
+}
+
+fn render(ts: &str, text: &str, timestamps: bool) -> String {
+    if timestamps {
+        format!("{ts} {text}")
+    } else {
+        text.to_string()
+    }
+}
+
+/// The messages of the log from byte `offset`, each with its timestamp if `timestamps`
+/// (parts joined into their line), and the offset after the last complete line.
+pub fn read_from(
+    path: &Path,
+    offset: u64,
+    timestamps: bool,
+) -> std::io::Result<(Vec<String>, u64)> {
+    let (entries, consumed) = entries_from(path, offset)?;
+    let lines = entries
+        .iter()
+        .map(|(ts, text)| render(ts, text, timestamps))
+        .collect();
+    Ok((lines, consumed))
+}
+
+/// Which lines of a log to return, as the query of `pods/log` says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// Each line prefixed by its RFC 3339 timestamp.
+    pub timestamps: bool,
+    /// Only the last N lines.
+    pub tail_lines: Option<u64>,
+    /// Only lines written at or after this instant.
+    pub since: Option<SystemTime>,
+}
+
+/// The lines of the log at `path` (its rotated part first) that `selection` picks, each ending
+/// in a newline, and the offset in `path` after them (where following goes on).
+pub fn select(path: &Path, selection: &Selection) -> std::io::Result<(Vec<String>, u64)> {
+    let mut rotated = path.as_os_str().to_owned();
+    rotated.push(".1");
+    let mut entries = match entries_from(Path::new(&rotated), 0) {
+        Ok((e, _)) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let (current, end) = entries_from(path, 0)?;
+    entries.extend(current);
+    if let Some(since) = selection.since {
+        entries.retain(|(ts, _)| humantime::parse_rfc3339(ts).map_or(true, |at| at >= since));
+    }
+    if let Some(n) = selection.tail_lines {
+        let skip = entries.len().saturating_sub(n as usize);
+        entries.drain(..skip);
+    }
+    let lines = entries
+        .iter()
+        .map(|(ts, text)| render(ts, text, selection.timestamps) + "\n")
+        .collect();
+    Ok((lines, end))
 }
 
 #[cfg(test)]
@@ -215,5 +266,45 @@ mod tests {
         let (mut msgs, _) = read_from(&path(dir.path()), 0, false).unwrap();
         msgs.sort();
         assert_eq!(msgs, ["one", "oops", "two"]);
+    }
+
+    #[test]
+    fn a_selection_takes_the_tail_and_the_lines_since_an_instant_across_the_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = path(dir.path());
+        let mut w = Writer::open(log.clone(), 160).unwrap();
+        let at =
+            |s: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_560_000 + s);
+        for i in 0..6u64 {
+            w.write(&format_line(
+                at(i),
+                "stdout",
+                false,
+                format!("line {i}").as_bytes(),
+            ))
+            .unwrap();
+        }
+        assert!(dir.path().join("container.log.1").exists(), "rotated");
+        let all = |sel: Selection| select(&log, &sel).unwrap().0.concat();
+        assert_eq!(
+            all(Selection::default()),
+            "line 0\nline 1\nline 2\nline 3\nline 4\nline 5\n"
+        );
+        let tail = Selection {
+            tail_lines: Some(2),
+            ..Selection::default()
+        };
+        assert_eq!(all(tail), "line 4\nline 5\n");
+        let since = Selection {
+            since: Some(at(3)),
+            timestamps: true,
+            ..Selection::default()
+        };
+        assert_eq!(
+            all(since),
+            "2025-12-01T03:33:23.000000000Z line 3\n2025-12-01T03:33:24.000000000Z line 4\n2025-12-01T03:33:25.000000000Z line 5\n"
+        );
+        let (_, end) = select(&log, &Selection::default()).unwrap();
+        assert_eq!(end, fs::metadata(&log).unwrap().len());
     }
 }

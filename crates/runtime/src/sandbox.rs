@@ -300,6 +300,7 @@ impl Runtime {
             }
             self.delete(&c, true)?;
         }
+        self.forget_previous_logs(id);
         if !sandbox.host_network {
             let veth = sandbox.veth.clone();
             net::on_host(|h| async move { net::delete_link(&h, &veth).await })?;

@@ -307,6 +307,8 @@ impl Cluster {
                     "0",
                     "--dns-port",
                     "0",
+                    "--tunnel-port",
+                    "0",
                 ]
                 .map(String::from),
             );

@@ -1,0 +1,348 @@
+//! What a node serves on its tunnel for the pods it runs (the kubelet's streaming server):
+//! a container's log, read from the runtime's log files, and a command run in a container
+//! with `flotilla runtime exec`, its stdin, stdout, stderr and exit status relayed as
+//! channel frames (see [`flotilla_tunnel::Request`]).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use flotilla_runtime::container::{Runtime, Status};
+use flotilla_runtime::logs::{self, Selection};
+use flotilla_tunnel::{read_frame, write_frame, write_header, Failure, Reply, Request, Stream};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::spec::container_id;
+
+/// How often a followed log is checked for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+/// The node's streaming server.
+pub struct PodStreams {
+    /// The `flotilla` binary, for `flotilla runtime exec`.
+    pub binary: PathBuf,
+    /// The runtime's root.
+    pub root: PathBuf,
+}
+
+async fn refuse(mut stream: Stream, failure: Failure) {
+    let _ = write_header(&mut stream.send, &Reply::Refused(failure)).await;
+    let _ = stream.send.finish();
+}
+
+#[async_trait::async_trait]
+impl flotilla_tunnel::Handler for PodStreams {
+    async fn handle(&self, request: Request, stream: Stream) {
+        match request {
+            Request::Logs {
+                uid,
+                container,
+                follow,
+                previous,
+                timestamps,
+                tail_lines,
+                since_time,
+                limit_bytes,
+            } => {
+                let since = match since_time.as_deref().map(humantime::parse_rfc3339_weak) {
+                    None => None,
+                    Some(Ok(t)) => Some(t),
+                    Some(Err(e)) => {
+                        return refuse(stream, Failure::bad_request(format!("sinceTime: {e}")))
+                            .await
+                    }
+                };
+                let selection = Selection {
+                    timestamps,
+                    tail_lines,
+                    since,
+                };
+                let id = container_id(&uid, &container);
+                self.logs(
+                    &id,
+                    &container,
+                    previous,
+                    follow,
+                    selection,
+                    limit_bytes,
+                    stream,
+                )
+                .await
+            }
+            Request::Exec {
+                uid,
+                container,
+                command,
+                stdin,
+                tty,
+            } => {
+                let id = container_id(&uid, &container);
+                self.exec(&id, &container, &command, stdin, tty, stream)
+                    .await
+            }
+            Request::PortForward { .. } => {
+                refuse(
+                    stream,
+                    Failure::bad_request("this node does not serve port-forward yet"),
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// Writes `text`, cut at `left` bytes (then `left` is 0); false when the caller has gone.
+async fn send_limited(stream: &mut Stream, text: &[u8], left: &mut Option<u64>) -> bool {
+    let text = match left {
+        Some(n) => {
+            let take = text.len().min(*n as usize);
+            *n -= take as u64;
+            &text[..take]
+        }
+        None => text,
+    };
+    text.is_empty() || stream.send.write_all(text).await.is_ok()
+}
+
+impl PodStreams {
+    #[allow(clippy::too_many_arguments)]
+    async fn logs(
+        &self,
+        id: &str,
+        container: &str,
+        previous: bool,
+        follow: bool,
+        selection: Selection,
+        limit_bytes: Option<u64>,
+        mut stream: Stream,
+    ) {
+        let rt = Runtime::new(&self.root);
+        let path = if previous {
+            rt.previous_log_path(id)
+        } else {
+            logs::path(&self.root.join(id))
+        };
+        if !path.exists() {
+            let message = if previous {
+                format!("previous terminated container \"{container}\" not found")
+            } else {
+                format!("container \"{container}\" has no log on this node (not started yet)")
+            };
+            return refuse(stream, Failure::bad_request(message)).await;
+        }
+        let first = {
+            let (path, selection) = (path.clone(), selection.clone());
+            tokio::task::spawn_blocking(move || logs::select(&path, &selection)).await
+        };
+        let (lines, mut offset) = match first {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return refuse(stream, Failure::internal(format!("{id}: {e}"))).await,
+            Err(e) => return refuse(stream, Failure::internal(e.to_string())).await,
+        };
+        if write_header(&mut stream.send, &Reply::Ok).await.is_err() {
+            return;
+        }
+        let mut left = limit_bytes;
+        if !send_limited(&mut stream, lines.concat().as_bytes(), &mut left).await {
+            return;
+        }
+        if follow && !previous {
+            let done = logs::done_path(&path);
+            let mut tick = tokio::time::interval(FOLLOW_POLL);
+            let mut probe = [0u8; 64];
+            while left != Some(0) {
+                // The caller ends a follow by closing its side.
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stream.recv.read(&mut probe) => break,
+                }
+                let finished = done.exists() || !path.exists();
+                let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                if len < offset {
+                    offset = 0; // rotated
+                }
+                if len > offset {
+                    let read = {
+                        let (path, timestamps) = (path.clone(), selection.timestamps);
+                        tokio::task::spawn_blocking(move || {
+                            logs::read_from(&path, offset, timestamps)
+                        })
+                        .await
+                    };
+                    let Ok(Ok((lines, end))) = read else { break };
+                    offset = end;
+                    let text: String = lines.into_iter().map(|l| l + "\n").collect();
+                    if !send_limited(&mut stream, text.as_bytes(), &mut left).await {
+                        return;
+                    }
+                }
+                if finished {
+                    break;
+                }
+            }
+        }
+        let _ = stream.send.finish();
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        container: &str,
+        command: &[String],
+        stdin: bool,
+        tty: bool,
+        mut stream: Stream,
+    ) {
+        if command.is_empty() {
+            return refuse(
+                stream,
+                Failure::bad_request("you must specify at least 1 command"),
+            )
+            .await;
+        }
+        let state = {
+            let (root, id) = (self.root.clone(), id.to_string());
+            tokio::task::spawn_blocking(move || Runtime::new(root).state(&id)).await
+        };
+        match state {
+            Ok(Ok((_, Status::Running))) => {}
+            Ok(Ok(_)) => {
+                return refuse(
+                    stream,
+                    Failure::bad_request(format!(
+                        "container {container} is not running, cannot exec into it"
+                    )),
+                )
+                .await
+            }
+            _ => {
+                return refuse(
+                    stream,
+                    Failure::not_found(format!("container not found (\"{container}\")")),
+                )
+                .await
+            }
+        }
+        let mut cli = tokio::process::Command::new(&self.binary);
+        cli.arg("runtime").arg("--root").arg(&self.root).arg("exec");
+        if tty {
+            cli.arg("--tty");
+        }
+        cli.arg(id)
+            .arg("--")
+            .args(command)
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = match cli.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                return refuse(stream, Failure::internal(format!("cannot run exec: {e}"))).await
+            }
+        };
+        if write_header(&mut stream.send, &Reply::Ok).await.is_err() {
+            return;
+        }
+        let (frames_tx, mut frames_rx) = tokio::sync::mpsc::channel::<(u8, Vec<u8>)>(16);
+        // With a terminal, Kubernetes has no stderr channel: the runtime's own errors go to
+        // stdout.
+        let pumps = [
+            child
+                .stdout
+                .take()
+                .map(|o| (1u8, pump(o, 1, frames_tx.clone()))),
+            child
+                .stderr
+                .take()
+                .map(|e| (2u8, pump(e, if tty { 1 } else { 2 }, frames_tx.clone()))),
+        ];
+        drop(frames_tx);
+        let mut child_stdin = child.stdin.take();
+        let Stream { mut send, mut recv } = stream;
+        let mut input_open = true;
+        let status = loop {
+            tokio::select! {
+                frame = frames_rx.recv() => match frame {
+                    Some((channel, data)) => {
+                        if write_frame(&mut send, channel, &data).await.is_err() {
+                            let _ = child.start_kill();
+                        }
+                    }
+                    None => break child.wait().await,
+                },
+                frame = read_frame(&mut recv), if input_open => match frame {
+                    Ok(Some((0, data))) => {
+                        if let Some(i) = child_stdin.as_mut() {
+                            if i.write_all(&data).await.is_err() {
+                                child_stdin = None;
+                            }
+                        }
+                    }
+                    // The end of stdin.
+                    Ok(Some((255, _))) => child_stdin = None,
+                    // Resizes are not applied yet (see docs/kubectl.md).
+                    Ok(Some(_)) => {}
+                    // The caller has nothing more to send; the output still goes to it.
+                    Ok(None) => {
+                        input_open = false;
+                        child_stdin = None;
+                    }
+                    // The caller went away: end the command.
+                    Err(_) => {
+                        input_open = false;
+                        child_stdin = None;
+                        let _ = child.start_kill();
+                    }
+                },
+            }
+        };
+        for (_, p) in pumps.into_iter().flatten() {
+            let _ = p.await;
+        }
+        let status = match status {
+            Ok(s) => exit_status(s.code().unwrap_or(128 + 9), command),
+            Err(e) => json!({"metadata": {}, "status": "Failure", "reason": "InternalError",
+                "message": format!("waiting for the command: {e}")}),
+        };
+        let _ = write_frame(&mut send, 3, status.to_string().as_bytes()).await;
+        let _ = send.finish();
+    }
+}
+
+/// Copies a pipe into frames of `channel`.
+fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    channel: u8,
+    to: tokio::sync::mpsc::Sender<(u8, Vec<u8>)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if to.send((channel, buf[..n].to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The `Status` that ends an exec, as the kubelet reports it: `Success`, or
+/// `NonZeroExitCode` with the code as the `ExitCode` cause (kubectl exits with it).
+pub fn exit_status(code: i32, command: &[String]) -> serde_json::Value {
+    if code == 0 {
+        return json!({"metadata": {}, "status": "Success"});
+    }
+    json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": format!("command terminated with non-zero exit code: error executing command {command:?}, exit code {code}"),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+    })
+}

@@ -1,0 +1,372 @@
+//! The pods' streaming subresources, `log` and `exec`, served by every node's API for pods on
+//! any node: the request goes through the tunnel to the node the pod is bound to (its
+//! address from the Node object: `InternalIP` and `daemonEndpoints.kubeletEndpoint.Port`, as
+//! the Kubernetes API server reaches a kubelet).
+//!
+//! `log` answers `text/plain`, chunked while following. `exec` is a WebSocket with the
+//! `v5.channel.k8s.io` subprotocol that kubectl 1.30 and later speak: each binary message is
+//! a channel byte and data, relayed as tunnel frames. A refusal (no such pod or container, a
+//! container not running, a node that cannot be reached) comes back as a Kubernetes `Status`
+//! before anything is streamed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flotilla_tunnel::{read_frame, write_frame, Request as TunnelRequest, TunnelError};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::objects::{query_param, query_params, Target};
+use crate::{failure, ApiConfig, Body};
+
+/// The exec subprotocol served.
+const V5: &str = "v5.channel.k8s.io";
+
+/// Whether `sub` of pods is served here.
+pub fn serves(sub: &str) -> bool {
+    matches!(sub, "log" | "exec")
+}
+
+/// A refusal before anything is streamed (boxed: a response is large).
+type Refusal = Box<Response<Body>>;
+
+fn bad(message: &str) -> Refusal {
+    refusal(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
+fn refusal(code: StatusCode, reason: &str, message: &str) -> Refusal {
+    Box::new(failure(code, reason, message))
+}
+
+/// The pod, the container named (or the only one), and where its node's tunnel is.
+struct PodTarget {
+    uid: String,
+    container: String,
+    node: SocketAddr,
+}
+
+fn find_pod(
+    config: &ApiConfig,
+    target: &Target<'_>,
+    query: Option<&str>,
+) -> Result<PodTarget, Refusal> {
+    let (ns, name) = (target.namespace.unwrap_or(""), target.name.unwrap_or(""));
+    let key = flotilla_api::store_key(target.resource, ns, name);
+    let not_found = || {
+        refusal(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("pods \"{name}\" not found"),
+        )
+    };
+    let record = config
+        .engine
+        .get(&key)
+        .ok()
+        .and_then(|(_, r)| r)
+        .ok_or_else(not_found)?;
+    let pod: Value = serde_json::from_slice(&record.value).map_err(|_| not_found())?;
+    let names: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(
+            pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let container = match query_param(query, "container").filter(|c| !c.is_empty()) {
+        Some(c) if names.contains(&c.as_str()) => c,
+        Some(c) => return Err(bad(&format!("container {c} is not valid for pod {name}"))),
+        None => match pod["spec"]["containers"].as_array().map(Vec::as_slice) {
+            Some([only]) => only["name"].as_str().unwrap_or("").to_string(),
+            _ => {
+                return Err(bad(&format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    names.join(" ")
+                )))
+            }
+        },
+    };
+    let Some(node_name) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) else {
+        return Err(bad(&format!("pod {name} does not have a host assigned")));
+    };
+    let node = node_address(config, node_name).ok_or_else(|| {
+        refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            &format!("node {node_name} has no streaming address"),
+        )
+    })?;
+    Ok(PodTarget {
+        uid: pod["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+        container,
+        node,
+    })
+}
+
+fn node_address(config: &ApiConfig, node: &str) -> Option<SocketAddr> {
+    let nodes = flotilla_api::find("", "v1", "nodes")?;
+    let (_, record) = config
+        .engine
+        .get(&flotilla_api::store_key(nodes, "", node))
+        .ok()?;
+    let object: Value = serde_json::from_slice(&record?.value).ok()?;
+    let status = &object["status"];
+    let ip = status["addresses"]
+        .as_array()?
+        .iter()
+        .find(|a| a["type"] == "InternalIP")?["address"]
+        .as_str()?
+        .parse()
+        .ok()?;
+    let port = status["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64()?;
+    Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+}
+
+fn tunnel_failure(e: TunnelError) -> Refusal {
+    match e {
+        TunnelError::Refused(f) => refusal(
+            StatusCode::from_u16(f.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &f.reason,
+            &f.message,
+        ),
+        other => refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            &format!("error dialing backend: {other}"),
+        ),
+    }
+}
+
+fn flag(query: Option<&str>, name: &str) -> bool {
+    query_param(query, name).is_some_and(|v| v == "true" || v == "1")
+}
+
+fn number(query: Option<&str>, name: &str) -> Result<Option<u64>, Refusal> {
+    match query_param(query, name) {
+        None => Ok(None),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) if n >= 0 => Ok(Some(n as u64)),
+            _ => Err(refusal(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                &format!("PodLogOptions \"\" is invalid: {name}: Invalid value: {v:?}: must be a non-negative integer"),
+            )),
+        },
+    }
+}
+
+/// Serves `sub` of the pod `target`.
+pub async fn handle(
+    req: Request<Incoming>,
+    config: &ApiConfig,
+    target: &Target<'_>,
+    sub: &str,
+) -> Response<Body> {
+    let Some(tunnel) = config.tunnel.clone() else {
+        return failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "this node does not serve pods' streams",
+        );
+    };
+    let query = req.uri().query().map(str::to_string);
+    let pod = match find_pod(config, target, query.as_deref()) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    match sub {
+        "log" => logs(&tunnel, pod, query.as_deref())
+            .await
+            .unwrap_or_else(|r| *r),
+        _ => exec(req, &tunnel, pod, query.as_deref())
+            .await
+            .unwrap_or_else(|r| *r),
+    }
+}
+
+async fn logs(
+    tunnel: &flotilla_tunnel::Tunnel,
+    pod: PodTarget,
+    query: Option<&str>,
+) -> Result<Response<Body>, Refusal> {
+    let since_seconds = number(query, "sinceSeconds")?;
+    let since_time = match (since_seconds, query_param(query, "sinceTime")) {
+        (Some(_), Some(_)) => {
+            return Err(refusal(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid",
+                "PodLogOptions \"\" is invalid: sinceSeconds: Forbidden: at most one of sinceTime or sinceSeconds may be specified",
+            ))
+        }
+        (Some(s), None) => Some(
+            humantime::format_rfc3339_nanos(
+                std::time::SystemTime::now() - std::time::Duration::from_secs(s),
+            )
+            .to_string(),
+        ),
+        (None, t) => t,
+    };
+    let request = TunnelRequest::Logs {
+        uid: pod.uid,
+        container: pod.container,
+        follow: flag(query, "follow"),
+        previous: flag(query, "previous"),
+        timestamps: flag(query, "timestamps"),
+        tail_lines: number(query, "tailLines")?,
+        since_time,
+        limit_bytes: number(query, "limitBytes")?,
+    };
+    let stream = tunnel
+        .open(pod.node, &request)
+        .await
+        .map_err(tunnel_failure)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let flotilla_tunnel::Stream { mut send, mut recv } = stream;
+        loop {
+            match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => {
+                    if tx.send(chunk.bytes).await.is_err() {
+                        // The client went away: end the follow on the serving node.
+                        let _ = send.reset(0u32.into());
+                        return;
+                    }
+                }
+                Ok(None) | Err(_) => return,
+            }
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "text/plain")
+        .header("Transfer-Encoding", "chunked")
+        .body(BodyExt::boxed(http_body_util::StreamBody::new(
+            crate::futures_util_stream(rx),
+        )))
+        .expect("a valid response"))
+}
+
+async fn exec(
+    mut req: Request<Incoming>,
+    tunnel: &Arc<flotilla_tunnel::Tunnel>,
+    pod: PodTarget,
+    query: Option<&str>,
+) -> Result<Response<Body>, Refusal> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let websocket = header("upgrade").eq_ignore_ascii_case("websocket");
+    let offers_v5 = header("sec-websocket-protocol")
+        .split(',')
+        .any(|p| p.trim() == V5);
+    if !websocket || !offers_v5 {
+        return Err(bad(&format!(
+            "exec is served over WebSocket with the {V5} subprotocol (kubectl 1.30 or later); SPDY is not served"
+        )));
+    }
+    let key = header("sec-websocket-key");
+    let command = query_params(query, "command");
+    if command.is_empty() {
+        return Err(bad("you must specify at least 1 command"));
+    }
+    let request = TunnelRequest::Exec {
+        uid: pod.uid,
+        container: pod.container,
+        command,
+        stdin: flag(query, "stdin"),
+        tty: flag(query, "tty"),
+    };
+    let stream = tunnel
+        .open(pod.node, &request)
+        .await
+        .map_err(tunnel_failure)?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(err) => {
+                tracing::debug!(%err, "exec: the upgrade failed");
+                return;
+            }
+        };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        relay(ws, stream).await;
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header(
+            "Sec-WebSocket-Accept",
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        )
+        .header("Sec-WebSocket-Protocol", V5)
+        .body(BodyExt::boxed(http_body_util::Empty::new()))
+        .expect("a valid response"))
+}
+
+/// Relays WebSocket messages and tunnel frames until the command's status has gone out.
+async fn relay<S>(ws: tokio_tungstenite::WebSocketStream<S>, stream: flotilla_tunnel::Stream)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut ws_tx, mut ws_rx) = ws.split();
+    let flotilla_tunnel::Stream { mut send, mut recv } = stream;
+    let upstream = tokio::spawn(async move {
+        while let Some(Ok(message)) = ws_rx.next().await {
+            match message {
+                Message::Binary(data)
+                    if !data.is_empty()
+                        && write_frame(&mut send, data[0], &data[1..]).await.is_err() =>
+                {
+                    return;
+                }
+                // kubectl closes its side after stdin ends, and still reads the output.
+                Message::Close(_) => {
+                    let _ = send.finish();
+                    return;
+                }
+                _ => {}
+            }
+        }
+        // The connection broke: the serving node ends the command.
+        let _ = send.reset(0u32.into());
+    });
+    while let Ok(Some((channel, data))) = read_frame(&mut recv).await {
+        let mut message = Vec::with_capacity(data.len() + 1);
+        message.push(channel);
+        message.extend_from_slice(&data);
+        if ws_tx.send(Message::Binary(message.into())).await.is_err() {
+            break;
+        }
+    }
+    // A normal closure (1000): kubectl takes any other code as a broken stream.
+    let normal = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = ws_tx.send(Message::Close(Some(normal))).await;
+    let _ = ws_tx.close().await;
+    upstream.abort();
+}
