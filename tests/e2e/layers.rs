@@ -31,6 +31,9 @@ const SAME_LAYER: &[(&str, &str)] = &[
     // DNS and the proxy keep their tables from informers.
     ("flotilla-dns", "flotilla-controllers"),
     ("flotilla-proxy", "flotilla-controllers"),
+    // The API server opens pods' streams through the tunnel; the agent serves them on it.
+    ("flotilla-apiserver", "flotilla-tunnel"),
+    ("flotilla-agent", "flotilla-tunnel"),
     // The harnesses share the cluster builder.
     ("flotilla-bench", "flotilla-testkit"),
     ("flotilla-tests", "flotilla-testkit"),
