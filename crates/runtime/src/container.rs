@@ -625,15 +625,11 @@ impl Runtime {
         if let Some(root) = &state.image_store {
             crate::images::ImageStore::new(root).unmount_rootfs(&dir, &lease(&dir))?;
         }
-        // The log outlives its container as the "previous" one (`kubectl logs --previous`)
-        // until the next instance of the container is deleted or its sandbox goes.
+        // The log outlives the container as `kubectl logs --previous` (until its sandbox goes).
         let log = crate::logs::path(&dir);
         if log.exists() {
-            let previous = self.previous_log_path(id);
-            if let Some(parent) = previous.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            fs::rename(&log, &previous)?;
+            fs::create_dir_all(self.root.join(".previous-logs"))?;
+            fs::rename(&log, self.previous_log_path(id))?;
         }
         fs::remove_dir_all(dir)?;
         Ok(())
