@@ -7,6 +7,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use flotilla_tests::wait_until_blocking;
+
 use crate::lab::{lab, Kube};
 
 /// Pinned to n2 (the API used is n1's); ticks every 0.2 s until /tmp/stop exists, then says
@@ -22,6 +24,39 @@ spec:
     image: busybox
     command: ["sh", "-c", "i=0; while [ ! -f /tmp/stop ]; do i=$((i+1)); echo tick $i; sleep 0.2; done; echo bye; exit 1"]
 "#;
+
+/// busybox httpd on n3, serving a small page and 1 MB of random bytes.
+const WEB: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  nodeName: n3
+  containers:
+  - name: httpd
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /www && echo hello from web > /www/index.html && head -c 1000000 /dev/urandom > /www/big && exec httpd -f -p 8080 -h /www"]
+"#;
+
+/// An HTTP/1.0 GET of `path` at `127.0.0.1:port`: the body.
+fn http_get(port: u16, path: &str) -> Vec<u8> {
+    use std::io::Read;
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(tcp, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response).unwrap();
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let head = String::from_utf8_lossy(&response[..end]);
+    assert!(
+        head.lines().next().is_some_and(|l| l.contains(" 200 ")),
+        "{head}"
+    );
+    response[end + 4..].to_vec()
+}
 
 /// kubectl with its exit code, stdout and stderr; `input` goes to its stdin.
 fn kubectl(ctx: &Kube, args: &[&str], input: Option<&[u8]>) -> (Option<i32>, Vec<u8>, String) {
@@ -54,6 +89,89 @@ fn kubectl(ctx: &Kube, args: &[&str], input: Option<&[u8]>) -> (Option<i32>, Vec
         out.stdout,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// kubectl in a detached tmux session of its own server (a terminal 100×30).
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(ctx: &Kube, args: &[&str]) -> Tmux {
+        let tmux = Tmux {
+            socket: format!("flotilla-e2e-{}", std::process::id()),
+        };
+        let mut command = vec![
+            "kubectl".to_string(),
+            "--kubeconfig".into(),
+            ctx.kubectl.kubeconfig.display().to_string(),
+            "--cache-dir".into(),
+            ctx.kubectl.cache.display().to_string(),
+            "--server".into(),
+            ctx.server.clone(),
+        ];
+        command.extend(args.iter().map(|a| a.to_string()));
+        let line = command.join(" ");
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            &line,
+        ]);
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux (apt-get install tmux; make deps installs it)");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "t"];
+        args.extend(keys);
+        self.run(&args);
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "t"])
+    }
+
+    fn alive(&self) -> bool {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "has-session", "-t", "t"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn wait_for(&self, what: &str, check: impl Fn(&str) -> bool) {
+        let seen = wait_until_blocking(Duration::from_secs(20), || {
+            let screen = self.screen();
+            check(&screen).then_some(())
+        });
+        assert!(seen.is_some(), "waiting for {what} in:\n{}", self.screen());
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
 }
 
 fn ticks(text: &str) -> Vec<u64> {
@@ -155,6 +273,29 @@ async fn logs_exec_and_cp_reach_a_pod_through_another_node() {
         input.len()
     );
 
+    // exec -it in a terminal: a prompt, a command, the window's size and its change, Ctrl-D.
+    let tmux = Tmux::start(&ctx, &["exec", "-it", "talker", "--", "sh"]);
+    // (capture-pane drops the prompt's trailing space)
+    tmux.wait_for("a prompt", |screen| {
+        screen.lines().any(|l| l.trim_end().ends_with(" #"))
+    });
+    tmux.keys(&["echo $((6*7))", "Enter"]);
+    tmux.wait_for("the answer", |screen| {
+        screen.lines().any(|l| l.trim() == "42")
+    });
+    tmux.keys(&["stty size", "Enter"]);
+    tmux.wait_for("the starting size", |screen| screen.contains("30 100"));
+    tmux.run(&["resize-window", "-t", "t", "-x", "120", "-y", "40"]);
+    tmux.keys(&["clear; stty size", "Enter"]);
+    tmux.wait_for("the new size", |screen| screen.contains("40 120"));
+    tmux.keys(&["C-d"]);
+    let ended = wait_until_blocking(Duration::from_secs(20), || (!tmux.alive()).then_some(()));
+    assert!(
+        ended.is_some(),
+        "Ctrl-D ends the shell and kubectl:\n{}",
+        tmux.screen()
+    );
+
     // cp in and out, byte for byte.
     let local = dir.path().join("tree");
     std::fs::create_dir_all(local.join("sub")).unwrap();
@@ -178,6 +319,63 @@ async fn logs_exec_and_cp_reach_a_pod_through_another_node() {
         std::fs::read(back.join("sub/b.bin")).unwrap() == input,
         "sub/b.bin differs"
     );
+
+    // port-forward: kubectl picks a free local port; two connections, one of 1 MB.
+    ctx.apply("web", WEB);
+    ctx.wait("web running", Duration::from_secs(60), |c| {
+        c.json(&["get", "pod", "web"])["status"]["phase"] == "Running"
+    });
+    let forward_log = dir.path().join("port-forward.log");
+    let mut forward = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&ctx.kubectl.kubeconfig)
+        .args([
+            "--server",
+            &ctx.server,
+            "port-forward",
+            "pod/web",
+            ":8080",
+            "-v=6",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&forward_log).unwrap())
+        .spawn()
+        .unwrap();
+    let forward_said = || std::fs::read_to_string(&forward_log).unwrap_or_default();
+    let mut lines = BufReader::new(forward.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("port-forward prints its port").unwrap();
+    let port: u16 = first
+        .strip_prefix("Forwarding from 127.0.0.1:")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("port-forward said {first:?}"));
+    std::thread::spawn(move || for _ in lines {});
+    let page = wait_until_blocking(Duration::from_secs(20), || {
+        std::panic::catch_unwind(|| http_get(port, "/")).ok()
+    });
+    assert_eq!(
+        page.as_deref(),
+        Some(&b"hello from web\n"[..]),
+        "kubectl port-forward said:\n{}\nn1:\n{}",
+        forward_said(),
+        std::fs::read_to_string(cluster.nodes[0].data_dir.with_extension("log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("port-forward"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let big = http_get(port, "/big");
+    let (code, served, err) = kubectl(&ctx, &["exec", "web", "--", "cat", "/www/big"], None);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        big.len() == 1_000_000 && big == served,
+        "1 MB through port-forward: {} bytes",
+        big.len()
+    );
+    let _ = forward.kill();
+    let _ = forward.wait();
 
     // Errors come back as the Status's message.
     let (code, _, err) = kubectl(&ctx, &["logs", "talker", "-c", "nope"], None);

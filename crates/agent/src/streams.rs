@@ -81,13 +81,7 @@ impl flotilla_tunnel::Handler for PodStreams {
                 self.exec(&id, &container, &command, stdin, tty, stream)
                     .await
             }
-            Request::PortForward { .. } => {
-                refuse(
-                    stream,
-                    Failure::bad_request("this node does not serve port-forward yet"),
-                )
-                .await
-            }
+            Request::PortForward { uid, port } => self.port_forward(&uid, port, stream).await,
         }
     }
 }
@@ -226,8 +220,19 @@ impl PodStreams {
         }
         let mut cli = tokio::process::Command::new(&self.binary);
         cli.arg("runtime").arg("--root").arg(&self.root).arg("exec");
+        // With a terminal, window sizes go to the runtime through a FIFO of this exec's own.
+        let mut resize = None;
         if tty {
             cli.arg("--tty");
+            match ResizeFifo::make(&self.root, id) {
+                Ok(fifo) => {
+                    cli.arg("--resize-fifo").arg(&fifo.path);
+                    resize = Some(fifo);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "exec: no resize FIFO; the terminal keeps its size")
+                }
+            }
         }
         cli.arg(id)
             .arg("--")
@@ -282,7 +287,11 @@ impl PodStreams {
                     }
                     // The end of stdin.
                     Ok(Some((255, _))) => child_stdin = None,
-                    // Resizes are not applied yet (see docs/kubectl.md).
+                    Ok(Some((4, data))) => {
+                        if let Some(fifo) = resize.as_mut() {
+                            fifo.send(&data);
+                        }
+                    }
                     Ok(Some(_)) => {}
                     // The caller has nothing more to send; the output still goes to it.
                     Ok(None) => {
@@ -308,6 +317,93 @@ impl PodStreams {
         };
         let _ = write_frame(&mut send, 3, status.to_string().as_bytes()).await;
         let _ = send.finish();
+    }
+}
+
+/// The FIFO an exec with a terminal reads window sizes from (`COLS ROWS` lines); removed when
+/// dropped.
+struct ResizeFifo {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl ResizeFifo {
+    fn make(root: &std::path::Path, id: &str) -> std::io::Result<ResizeFifo> {
+        let dir = root.join(".exec");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{id}-{:016x}.resize", rand::random::<u64>()));
+        flotilla_sys::tty::make_fifo(&path).map_err(std::io::Error::other)?;
+        // Read and write, so that opening never waits for the runtime's end.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        Ok(ResizeFifo { path, file })
+    }
+
+    /// Sends a resize message (`{"Width":w,"Height":h}`) on.
+    fn send(&mut self, message: &[u8]) {
+        use std::io::Write;
+        let Ok(size) = serde_json::from_slice::<serde_json::Value>(message) else {
+            return;
+        };
+        if let (Some(w), Some(h)) = (size["Width"].as_u64(), size["Height"].as_u64()) {
+            let _ = writeln!(self.file, "{w} {h}");
+        }
+    }
+}
+
+impl Drop for ResizeFifo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl PodStreams {
+    /// A TCP connection to `port` of pod `uid` (its sandbox's address; the node's loopback for
+    /// a pod on the host's network), relayed both ways.
+    async fn port_forward(&self, uid: &str, port: u16, stream: Stream) {
+        let sandbox = {
+            let (root, uid) = (self.root.clone(), uid.to_string());
+            tokio::task::spawn_blocking(move || Runtime::new(root).load_sandbox(&uid)).await
+        };
+        let Ok(Ok(sandbox)) = sandbox else {
+            return refuse(
+                stream,
+                Failure::not_found(format!("pod {uid} has no sandbox on this node")),
+            )
+            .await;
+        };
+        let ip = if sandbox.host_network {
+            std::net::Ipv4Addr::LOCALHOST
+        } else {
+            sandbox.ip
+        };
+        let connect = tokio::net::TcpStream::connect((ip, port));
+        let tcp = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                let message =
+                    format!("error forwarding port {port} to pod {uid}: connect {ip}:{port}: {e}");
+                return refuse(stream, Failure::internal(message)).await;
+            }
+            Err(_) => {
+                let message = format!("error forwarding port {port} to pod {uid}: connect {ip}:{port}: no answer in 5s");
+                return refuse(stream, Failure::internal(message)).await;
+            }
+        };
+        let Stream { mut send, mut recv } = stream;
+        if write_header(&mut send, &Reply::Ok).await.is_err() {
+            return;
+        }
+        let (mut tcp_read, mut tcp_write) = tcp.into_split();
+        let to_pod = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut recv, &mut tcp_write).await;
+            let _ = tcp_write.shutdown().await;
+        });
+        let _ = tokio::io::copy(&mut tcp_read, &mut send).await;
+        let _ = send.finish();
+        let _ = to_pod.await;
     }
 }
 

@@ -108,7 +108,14 @@ pub const RESOURCES: &[Resource] = &[
         true,
         &["po"],
         ALL,
-        &["status", "binding", "eviction", "log", "exec"],
+        &[
+            "status",
+            "binding",
+            "eviction",
+            "log",
+            "exec",
+            "portforward",
+        ],
     ),
     core(
         "Service",

@@ -17,6 +17,7 @@ mod priority;
 mod protobuf;
 mod raw;
 mod services;
+mod spdy;
 mod streams;
 mod subresources;
 mod update;

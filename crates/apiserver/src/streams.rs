@@ -28,10 +28,12 @@ use crate::{failure, ApiConfig, Body};
 
 /// The exec subprotocol served.
 const V5: &str = "v5.channel.k8s.io";
+/// port-forward's subprotocol: SPDY/3.1 frames inside WebSocket messages.
+const PORT_FORWARD: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// Whether `sub` of pods is served here.
 pub fn serves(sub: &str) -> bool {
-    matches!(sub, "log" | "exec")
+    matches!(sub, "log" | "exec" | "portforward")
 }
 
 /// A refusal before anything is streamed (boxed: a response is large).
@@ -56,6 +58,7 @@ fn find_pod(
     config: &ApiConfig,
     target: &Target<'_>,
     query: Option<&str>,
+    needs_container: bool,
 ) -> Result<PodTarget, Refusal> {
     let (ns, name) = (target.namespace.unwrap_or(""), target.name.unwrap_or(""));
     let key = flotilla_api::store_key(target.resource, ns, name);
@@ -86,6 +89,7 @@ fn find_pod(
         .filter_map(|c| c["name"].as_str())
         .collect();
     let container = match query_param(query, "container").filter(|c| !c.is_empty()) {
+        _ if !needs_container => String::new(),
         Some(c) if names.contains(&c.as_str()) => c,
         Some(c) => return Err(bad(&format!("container {c} is not valid for pod {name}"))),
         None => match pod["spec"]["containers"].as_array().map(Vec::as_slice) {
@@ -182,11 +186,12 @@ pub async fn handle(
         );
     };
     let query = req.uri().query().map(str::to_string);
-    let pod = match find_pod(config, target, query.as_deref()) {
+    let pod = match find_pod(config, target, query.as_deref(), sub != "portforward") {
         Ok(p) => p,
         Err(r) => return *r,
     };
     match sub {
+        "portforward" => port_forward(req, &tunnel, pod).await.unwrap_or_else(|r| *r),
         "log" => logs(&tunnel, pod, query.as_deref())
             .await
             .unwrap_or_else(|r| *r),
@@ -368,5 +373,223 @@ where
     };
     let _ = ws_tx.send(Message::Close(Some(normal))).await;
     let _ = ws_tx.close().await;
+    upstream.abort();
+}
+
+/// Whether the request upgrades to WebSocket offering `protocol`, and its key.
+fn websocket_key(req: &Request<Incoming>, protocol: &str) -> Option<String> {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let offered = header("sec-websocket-protocol")
+        .split(',')
+        .any(|p| p.trim() == protocol);
+    (header("upgrade").eq_ignore_ascii_case("websocket") && offered)
+        .then(|| header("sec-websocket-key").to_string())
+}
+
+fn switching(key: &str, protocol: &str) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header(
+            "Sec-WebSocket-Accept",
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        )
+        .header("Sec-WebSocket-Protocol", protocol)
+        .body(BodyExt::boxed(http_body_util::Empty::new()))
+        .expect("a valid response")
+}
+
+async fn port_forward(
+    mut req: Request<Incoming>,
+    tunnel: &Arc<flotilla_tunnel::Tunnel>,
+    pod: PodTarget,
+) -> Result<Response<Body>, Refusal> {
+    let Some(key) = websocket_key(&req, PORT_FORWARD) else {
+        return Err(bad(&format!(
+            "port-forward is served over WebSocket with the {PORT_FORWARD} subprotocol (kubectl 1.31 or later)"
+        )));
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    let tunnel = Arc::clone(tunnel);
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(err) => {
+                tracing::debug!(%err, "port-forward: the upgrade failed");
+                return;
+            }
+        };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        forward_session(ws, tunnel, pod).await;
+    });
+    Ok(switching(&key, PORT_FORWARD))
+}
+
+/// One port-forward session: each local connection kubectl accepted is a pair of SPDY streams
+/// (`error` and `data`, with one `requestid`); a data stream becomes a tunnel stream to the
+/// pod's port. The error stream stays empty on success and carries the message otherwise.
+async fn forward_session<S>(
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    tunnel: Arc<flotilla_tunnel::Tunnel>,
+    pod: PodTarget,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use crate::spdy::{self, Frame};
+    use std::collections::HashMap;
+    use tokio::sync::mpsc;
+
+    let (mut ws_tx, mut ws_rx) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if ws_tx.send(Message::Binary(frame.into())).await.is_err() {
+                return;
+            }
+        }
+        let _ = ws_tx.close().await;
+    });
+    let mut session = spdy::Session::default();
+    // requestid → the error stream's id; data stream id → what it sends to the pod.
+    let mut errors: HashMap<String, u32> = HashMap::new();
+    let mut to_pod: HashMap<u32, mpsc::UnboundedSender<Option<Vec<u8>>>> = HashMap::new();
+    'session: while let Some(Ok(message)) = ws_rx.next().await {
+        let Message::Binary(bytes) = message else {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+            continue;
+        };
+        session.feed(&bytes);
+        loop {
+            let frame = match session.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::debug!(%err, "port-forward: an unreadable SPDY frame");
+                    break 'session;
+                }
+            };
+            match frame {
+                Frame::Ping { id } => {
+                    let _ = out_tx.send(spdy::ping(id));
+                }
+                Frame::GoAway => break 'session,
+                Frame::RstStream { id } => {
+                    to_pod.remove(&id);
+                }
+                Frame::Data { id, fin, data } => {
+                    if let Some(tx) = to_pod.get(&id) {
+                        if !data.is_empty() {
+                            let _ = tx.send(Some(data));
+                        }
+                        if fin {
+                            let _ = tx.send(None);
+                            to_pod.remove(&id);
+                        }
+                    }
+                }
+                Frame::SynStream { id, headers, .. } => {
+                    let header = |name: &str| {
+                        headers
+                            .iter()
+                            .find(|(k, _)| k == name)
+                            .map(|(_, v)| v.clone())
+                            .unwrap_or_default()
+                    };
+                    let _ = out_tx.send(session.syn_reply(id, false));
+                    let request = header("requestid");
+                    if header("streamtype") == "error" {
+                        errors.insert(request, id);
+                        continue;
+                    }
+                    let error_stream = errors.remove(&request);
+                    let Ok(port) = header("port").parse::<u16>() else {
+                        fail_stream(&out_tx, id, error_stream, "invalid port");
+                        continue;
+                    };
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    to_pod.insert(id, tx);
+                    tokio::spawn(forward_connection(
+                        Arc::clone(&tunnel),
+                        pod.node,
+                        TunnelRequest::PortForward {
+                            uid: pod.uid.clone(),
+                            port,
+                        },
+                        id,
+                        error_stream,
+                        rx,
+                        out_tx.clone(),
+                    ));
+                }
+                Frame::Other => {}
+            }
+        }
+    }
+    drop(to_pod);
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+/// Ends data stream `id` after writing `message` on its error stream.
+fn fail_stream(
+    out: &tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    id: u32,
+    error_stream: Option<u32>,
+    message: &str,
+) {
+    if let Some(e) = error_stream {
+        let _ = out.send(crate::spdy::data(e, true, message.as_bytes()));
+    }
+    let _ = out.send(crate::spdy::data(id, true, &[]));
+}
+
+/// Relays one forwarded connection between SPDY data stream `id` and a tunnel stream.
+async fn forward_connection(
+    tunnel: Arc<flotilla_tunnel::Tunnel>,
+    node: SocketAddr,
+    request: TunnelRequest,
+    id: u32,
+    error_stream: Option<u32>,
+    mut from_client: tokio::sync::mpsc::UnboundedReceiver<Option<Vec<u8>>>,
+    out: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+) {
+    let stream = match tunnel.open(node, &request).await {
+        Ok(s) => s,
+        Err(e) => return fail_stream(&out, id, error_stream, &e.to_string()),
+    };
+    let flotilla_tunnel::Stream { mut send, mut recv } = stream;
+    let upstream = tokio::spawn(async move {
+        while let Some(Some(data)) = from_client.recv().await {
+            if send.write_all(&data).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+    });
+    while let Ok(Some(chunk)) = recv.read_chunk(32 * 1024, true).await {
+        if out
+            .send(crate::spdy::data(id, false, &chunk.bytes))
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = out.send(crate::spdy::data(id, true, &[]));
+    if let Some(e) = error_stream {
+        let _ = out.send(crate::spdy::data(e, true, &[]));
+    }
     upstream.abort();
 }

@@ -129,6 +129,9 @@ enum RuntimeCommand {
         /// Give the command a terminal (the container's), relayed to this one.
         #[arg(long, short = 't')]
         tty: bool,
+        /// With --tty: a FIFO whose `COLS ROWS` lines set the terminal's window size.
+        #[arg(long, value_name = "PATH", requires = "tty")]
+        resize_fifo: Option<PathBuf>,
         id: String,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
@@ -343,12 +346,17 @@ pub fn run(args: RuntimeArgs) -> i32 {
             Err(e) => return fail(e),
         },
         RuntimeCommand::Delete { force, id } => rt.delete(&id, force),
-        RuntimeCommand::Exec { tty, id, command } => {
+        RuntimeCommand::Exec {
+            tty,
+            resize_fifo,
+            id,
+            command,
+        } => {
             let stdin = std::io::stdin();
             let saved = tty
                 .then(|| flotilla_sys::tty::raw_mode(std::os::fd::AsFd::as_fd(&stdin)))
                 .flatten();
-            let result = rt.exec(&id, &command, tty);
+            let result = rt.exec(&id, &command, tty, resize_fifo.as_deref());
             if let Some(saved) = &saved {
                 flotilla_sys::tty::restore_mode(std::os::fd::AsFd::as_fd(&stdin), saved);
             }

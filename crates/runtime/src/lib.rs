@@ -5,6 +5,7 @@
 
 pub mod cgroups;
 pub mod container;
+mod exec;
 mod exit;
 pub mod images;
 pub mod init;

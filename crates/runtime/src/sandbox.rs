@@ -264,7 +264,7 @@ impl Runtime {
         sandbox
     }
 
-    fn load_sandbox(&self, id: &str) -> Result<Sandbox, RuntimeError> {
+    pub fn load_sandbox(&self, id: &str) -> Result<Sandbox, RuntimeError> {
         crate::container::valid_id(id)?;
         let bytes = fs::read(self.sandbox_dir(id).join("sandbox.json"))
             .map_err(|_| RuntimeError::NoSandbox(id.to_string()))?;

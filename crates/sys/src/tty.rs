@@ -59,6 +59,38 @@ pub fn copy_window_size(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
     }
 }
 
+/// Sets the window size of the terminal `fd`.
+pub fn set_window_size(fd: BorrowedFd<'_>, cols: u16, rows: u16) {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ with a pointer to a winsize that outlives the call.
+    unsafe {
+        libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size);
+    }
+}
+
+/// Makes a FIFO at `path` (mode 0600): how a caller sends window sizes to `exec -t`.
+pub fn make_fifo(path: &Path) -> Result<()> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| SysError::new("mkfifo", path.display(), e))
+}
+
+/// Applies each complete `COLS ROWS` line of `pending` to `master`, keeping the rest.
+fn apply_sizes(pending: &mut Vec<u8>, master: BorrowedFd<'_>) {
+    while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = pending.drain(..=end).collect();
+        let text = String::from_utf8_lossy(&line);
+        let mut fields = text.split_whitespace().map(str::parse::<u16>);
+        if let (Some(Ok(cols)), Some(Ok(rows))) = (fields.next(), fields.next()) {
+            set_window_size(master, cols, rows);
+        }
+    }
+}
+
 fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<()> {
     while !data.is_empty() {
         match nix::unistd::write(fd, data) {
@@ -72,15 +104,26 @@ fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> Result<()> {
 
 /// Copies `input` to the terminal `master` and the terminal's output to `output` until the
 /// terminal has no process left (its slave is closed). The end of `input` becomes an
-/// end-of-file character (^D) on the terminal.
-pub fn relay(master: &OwnedFd, input: BorrowedFd<'_>, output: BorrowedFd<'_>) -> Result<()> {
+/// end-of-file character (^D) on the terminal. Lines `COLS ROWS` read from `resize` (a FIFO
+/// kept open for writing, so it never ends) set the terminal's window size.
+pub fn relay(
+    master: &OwnedFd,
+    input: BorrowedFd<'_>,
+    output: BorrowedFd<'_>,
+    resize: Option<BorrowedFd<'_>>,
+) -> Result<()> {
     let mut buf = [0u8; 8192];
     let mut input_open = true;
+    let mut sizes = Vec::new();
     loop {
         let mut fds = vec![PollFd::new(master.as_fd(), PollFlags::POLLIN)];
         if input_open {
             fds.push(PollFd::new(input, PollFlags::POLLIN));
         }
+        let resize_at = resize.map(|r| {
+            fds.push(PollFd::new(r, PollFlags::POLLIN));
+            fds.len() - 1
+        });
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
@@ -88,6 +131,16 @@ pub fn relay(master: &OwnedFd, input: BorrowedFd<'_>, output: BorrowedFd<'_>) ->
         }
         let master_ready = fds[0].any().unwrap_or(false);
         let input_ready = input_open && fds.get(1).and_then(|f| f.any()).unwrap_or(false);
+        let resize_ready = resize_at.and_then(|i| fds[i].any()).unwrap_or(false);
+        if let (true, Some(r)) = (resize_ready, resize) {
+            match nix::unistd::read(r, &mut buf) {
+                Ok(n) if n > 0 => {
+                    sizes.extend_from_slice(&buf[..n]);
+                    apply_sizes(&mut sizes, master.as_fd());
+                }
+                _ => {}
+            }
+        }
         if master_ready {
             match nix::unistd::read(master, &mut buf) {
                 Ok(0) | Err(Errno::EIO) => return Ok(()),
