@@ -38,6 +38,20 @@ spec:
     command: ["sh", "-c", "mkdir -p /www && echo hello from web > /www/index.html && head -c 1000000 /dev/urandom > /www/big && exec httpd -f -p 8080 -h /www"]
 "#;
 
+/// A pod that keeps 0.2 of a CPU busy.
+const SPINNER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: spinner}
+spec:
+  nodeName: n3
+  containers:
+  - name: spin
+    image: busybox
+    command: ["sh", "-c", "while :; do :; done"]
+    resources: {limits: {cpu: 200m}}
+"#;
+
 /// An HTTP/1.0 GET of `path` at `127.0.0.1:port`: the body.
 fn http_get(port: u16, path: &str) -> Vec<u8> {
     use std::io::Read;
@@ -376,6 +390,27 @@ async fn logs_exec_and_cp_reach_a_pod_through_another_node() {
     );
     let _ = forward.kill();
     let _ = forward.wait();
+
+    // top: a busy pod (held to 0.2 CPU) shows its CPU; every node shows its own.
+    ctx.apply("spinner", SPINNER);
+    ctx.wait("kubectl top pod spinner", Duration::from_secs(90), |c| {
+        let (ok, out, _) = c
+            .kubectl
+            .run(&c.server, &["top", "pod", "spinner", "--no-headers"]);
+        ok && out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|cpu| cpu.strip_suffix('m'))
+            .and_then(|m| m.parse::<u64>().ok())
+            .is_some_and(|m| m >= 50)
+    });
+    let nodes = ctx.kubectl(&["top", "node", "--no-headers"]);
+    let names: Vec<&str> = nodes
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["n1", "n2", "n3"], "kubectl top node:\n{nodes}");
+    ctx.kubectl(&["delete", "pod", "spinner", "--wait=false"]);
 
     // Errors come back as the Status's message.
     let (code, _, err) = kubectl(&ctx, &["logs", "talker", "-c", "nope"], None);

@@ -24,6 +24,8 @@ pub struct PodStreams {
     pub binary: PathBuf,
     /// The runtime's root.
     pub root: PathBuf,
+    /// The node's latest usage sample, for `kubectl top`.
+    pub usage: std::sync::Arc<crate::metrics::Sampler>,
 }
 
 async fn refuse(mut stream: Stream, failure: Failure) {
@@ -82,6 +84,21 @@ impl flotilla_tunnel::Handler for PodStreams {
                     .await
             }
             Request::PortForward { uid, port } => self.port_forward(&uid, port, stream).await,
+            Request::Metrics => {
+                let Some(usage) = self.usage.latest() else {
+                    let failure = Failure::new(
+                        503,
+                        "ServiceUnavailable",
+                        "this node has not sampled its usage yet",
+                    );
+                    return refuse(stream, failure).await;
+                };
+                let mut stream = stream;
+                if write_header(&mut stream.send, &Reply::Ok).await.is_ok() {
+                    let _ = write_header(&mut stream.send, &usage).await;
+                }
+                let _ = stream.send.finish();
+            }
         }
     }
 }

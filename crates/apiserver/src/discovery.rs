@@ -78,9 +78,30 @@ const fn review(group: &'static str, kind: &'static str, plural: &'static str) -
     }
 }
 
+/// `metrics.k8s.io/v1beta1`, read-only, built from the nodes' samples (see `usage.rs`).
+pub const METRICS: &[Resource] = &[
+    metrics("PodMetrics", "pods", true),
+    metrics("NodeMetrics", "nodes", false),
+];
+
+const fn metrics(kind: &'static str, plural: &'static str, namespaced: bool) -> Resource {
+    Resource {
+        group: crate::usage::GROUP,
+        version: crate::usage::VERSION,
+        kind,
+        plural,
+        singular: "",
+        namespaced,
+        short_names: &[],
+        categories: &[],
+        verbs: &["get", "list"],
+        subresources: &[],
+    }
+}
+
 /// Every resource discovery lists.
 fn served() -> impl Iterator<Item = &'static Resource> {
-    RESOURCES.iter().chain(REVIEWS.iter())
+    RESOURCES.iter().chain(REVIEWS.iter()).chain(METRICS.iter())
 }
 
 /// The named groups and their versions, in table order.
@@ -241,6 +262,7 @@ mod tests {
                 "authorization.k8s.io",
                 "batch",
                 "discovery.k8s.io",
+                "metrics.k8s.io",
                 "policy",
                 "scheduling.k8s.io"
             ]

@@ -21,6 +21,7 @@ mod spdy;
 mod streams;
 mod subresources;
 mod update;
+mod usage;
 mod watch;
 mod writes;
 
@@ -557,6 +558,11 @@ async fn handle(
             config,
         )
         .await;
+    }
+    if let ["apis", usage::GROUP, usage::VERSION, rest @ ..] = segments {
+        if !rest.is_empty() {
+            return usage::handle(config, rest, query.as_deref()).await;
+        }
     }
     if let Route::Object(target) = route {
         let query = objects::ReadQuery::parse(query.as_deref(), &accept);

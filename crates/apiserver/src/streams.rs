@@ -119,7 +119,7 @@ fn find_pod(
     })
 }
 
-fn node_address(config: &ApiConfig, node: &str) -> Option<SocketAddr> {
+pub(crate) fn node_address(config: &ApiConfig, node: &str) -> Option<SocketAddr> {
     let nodes = flotilla_api::find("", "v1", "nodes")?;
     let (_, record) = config
         .engine

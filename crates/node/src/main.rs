@@ -477,10 +477,18 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     if info.agent {
         let binary =
             std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let root = agent::Layout::of(&data_dir).runtime;
+        let usage = Arc::new(flotilla_agent::metrics::Sampler::default());
+        tokio::spawn(Arc::clone(&usage).run(
+            root.clone(),
+            Duration::from_secs(5),
+            member.stopping(),
+        ));
         tunnel.serve(
             Arc::new(flotilla_agent::streams::PodStreams {
                 binary,
-                root: agent::Layout::of(&data_dir).runtime,
+                root,
+                usage,
             }),
             member.stopping(),
         );

@@ -110,6 +110,29 @@ pub enum Request {
     /// bytes, both ways.
     #[serde(rename_all = "camelCase")]
     PortForward { uid: String, port: u16 },
+    /// The node's latest resource usage. Payload: one header frame, a [`NodeUsage`].
+    Metrics,
+}
+
+/// CPU and memory in use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// CPU used over the sampling window, in billionths of a core.
+    pub cpu_nanocores: u64,
+    pub memory_bytes: u64,
+}
+
+/// A node's usage and its containers' (by runtime id, `UID_NAME`), as last sampled.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeUsage {
+    /// When the sample was taken (RFC 3339).
+    pub timestamp: String,
+    /// The window the CPU rates are measured over, in seconds.
+    pub window_seconds: f64,
+    pub node: Usage,
+    pub containers: std::collections::BTreeMap<String, Usage>,
 }
 
 /// The serving node's answer, before the payload.
