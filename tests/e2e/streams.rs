@@ -167,6 +167,7 @@ impl Tmux {
     fn alive(&self) -> bool {
         Command::new("tmux")
             .args(["-L", &self.socket, "has-session", "-t", "t"])
+            .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     }
@@ -184,6 +185,7 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
             .args(["-L", &self.socket, "kill-server"])
+            .stderr(Stdio::null())
             .status();
     }
 }
@@ -285,6 +287,21 @@ async fn logs_exec_and_cp_reach_a_pod_through_another_node() {
         "stdin came back as {} of {} bytes",
         out.len(),
         input.len()
+    );
+    // A command that writes 2 MB before it reads its input: neither direction waits on the
+    // other.
+    let script = "head -c 2000000 /dev/zero; wc -c";
+    let (code, out, err) = kubectl(
+        &ctx,
+        &["exec", "-i", "talker", "--", "sh", "-c", script],
+        Some(&input),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.len(), 2_000_000 + "300000\n".len(), "{err}");
+    assert!(
+        out.ends_with(b"300000\n"),
+        "{:?}",
+        String::from_utf8_lossy(&out[2_000_000..])
     );
 
     // exec -it in a terminal: a prompt, a command, the window's size and its change, Ctrl-D.

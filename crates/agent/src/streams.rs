@@ -62,7 +62,7 @@ impl flotilla_tunnel::Handler for PodStreams {
                 };
                 let id = container_id(&uid, &container);
                 self.logs(
-                    &id,
+                    (&crate::spec::sandbox_id(&uid), &id),
                     &container,
                     previous,
                     follow,
@@ -120,7 +120,7 @@ impl PodStreams {
     #[allow(clippy::too_many_arguments)]
     async fn logs(
         &self,
-        id: &str,
+        (sandbox, id): (&str, &str),
         container: &str,
         previous: bool,
         follow: bool,
@@ -130,7 +130,7 @@ impl PodStreams {
     ) {
         let rt = Runtime::new(&self.root);
         let path = if previous {
-            rt.previous_log_path(id)
+            rt.previous_log_path(sandbox, id)
         } else {
             logs::path(&self.root.join(id))
         };
@@ -281,7 +281,19 @@ impl PodStreams {
                 .map(|e| (2u8, pump(e, if tty { 1 } else { 2 }, frames_tx.clone()))),
         ];
         drop(frames_tx);
-        let mut child_stdin = child.stdin.take();
+        // stdin is written by a task of its own: a command that does not read its input while
+        // its output waits to be sent must not stop the output (a full pipe both ways).
+        let mut child_stdin = child.stdin.take().map(|mut input| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+            tokio::spawn(async move {
+                while let Some(data) = rx.recv().await {
+                    if input.write_all(&data).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tx
+        });
         let Stream { mut send, mut recv } = stream;
         let mut input_open = true;
         let status = loop {
@@ -296,10 +308,8 @@ impl PodStreams {
                 },
                 frame = read_frame(&mut recv), if input_open => match frame {
                     Ok(Some((0, data))) => {
-                        if let Some(i) = child_stdin.as_mut() {
-                            if i.write_all(&data).await.is_err() {
-                                child_stdin = None;
-                            }
+                        if child_stdin.as_ref().is_some_and(|i| i.send(data).is_err()) {
+                            child_stdin = None;
                         }
                     }
                     // The end of stdin.

@@ -241,17 +241,22 @@ async fn logs(
     tokio::spawn(async move {
         let flotilla_tunnel::Stream { mut send, mut recv } = stream;
         loop {
-            match recv.read_chunk(64 * 1024, true).await {
+            let chunk = tokio::select! {
+                c = recv.read_chunk(64 * 1024, true) => c,
+                // The client went away while nothing was written: end the follow.
+                _ = tx.closed() => break,
+            };
+            match chunk {
                 Ok(Some(chunk)) => {
                     if tx.send(chunk.bytes).await.is_err() {
-                        // The client went away: end the follow on the serving node.
-                        let _ = send.reset(0u32.into());
-                        return;
+                        break;
                     }
                 }
                 Ok(None) | Err(_) => return,
             }
         }
+        // The client went away: end the follow on the serving node.
+        let _ = send.reset(0u32.into());
     });
     Ok(Response::builder()
         .status(StatusCode::OK)

@@ -625,30 +625,22 @@ impl Runtime {
         if let Some(root) = &state.image_store {
             crate::images::ImageStore::new(root).unmount_rootfs(&dir, &lease(&dir))?;
         }
-        // The log outlives the container as `kubectl logs --previous` (until its sandbox goes).
+        // A pod container's log outlives it as `kubectl logs --previous`, in the sandbox's
+        // directory (so it goes with the sandbox).
         let log = crate::logs::path(&dir);
-        if log.exists() {
-            fs::create_dir_all(self.root.join(".previous-logs"))?;
-            fs::rename(&log, self.previous_log_path(id))?;
+        if let (Some(sandbox), true) = (&state.sandbox, log.exists()) {
+            let previous = self.previous_log_path(sandbox, id);
+            fs::create_dir_all(self.sandbox_dir(sandbox).join("previous-logs"))?;
+            fs::rename(&log, previous)?;
         }
         fs::remove_dir_all(dir)?;
         Ok(())
     }
 
-    /// Where the log of container `id`'s previous instance is kept.
-    pub fn previous_log_path(&self, id: &str) -> PathBuf {
-        self.root.join(".previous-logs").join(format!("{id}.log"))
-    }
-
-    /// Drops the previous logs of the containers of sandbox `sandbox` (ids `SANDBOX_…`).
-    pub(crate) fn forget_previous_logs(&self, sandbox: &str) {
-        let prefix = format!("{sandbox}_");
-        let dir = self.root.join(".previous-logs");
-        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+    /// Where the log of the previous instance of container `id` of `sandbox` is kept.
+    pub fn previous_log_path(&self, sandbox: &str, id: &str) -> PathBuf {
+        let file = format!("{id}.log");
+        self.sandbox_dir(sandbox).join("previous-logs").join(file)
     }
 
     /// Create, start, wait for the process to end, delete. The exit status is the process's,

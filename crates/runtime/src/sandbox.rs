@@ -183,7 +183,7 @@ fn build_namespaces(
 }
 
 impl Runtime {
-    fn sandbox_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.root.join(".sandboxes").join(id)
     }
 
@@ -300,7 +300,6 @@ impl Runtime {
             }
             self.delete(&c, true)?;
         }
-        self.forget_previous_logs(id);
         if !sandbox.host_network {
             let veth = sandbox.veth.clone();
             net::on_host(|h| async move { net::delete_link(&h, &veth).await })?;

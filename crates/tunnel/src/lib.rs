@@ -193,7 +193,7 @@ impl Tunnel {
         let runtime = quinn::default_runtime()
             .ok_or_else(|| TunnelError::Tls("no async runtime for QUIC".into()))?;
         let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            tls::endpoint(&identity.key_pem),
             Some(server),
             socket,
             runtime,
@@ -265,8 +265,28 @@ impl Tunnel {
         Ok(connection)
     }
 
-    /// Sends `request` to the node at `addr`; its stream once the node accepted it.
+    /// Sends `request` to the node at `addr`; its stream once the node accepted it. A kept
+    /// connection that turns out broken (the peer restarted) is dropped and the request sent
+    /// once more on a new one.
     pub async fn open(&self, addr: SocketAddr, request: &Request) -> Result<Stream, TunnelError> {
+        match self.open_once(addr, request).await {
+            Err(TunnelError::Unreachable(_)) if self.forget(addr) => {
+                self.open_once(addr, request).await
+            }
+            other => other,
+        }
+    }
+
+    /// Drops the kept connection to `addr`; whether there was one.
+    fn forget(&self, addr: SocketAddr) -> bool {
+        self.connections
+            .lock()
+            .expect("not poisoned")
+            .remove(&addr)
+            .is_some()
+    }
+
+    async fn open_once(&self, addr: SocketAddr, request: &Request) -> Result<Stream, TunnelError> {
         let connection = self.connection(addr).await?;
         let broken =
             |e: &dyn std::fmt::Display| TunnelError::Unreachable(format!("node at {addr}: {e}"));

@@ -75,3 +75,15 @@ pub(crate) fn configs(
     client.transport_config(transport());
     Ok((server, client))
 }
+
+/// Stateless-reset tokens derived from the node's private key, so that a node that restarts
+/// resets the connections peers kept to its previous process at their first packet (they
+/// then connect anew) instead of leaving them to time out.
+pub(crate) fn endpoint(key_pem: &str) -> quinn::EndpointConfig {
+    let secret = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("flotilla tunnel stateless reset\n{key_pem}").as_bytes(),
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_ref());
+    quinn::EndpointConfig::new(Arc::new(key))
+}
