@@ -274,23 +274,11 @@ async fn exec(
     pod: PodTarget,
     query: Option<&str>,
 ) -> Result<Response<Body>, Refusal> {
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string()
-    };
-    let websocket = header("upgrade").eq_ignore_ascii_case("websocket");
-    let offers_v5 = header("sec-websocket-protocol")
-        .split(',')
-        .any(|p| p.trim() == V5);
-    if !websocket || !offers_v5 {
+    let Some(key) = websocket_key(&req, V5) else {
         return Err(bad(&format!(
             "exec is served over WebSocket with the {V5} subprotocol (kubectl 1.30 or later); SPDY is not served"
         )));
-    }
-    let key = header("sec-websocket-key");
+    };
     let command = query_params(query, "command");
     if command.is_empty() {
         return Err(bad("you must specify at least 1 command"));
@@ -306,41 +294,11 @@ async fn exec(
         .open(pod.node, &request)
         .await
         .map_err(tunnel_failure)?;
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let upgraded = match upgrade.await {
-            Ok(u) => u,
-            Err(err) => {
-                tracing::debug!(%err, "exec: the upgrade failed");
-                return;
-            }
-        };
-        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            hyper_util::rt::TokioIo::new(upgraded),
-            Role::Server,
-            None,
-        )
-        .await;
-        relay(ws, stream).await;
-    });
-    Ok(Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header("Upgrade", "websocket")
-        .header("Connection", "Upgrade")
-        .header(
-            "Sec-WebSocket-Accept",
-            tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
-        )
-        .header("Sec-WebSocket-Protocol", V5)
-        .body(BodyExt::boxed(http_body_util::Empty::new()))
-        .expect("a valid response"))
+    Ok(accept(&mut req, &key, V5, move |ws| relay(ws, stream)))
 }
 
 /// Relays WebSocket messages and tunnel frames until the command's status has gone out.
-async fn relay<S>(ws: tokio_tungstenite::WebSocketStream<S>, stream: flotilla_tunnel::Stream)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+async fn relay(ws: ServerWs, stream: flotilla_tunnel::Stream) {
     let (mut ws_tx, mut ws_rx) = ws.split();
     let flotilla_tunnel::Stream { mut send, mut recv } = stream;
     let upstream = tokio::spawn(async move {
@@ -410,6 +368,37 @@ fn switching(key: &str, protocol: &str) -> Response<Body> {
         .expect("a valid response")
 }
 
+/// The server's side of an upgraded connection.
+type ServerWs =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Answers the upgrade with `101` and runs `session` on the WebSocket once it is established.
+fn accept<F, Fut>(
+    req: &mut Request<Incoming>,
+    key: &str,
+    protocol: &'static str,
+    session: F,
+) -> Response<Body>
+where
+    F: FnOnce(ServerWs) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                let ws =
+                    tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None)
+                        .await;
+                session(ws).await;
+            }
+            Err(err) => tracing::debug!(%err, protocol, "the WebSocket upgrade failed"),
+        }
+    });
+    switching(key, protocol)
+}
+
 async fn port_forward(
     mut req: Request<Incoming>,
     tunnel: &Arc<flotilla_tunnel::Tunnel>,
@@ -420,37 +409,16 @@ async fn port_forward(
             "port-forward is served over WebSocket with the {PORT_FORWARD} subprotocol (kubectl 1.31 or later)"
         )));
     };
-    let upgrade = hyper::upgrade::on(&mut req);
     let tunnel = Arc::clone(tunnel);
-    tokio::spawn(async move {
-        let upgraded = match upgrade.await {
-            Ok(u) => u,
-            Err(err) => {
-                tracing::debug!(%err, "port-forward: the upgrade failed");
-                return;
-            }
-        };
-        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            hyper_util::rt::TokioIo::new(upgraded),
-            Role::Server,
-            None,
-        )
-        .await;
-        forward_session(ws, tunnel, pod).await;
-    });
-    Ok(switching(&key, PORT_FORWARD))
+    Ok(accept(&mut req, &key, PORT_FORWARD, move |ws| {
+        forward_session(ws, tunnel, pod)
+    }))
 }
 
 /// One port-forward session: each local connection kubectl accepted is a pair of SPDY streams
 /// (`error` and `data`, with one `requestid`); a data stream becomes a tunnel stream to the
 /// pod's port. The error stream stays empty on success and carries the message otherwise.
-async fn forward_session<S>(
-    ws: tokio_tungstenite::WebSocketStream<S>,
-    tunnel: Arc<flotilla_tunnel::Tunnel>,
-    pod: PodTarget,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+async fn forward_session(ws: ServerWs, tunnel: Arc<flotilla_tunnel::Tunnel>, pod: PodTarget) {
     use crate::spdy::{self, Frame};
     use std::collections::HashMap;
     use tokio::sync::mpsc;

@@ -4,12 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_pki::ca::certs_der;
 use flotilla_pki::{Credential, NODE_SERVER_NAME};
 use memberlist::quic::stream_layer::quinn::Options as QuinnOptions;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::GossipError;
 
@@ -19,38 +16,9 @@ fn tls_err(e: impl std::fmt::Display) -> GossipError {
 
 /// `identity.cert_pem` is the node's chain (its certificate, then the CA's).
 pub(crate) fn options(ca_pem: &str, identity: &Credential) -> Result<QuinnOptions, GossipError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for der in certs_der(ca_pem).map_err(tls_err)? {
-        roots.add(CertificateDer::from(der)).map_err(tls_err)?;
-    }
-    let roots = Arc::new(roots);
-    let chain: Vec<CertificateDer<'static>> = certs_der(&identity.cert_pem)
-        .map_err(tls_err)?
-        .into_iter()
-        .map(CertificateDer::from)
-        .collect();
-    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).map_err(tls_err)?;
-
     // Peers must present a certificate from the cluster CA.
-    let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::clone(&roots),
-        Arc::clone(&provider),
-    )
-    .build()
-    .map_err(tls_err)?;
-    let server_tls = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?
-        .with_client_cert_verifier(client_verifier)
-        .with_single_cert(chain.clone(), key.clone_key())
-        .map_err(tls_err)?;
-    let client_tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(tls_err)?;
+    let (server_tls, client_tls) =
+        flotilla_pki::mutual::configs(ca_pem, identity).map_err(GossipError::Tls)?;
     let server = quinn::ServerConfig::with_crypto(Arc::new(
         QuicServerConfig::try_from(server_tls).map_err(tls_err)?,
     ));

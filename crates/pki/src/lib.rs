@@ -5,6 +5,7 @@ pub mod api_token;
 pub mod ca;
 pub mod files;
 pub mod kubeconfig;
+pub mod mutual;
 pub mod pinned;
 pub mod token;
 

@@ -4,11 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_pki::ca::certs_der;
 use flotilla_pki::Credential;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::TunnelError;
 
@@ -32,38 +29,9 @@ pub(crate) fn configs(
     ca_pem: &str,
     identity: &Credential,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TunnelError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for der in certs_der(ca_pem).map_err(tls_err)? {
-        roots.add(CertificateDer::from(der)).map_err(tls_err)?;
-    }
-    let roots = Arc::new(roots);
-    let chain: Vec<CertificateDer<'static>> = certs_der(&identity.cert_pem)
-        .map_err(tls_err)?
-        .into_iter()
-        .map(CertificateDer::from)
-        .collect();
-    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).map_err(tls_err)?;
-    // Peers must present a certificate from the cluster CA.
-    let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::clone(&roots),
-        Arc::clone(&provider),
-    )
-    .build()
-    .map_err(tls_err)?;
-    let mut server_tls = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?
-        .with_client_cert_verifier(client_verifier)
-        .with_single_cert(chain.clone(), key.clone_key())
-        .map_err(tls_err)?;
+    let (mut server_tls, mut client_tls) =
+        flotilla_pki::mutual::configs(ca_pem, identity).map_err(TunnelError::Tls)?;
     server_tls.alpn_protocols = vec![ALPN.to_vec()];
-    let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(tls_err)?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(tls_err)?;
     client_tls.alpn_protocols = vec![ALPN.to_vec()];
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(
         QuicServerConfig::try_from(server_tls).map_err(tls_err)?,
