@@ -9,7 +9,7 @@ ifdef CI
 export CARGO_INCREMENTAL := 0
 endif
 # Debian packages: clang/libclang for RocksDB's bindings; protoc and etcd for the etcd side of the benchmark.
-DEB_PACKAGES := build-essential clang libclang-dev protobuf-compiler etcd-server etcd-client stress-ng iproute2 nftables busybox-static runc crun tzdata bind9-dnsutils tmux
+DEB_PACKAGES := build-essential clang libclang-dev protobuf-compiler etcd-server etcd-client stress-ng iproute2 nftables busybox-static runc crun tzdata bind9-dnsutils tmux docker-registry skopeo apache2-utils
 UP_DIR ?= $(CURDIR)/.flotilla
 
 # RocksDB's C++ is compiled once per machine, optimised, into a static archive outside cargo's

@@ -7,6 +7,7 @@ mod cas;
 mod crash;
 mod failover;
 mod forwarding;
+mod images;
 mod kube_client;
 mod kubectl;
 mod kubectl_apply;

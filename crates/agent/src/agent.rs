@@ -26,6 +26,7 @@ use crate::volumes::Volumes;
 
 mod containers;
 mod fence;
+mod image;
 mod pods;
 mod probes;
 mod steps;
@@ -51,6 +52,8 @@ pub struct Config {
     pub volumes: Volumes,
     /// Pods worked on at once.
     pub workers: usize,
+    /// Where images come from when a pod needs one the node lacks; `None`: nowhere.
+    pub images: Option<Arc<crate::images::Images>>,
 }
 
 /// A pod as the informer keeps it: parsed once.

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod env;
+pub mod images;
 pub mod metrics;
 pub mod network;
 pub mod node_status;

@@ -139,7 +139,8 @@ pub fn sample(data_dir: &std::path::Path) -> Sample {
     }
 }
 
-/// Samples every `every` and writes the Node's conditions when one flips, until `stop`.
+/// Samples every `every` and writes the Node's conditions when one flips (and its images
+/// when they change), until `stop`.
 pub async fn run(
     ctx: Context,
     node: String,
@@ -150,10 +151,15 @@ pub async fn run(
     let key = node_key(&node);
     loop {
         let data = data_dir.clone();
-        let s = tokio::task::spawn_blocking(move || sample(&data))
-            .await
-            .unwrap_or_default();
-        if let Err(e) = write(&ctx, &key, &s).await {
+        let (s, images) = tokio::task::spawn_blocking(move || {
+            (
+                sample(&data),
+                crate::images::status_images(&data.join("images")),
+            )
+        })
+        .await
+        .unwrap_or_default();
+        if let Err(e) = write(&ctx, &key, &s, &images).await {
             tracing::debug!(error = %e, "cannot write the node's conditions yet");
         }
         tokio::select! {
@@ -163,13 +169,18 @@ pub async fn run(
     }
 }
 
-async fn write(ctx: &Context, key: &str, s: &Sample) -> Result<(), StoreError> {
+/// Writes the conditions when one flipped, and the image list when it changed.
+async fn write(ctx: &Context, key: &str, s: &Sample, images: &Value) -> Result<(), StoreError> {
     for _ in 0..5 {
         let Some(record) = ctx.engine.get(key)?.1 else {
             return Ok(());
         };
         let mut object: Value = serde_json::from_slice(&record.value).unwrap_or(Value::Null);
-        if !apply(&mut object, s, &now_rfc3339()) {
+        let images_changed = object["status"]["images"] != *images;
+        if images_changed {
+            object["status"]["images"] = images.clone();
+        }
+        if !apply(&mut object, s, &now_rfc3339()) && !images_changed {
             return Ok(());
         }
         let command = Command::update(

@@ -45,6 +45,8 @@ pub struct ContainerMemory {
     pub image_id: String,
     /// The restart count whose crash-loop wait was reported (event `BackOff`).
     pub backoff_reported: Option<u32>,
+    /// Its image is being fetched (event `Pulling` reported).
+    pub pulling: bool,
 }
 
 /// The pod's termination, once it began.

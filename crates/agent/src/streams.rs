@@ -26,6 +26,8 @@ pub struct PodStreams {
     pub root: PathBuf,
     /// The node's latest usage sample, for `kubectl top`.
     pub usage: std::sync::Arc<crate::metrics::Sampler>,
+    /// The image store, whose images peers fetch.
+    pub images: PathBuf,
 }
 
 async fn refuse(mut stream: Stream, failure: Failure) {
@@ -84,6 +86,12 @@ impl flotilla_tunnel::Handler for PodStreams {
                     .await
             }
             Request::PortForward { uid, port } => self.port_forward(&uid, port, stream).await,
+            Request::Manifest { reference } => {
+                crate::images::serve_manifest(self.images.clone(), reference, stream).await
+            }
+            Request::Blob { digest } => {
+                crate::images::serve_blob(self.images.clone(), digest, stream).await
+            }
             Request::Metrics => {
                 let Some(usage) = self.usage.latest() else {
                     let failure = Failure::new(

@@ -48,6 +48,7 @@ impl Harness {
                     mounts: false,
                 },
                 workers: 4,
+                images: None,
             },
             stop.clone(),
         )

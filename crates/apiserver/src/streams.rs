@@ -126,16 +126,7 @@ pub(crate) fn node_address(config: &ApiConfig, node: &str) -> Option<SocketAddr>
         .get(&flotilla_api::store_key(nodes, "", node))
         .ok()?;
     let object: Value = serde_json::from_slice(&record?.value).ok()?;
-    let status = &object["status"];
-    let ip = status["addresses"]
-        .as_array()?
-        .iter()
-        .find(|a| a["type"] == "InternalIP")?["address"]
-        .as_str()?
-        .parse()
-        .ok()?;
-    let port = status["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64()?;
-    Some(SocketAddr::new(ip, u16::try_from(port).ok()?))
+    flotilla_tunnel::tunnel_address(&object)
 }
 
 fn tunnel_failure(e: TunnelError) -> Refusal {

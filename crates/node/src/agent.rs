@@ -37,6 +37,23 @@ impl Layout {
     }
 }
 
+/// What the node's service proxy follows besides the store.
+pub struct ProxyInputs {
+    /// Services answered by this node's own servers (DNS, API).
+    pub local: flotilla_proxy::LocalServices,
+    pub members: tokio::sync::watch::Receiver<flotilla_controllers::ClusterMembers>,
+}
+
+/// Where the agent gets the images it lacks.
+pub struct ImageSources {
+    /// To fetch from peers (and so be fetched from).
+    pub tunnel: Arc<flotilla_tunnel::Tunnel>,
+    /// Whether to ask peers before registries (`--peer-fetch`).
+    pub peers: bool,
+    /// Registries reached over HTTP (`--insecure-registry`).
+    pub insecure_registries: Vec<String>,
+}
+
 /// This node's pod CIDR, once its registration is in the local replica.
 async fn pod_cidr(node: &RaftNode, name: &str, stop: &CancellationToken) -> Option<String> {
     let key = node_key(name);
@@ -61,8 +78,8 @@ pub fn spawn(
     data_dir: &Path,
     info: &NodeInfo,
     workers: usize,
-    local: flotilla_proxy::LocalServices,
-    members: tokio::sync::watch::Receiver<flotilla_controllers::ClusterMembers>,
+    proxy: ProxyInputs,
+    sources: ImageSources,
     stop: CancellationToken,
 ) {
     if !flotilla_sys::can_administer() {
@@ -85,6 +102,14 @@ pub fn spawn(
                 return;
             }
         };
+        let images = flotilla_agent::images::Images::new(
+            layout.images.clone(),
+            flotilla_runtime::registry::Registries::new(sources.insecure_registries),
+            sources.peers.then_some(sources.tunnel),
+            Arc::new(node.replica.clone()),
+            info.name.clone(),
+            Arc::new(flotilla_util::SystemClock),
+        );
         let runtime = ProcessRuntime {
             binary,
             root: layout.runtime,
@@ -114,13 +139,14 @@ pub fn spawn(
                 mounts: true,
             },
             workers,
+            images: Some(Arc::new(images)),
         };
         tracing::info!(%cidr, bridge = BRIDGE, "agent starting");
         tokio::spawn(flotilla_agent::node_status::run(
             ctx.clone(),
             info.name.clone(),
             data_dir.clone(),
-            Duration::from_secs(10),
+            Duration::from_secs(5),
             stop.clone(),
         ));
         tokio::spawn(flotilla_agent::network::run(
@@ -135,8 +161,8 @@ pub fn spawn(
                 node: info.name.clone(),
                 cluster_cidr: flotilla_agent::network::POD_NETWORK.into(),
             },
-            local,
-            members,
+            proxy.local,
+            proxy.members,
             flotilla_proxy::Nft::default(),
             stop.clone(),
         ));

@@ -178,6 +178,13 @@ struct NodeArgs {
     /// UDP port of the node-to-node tunnel (QUIC: pods' logs and exec); 0 picks a free one.
     #[arg(long, default_value_t = 7443)]
     tunnel_port: u16,
+    /// A registry reached over plain HTTP instead of HTTPS, as HOST[:PORT] (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
+    /// Fetch a missing image's blobs from peer nodes that have it before its registry
+    /// (`false`: registries only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    peer_fetch: bool,
     /// UDP port for gossip (QUIC); 0 uses the peer port's number.
     #[arg(long, default_value_t = 7946)]
     gossip_port: u16,
@@ -448,23 +455,6 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     .await?;
     let node = Arc::clone(&member.node);
     dns.follow(Arc::new(node.replica.clone()));
-    agent::spawn(
-        Arc::clone(&node),
-        &data_dir,
-        &info,
-        args.pod_workers as usize,
-        // Pods reach the cluster's DNS and API at this node's own servers.
-        [
-            (
-                ("kube-system".to_string(), "kube-dns".to_string()),
-                dns.serving.udp,
-            ),
-            (("default".to_string(), "kubernetes".to_string()), api_addr),
-        ]
-        .into(),
-        member.members.clone(),
-        member.stopping(),
-    );
     let pki = flotilla_pki::NodePki::load(&data_dir)
         .map_err(|e| format!("cannot read the node's credentials: {e}"))?
         .ok_or("no credentials under the data dir")?;
@@ -472,8 +462,34 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         cert_pem: pki.chain_pem(),
         key_pem: pki.node.key_pem.clone(),
     };
-    let tunnel = flotilla_tunnel::Tunnel::on_socket(tunnel_socket, &pki.ca_pem, &identity)
-        .map_err(|e| format!("cannot start the tunnel: {e}"))?;
+    let tunnel = Arc::new(
+        flotilla_tunnel::Tunnel::on_socket(tunnel_socket, &pki.ca_pem, &identity)
+            .map_err(|e| format!("cannot start the tunnel: {e}"))?,
+    );
+    agent::spawn(
+        Arc::clone(&node),
+        &data_dir,
+        &info,
+        args.pod_workers as usize,
+        agent::ProxyInputs {
+            // Pods reach the cluster's DNS and API at this node's own servers.
+            local: [
+                (
+                    ("kube-system".to_string(), "kube-dns".to_string()),
+                    dns.serving.udp,
+                ),
+                (("default".to_string(), "kubernetes".to_string()), api_addr),
+            ]
+            .into(),
+            members: member.members.clone(),
+        },
+        agent::ImageSources {
+            tunnel: Arc::clone(&tunnel),
+            peers: args.peer_fetch,
+            insecure_registries: args.insecure_registries.clone(),
+        },
+        member.stopping(),
+    );
     if info.agent {
         let binary =
             std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
@@ -489,6 +505,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
                 binary,
                 root,
                 usage,
+                images: agent::Layout::of(&data_dir).images,
             }),
             member.stopping(),
         );
@@ -502,7 +519,7 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         advertise: api_addr,
         metrics: Arc::default(),
         gauges: node_gauges(Arc::clone(&node), member.leader_loops.clone()),
-        tunnel: Some(Arc::new(tunnel)),
+        tunnel: Some(Arc::clone(&tunnel)),
     };
     tokio::spawn({
         let stop = member.stopping();

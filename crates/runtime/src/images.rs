@@ -43,7 +43,7 @@ pub struct ImageConfig {
 }
 
 /// The names `reference` may be stored under, most specific first.
-fn reference_candidates(reference: &str) -> Vec<String> {
+pub(crate) fn reference_candidates(reference: &str) -> Vec<String> {
     let short = reference
         .strip_prefix("docker.io/library/")
         .or_else(|| reference.strip_prefix("docker.io/"))
@@ -66,7 +66,7 @@ pub struct ImageStore {
     pub(crate) root: PathBuf,
 }
 
-pub(crate) fn digest_of(bytes: &[u8]) -> String {
+pub fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
@@ -227,10 +227,14 @@ impl ImageStore {
     /// start then only mounts them, and a layer that cannot be unpacked fails the import.
     fn name(&self, name: &str, manifest: String) -> Result<String, RuntimeError> {
         self.unpack(&manifest)?;
-        let mut refs = self.refs();
-        refs.insert(name.to_string(), manifest.clone());
-        self.save_refs(&refs)?;
+        self.set_ref(name, &manifest)?;
         Ok(manifest)
+    }
+
+    pub(crate) fn set_ref(&self, name: &str, manifest: &str) -> Result<(), RuntimeError> {
+        let mut refs = self.refs();
+        refs.insert(name.to_string(), manifest.to_string());
+        self.save_refs(&refs)
     }
 
     /// A root file system directory: one uncompressed layer of everything under it (symlinks
@@ -410,6 +414,13 @@ impl ImageStore {
             return Err(bad(format!("no image named {name}")));
         }
         self.save_refs(&refs)?;
+        let mut pulled = self.pulled();
+        if pulled.remove(name) {
+            fs::write(
+                self.root.join("pulled.json"),
+                serde_json::to_vec(&pulled).expect("names serialise"),
+            )?;
+        }
         let mut used = BTreeSet::new();
         for manifest in self.manifests_in_use() {
             used.extend(self.blobs_of(&manifest)?.into_iter().map(|(d, _)| d));

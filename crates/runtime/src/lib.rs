@@ -8,6 +8,7 @@ pub mod container;
 mod exec;
 mod exit;
 pub mod images;
+pub mod ingest;
 pub mod init;
 pub mod ipam;
 pub mod layers;
@@ -16,6 +17,7 @@ pub mod mounts;
 pub mod net;
 pub mod nft;
 pub mod pod;
+pub mod registry;
 pub mod sandbox;
 
 pub use container::{CreateOptions, Exit, Runtime, State, Status};

@@ -26,23 +26,30 @@ impl Cluster {
     /// Imports the image `archive` as `name` into every node's image store
     /// (`DATA_DIR/images`, where the node's agent finds it).
     pub fn import_image(&self, name: &str, archive: &Path) -> Result<()> {
-        for n in &self.nodes {
-            let store = n.data_dir.join("images");
-            let out = Command::new(flotilla_bin())
-                .arg("image")
-                .arg("--root")
-                .arg(&store)
-                .arg("import")
-                .arg(archive)
-                .args(["--name", name])
-                .output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "import into {}: {}",
-                store.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
+        for i in 0..self.nodes.len() {
+            self.import_image_on(i, name, archive)?;
         }
+        Ok(())
+    }
+
+    /// Imports `archive` (an image archive or a root file system directory) as `name` into
+    /// node `i`'s image store only, with `flotilla image import`.
+    pub fn import_image_on(&self, i: usize, name: &str, archive: &Path) -> Result<()> {
+        let store = self.nodes[i].data_dir.join("images");
+        let out = Command::new(flotilla_bin())
+            .arg("image")
+            .arg("--root")
+            .arg(&store)
+            .arg("import")
+            .arg(archive)
+            .args(["--name", name])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "import into {}: {}",
+            store.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(())
     }
 }

@@ -15,9 +15,11 @@ pub use flotilla_util::{wait_until, wait_until_blocking};
 
 mod clients;
 mod containers;
+mod registry;
 
 pub use clients::{admin_tls, kube_client, run_cli, run_to_exit, Finished, Kubectl};
 pub use containers::{busybox_archive, busybox_bundle, busybox_rootfs, runtime_cli, spec_bundle};
+pub use registry::Registry;
 
 /// Whether `check` holds within `timeout`, polled from a blocking thread.
 pub fn eventually(timeout: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {

@@ -112,6 +112,31 @@ pub enum Request {
     PortForward { uid: String, port: u16 },
     /// The node's latest resource usage. Payload: one header frame, a [`NodeUsage`].
     Metrics,
+    /// The image this node has under `reference` (any of its spellings). Payload: one header
+    /// frame, an [`ImageManifest`]; refused with 404 when the node has no such image.
+    Manifest { reference: String },
+    /// Blob `digest` of the node's image store. Payload: one header frame, a [`BlobHeader`],
+    /// then the blob's bytes until the stream ends. The caller checks them against the
+    /// digest: the serving node sends what it keeps.
+    Blob { digest: String },
+}
+
+/// An image as a peer has it, for a node that fetches it from there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageManifest {
+    /// The manifest's digest.
+    pub digest: String,
+    /// The manifest itself (JSON text).
+    pub manifest: String,
+    /// Whether the peer pulled it from a registry (otherwise it was imported into the cluster).
+    pub pulled: bool,
+}
+
+/// The size of the blob that follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobHeader {
+    pub size: u64,
 }
 
 /// CPU and memory in use.
@@ -154,6 +179,20 @@ pub struct Stream {
 pub trait Handler: Send + Sync + 'static {
     /// Answers `request`: writes a [`Reply`] with [`write_header`], then its payload.
     async fn handle(&self, request: Request, stream: Stream);
+}
+
+/// Where a Node's tunnel listens: its InternalIP and `daemonEndpoints.kubeletEndpoint.Port`.
+pub fn tunnel_address(node: &serde_json::Value) -> Option<std::net::SocketAddr> {
+    let status = &node["status"];
+    let ip = status["addresses"]
+        .as_array()?
+        .iter()
+        .find(|a| a["type"] == "InternalIP")?["address"]
+        .as_str()?
+        .parse()
+        .ok()?;
+    let port = status["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64()?;
+    Some(std::net::SocketAddr::new(ip, u16::try_from(port).ok()?))
 }
 
 /// How long a connection attempt to a peer may take.

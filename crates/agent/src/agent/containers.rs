@@ -85,7 +85,6 @@ impl Agent {
         let Some(c) = find(pod, name) else {
             return Ok(());
         };
-        let image_name = c.image.clone().unwrap_or_default();
         let fail = |memory: &mut PodMemory, reason: &str, message: String, delay: Duration| {
             let m = memory.containers.entry(name.to_string()).or_default();
             let first = m
@@ -97,30 +96,8 @@ impl Agent {
             m.retry_at = Some(now + delay);
             first
         };
-        let image = match rt.image(&image_name).await? {
-            Some(i) => i,
-            None => {
-                let never = c.image_pull_policy.as_deref() == Some("Never");
-                let (reason, message) = if never {
-                    (
-                        "ErrImageNeverPulled",
-                        format!(
-                            "Container image \"{image_name}\" is not present with pull policy of Never"
-                        ),
-                    )
-                } else {
-                    (
-                        "ImagePullBackOff",
-                        format!(
-                            "Back-off pulling image \"{image_name}\": this node has no image {image_name:?} and pulling from registries is not supported yet (import it with `flotilla image import`)"
-                        ),
-                    )
-                };
-                if fail(memory, reason, message.clone(), Duration::from_secs(10)) {
-                    self.warn(pod, Some(name), "Failed", &message);
-                }
-                return Ok(());
-            }
+        let Some(image) = self.container_image(pod, c, memory, now).await? else {
+            return Ok(());
         };
         let replica = Replica(self.shared.ctx.engine.as_ref());
         let env_rt = self.env_runtime(pod, observed.sandbox.or(memory.ip));
@@ -143,12 +120,6 @@ impl Agent {
                 return Ok(());
             }
         };
-        self.note(
-            pod,
-            Some(name),
-            "Pulled",
-            &format!("Container image \"{image_name}\" already present on machine"),
-        );
         let bundle = self.bundle_dir(uid, name)?;
         std::fs::create_dir_all(&bundle)?;
         std::fs::write(bundle.join("config.json"), config.to_string())?;
