@@ -77,6 +77,8 @@ pub struct Images {
     node: String,
     clock: Arc<dyn Clock>,
     pulls: Mutex<HashMap<String, Pull>>,
+    /// One fetch of a blob at a time (two images may share a layer), by digest.
+    blobs: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Images {
@@ -102,6 +104,7 @@ impl Images {
             node,
             clock,
             pulls: Mutex::new(HashMap::new()),
+            blobs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -255,6 +258,14 @@ impl Images {
         };
         let mut sources = BTreeSet::new();
         for (blob, size) in blobs {
+            let lock = Arc::clone(
+                self.blobs
+                    .lock()
+                    .expect("not poisoned")
+                    .entry(blob.clone())
+                    .or_default(),
+            );
+            let _fetching = lock.lock().await;
             if store.has_blob(&blob) {
                 continue;
             }
@@ -293,10 +304,20 @@ impl Images {
             sources.insert(source);
             report.bytes += n;
         }
-        store
-            .put_manifest(&digest, &manifest)
-            .and_then(|()| store.name_received(image, &digest, pulled))
-            .map_err(|e| e.to_string())?;
+        self.blobs
+            .lock()
+            .expect("not poisoned")
+            .retain(|_, l| Arc::strong_count(l) > 1);
+        // Unpacking the layers takes a while: off the async threads.
+        let name = image.to_string();
+        tokio::task::spawn_blocking(move || {
+            store
+                .put_manifest(&digest, &manifest)
+                .and_then(|()| store.name_received(&name, &digest, pulled))
+        })
+        .await
+        .map_err(|e| format!("pull task: {e}"))?
+        .map_err(|e| with_notes(e.to_string(), &[]))?;
         report.source = if sources.is_empty() {
             "the node's own blobs".into()
         } else {
@@ -520,4 +541,117 @@ pub fn status_images(root: &std::path::Path) -> Value {
             })
             .collect(),
     )
+}
+
+/// Every `every`, removes the images the store at `root` can spare by `policy`, until `stop`.
+pub async fn collect_garbage(
+    root: PathBuf,
+    policy: flotilla_runtime::gc::GcPolicy,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let root = root.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            let capacity = flotilla_sys::fs::capacity(&root).ok_or_else(|| {
+                flotilla_runtime::RuntimeError::State(format!(
+                    "cannot read the capacity of {}",
+                    root.display()
+                ))
+            })?;
+            ImageStore::new(&root).collect_garbage(policy, capacity, SystemTime::now())
+        })
+        .await;
+        match removed {
+            Ok(Ok(names)) if !names.is_empty() => {
+                tracing::info!(
+                    ?names,
+                    "unused images removed: the image disk was above its high threshold"
+                )
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "image garbage collection failed"),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_util::ManualClock;
+
+    /// A "registry" that accepts connections and closes them at once; it counts them.
+    fn closing_registry() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&count);
+        std::thread::spawn(move || {
+            for c in listener.incoming() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(c);
+            }
+        });
+        (addr, count)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn pods_of_one_image_share_a_pull_and_a_failure_backs_off_doubling() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, connections) = closing_registry();
+        let connections = move || connections.load(std::sync::atomic::Ordering::SeqCst);
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let clock = Arc::new(ManualClock::new(start));
+        let images = Arc::new(Images::new(
+            dir.path().to_path_buf(),
+            Registries::new(vec![registry.to_string()]),
+            None,
+            Arc::new(flotilla_store::MemoryStore::new(100)),
+            "n1".into(),
+            Arc::clone(&clock) as Arc<dyn Clock>,
+        ));
+        let image = format!("{registry}/app:v1");
+        let ensure = |pod: &str| images.ensure(&image, "IfNotPresent", None, pod);
+        assert_eq!(ensure("default/a"), Outcome::Pulling);
+        assert_eq!(ensure("default/b"), Outcome::Pulling, "b waits on a's pull");
+        let failed = |images: &Arc<Images>| {
+            flotilla_util::wait_until_blocking(Duration::from_secs(20), || {
+                match images.ensure(&image, "IfNotPresent", None, "default/a") {
+                    Outcome::Failed { message, retry_at } => Some((message, retry_at)),
+                    _ => None,
+                }
+            })
+            .expect("the pull fails")
+        };
+        let (message, retry_at) = failed(&images);
+        assert!(
+            message.contains(&format!("cannot reach registry {registry}")),
+            "{message}"
+        );
+        assert_eq!(retry_at, start + Duration::from_secs(10));
+        assert_eq!(connections(), 1, "two pods, one pull");
+        // Before the back-off ends, no new pull; after it, one, whose failure waits twice as long.
+        clock.advance(Duration::from_secs(9));
+        assert!(matches!(ensure("default/b"), Outcome::Failed { .. }));
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(ensure("default/b"), Outcome::Pulling);
+        let (_, retry_at) = failed(&images);
+        assert_eq!(retry_at, start + Duration::from_secs(11 + 20));
+        assert_eq!(connections(), 2);
+        // An imported image is ready under `Always`: no registry is asked.
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        std::fs::write(rootfs.join("hello"), "hi").unwrap();
+        ImageStore::new(dir.path())
+            .import(&rootfs, "local:v1")
+            .unwrap();
+        assert_eq!(
+            images.ensure("local:v1", "Always", None, "default/c"),
+            Outcome::Ready(None)
+        );
+    }
 }

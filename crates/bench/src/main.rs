@@ -4,6 +4,7 @@ mod api;
 mod dns;
 mod etcd;
 mod failover;
+mod images;
 mod load;
 mod membership;
 mod pods;
@@ -46,6 +47,9 @@ enum Command {
     /// Service DNS: a node's DNS against NSD with the same records (dnsperf); and the proxy:
     /// one endpoint change against a full rewrite of 10,000 services' rules.
     Dns(dns::DnsArgs),
+    /// Images to every node: a 100 MB 5-layer image, registry pull against peer fetch, with
+    /// the registry's egress.
+    Images(images::ImagesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Failover(args) => runtime.block_on(failover::run(args)),
         Command::Scheduler(args) => runtime.block_on(scheduler::run(args)),
         Command::Dns(args) => runtime.block_on(dns::run(args)),
+        Command::Images(args) => runtime.block_on(images::run(args)),
         Command::Runtime(_) => unreachable!("run before the async runtime starts"),
     }
 }

@@ -403,7 +403,7 @@ fn swarm_running(script: &Path, round: usize, replicas: usize) -> Result<Running
     result
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {

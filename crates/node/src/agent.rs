@@ -52,6 +52,8 @@ pub struct ImageSources {
     pub peers: bool,
     /// Registries reached over HTTP (`--insecure-registry`).
     pub insecure_registries: Vec<String>,
+    /// When unused images are removed (`--image-gc-*`).
+    pub gc: flotilla_runtime::gc::GcPolicy,
 }
 
 /// This node's pod CIDR, once its registration is in the local replica.
@@ -113,7 +115,7 @@ pub fn spawn(
         let runtime = ProcessRuntime {
             binary,
             root: layout.runtime,
-            images: layout.images,
+            images: layout.images.clone(),
             network: NodeNetwork {
                 bridge: BRIDGE.into(),
                 pod_cidr: cidr.clone(),
@@ -142,6 +144,12 @@ pub fn spawn(
             images: Some(Arc::new(images)),
         };
         tracing::info!(%cidr, bridge = BRIDGE, "agent starting");
+        tokio::spawn(flotilla_agent::images::collect_garbage(
+            layout.images.clone(),
+            sources.gc,
+            Duration::from_secs(30),
+            stop.clone(),
+        ));
         tokio::spawn(flotilla_agent::node_status::run(
             ctx.clone(),
             info.name.clone(),

@@ -185,6 +185,15 @@ struct NodeArgs {
     /// (`false`: registries only).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     peer_fetch: bool,
+    /// Remove unused images when the image store's disk is at least this full (percent).
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(1..=100))]
+    image_gc_high_threshold: u8,
+    /// ... until it is below this (percent).
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=99))]
+    image_gc_low_threshold: u8,
+    /// An image used more recently than this is never removed.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    image_minimum_gc_age: Duration,
     /// UDP port for gossip (QUIC); 0 uses the peer port's number.
     #[arg(long, default_value_t = 7946)]
     gossip_port: u16,
@@ -401,6 +410,12 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
                 .into(),
         );
     }
+    if args.image_gc_low_threshold >= args.image_gc_high_threshold {
+        return Err(format!(
+            "--image-gc-low-threshold ({}) must be below --image-gc-high-threshold ({})",
+            args.image_gc_low_threshold, args.image_gc_high_threshold
+        ));
+    }
     let config = args.config()?;
     let data_dir = config.data_dir.clone();
     let advertise = config.advertise;
@@ -487,6 +502,11 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
             tunnel: Arc::clone(&tunnel),
             peers: args.peer_fetch,
             insecure_registries: args.insecure_registries.clone(),
+            gc: flotilla_runtime::gc::GcPolicy {
+                high_percent: args.image_gc_high_threshold,
+                low_percent: args.image_gc_low_threshold,
+                min_age: args.image_minimum_gc_age,
+            },
         },
         member.stopping(),
     );

@@ -228,6 +228,7 @@ impl ImageStore {
     fn name(&self, name: &str, manifest: String) -> Result<String, RuntimeError> {
         self.unpack(&manifest)?;
         self.set_ref(name, &manifest)?;
+        self.mark_used(&manifest);
         Ok(manifest)
     }
 
@@ -514,6 +515,55 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn garbage_collection_removes_unused_images_and_keeps_leased_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(dir.path().join("store"));
+        let path = dir.path().join("image.tar");
+        let mut manifests = Vec::new();
+        for (name, content) in [("kept", &b"one\n"[..]), ("gone", &b"two\n"[..])] {
+            let (archive, manifest, _) = oci_archive(content);
+            fs::write(&path, &archive).unwrap();
+            store.import(&path, name).unwrap();
+            manifests.push(manifest);
+        }
+        // A container's root holds "kept".
+        fs::create_dir_all(dir.path().join("store/leases")).unwrap();
+        fs::write(dir.path().join("store/leases/c1"), &manifests[0]).unwrap();
+        let policy = crate::gc::GcPolicy {
+            high_percent: 85,
+            low_percent: 0,
+            min_age: std::time::Duration::ZERO,
+        };
+        let now = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+        // Plenty of room: nothing goes.
+        assert!(store
+            .collect_garbage(policy, (100, 50), now)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store.collect_garbage(policy, (100, 0), now).unwrap(),
+            ["gone"]
+        );
+        let names: Vec<String> = store.list().unwrap().into_iter().map(|i| i.name).collect();
+        assert_eq!(names, ["kept"]);
+        assert!(
+            !store.has_blob(&manifests[1]),
+            "the removed image's blobs go"
+        );
+        assert!(store.has_blob(&manifests[0]));
+        // Too recent to go, however full.
+        let young = crate::gc::GcPolicy {
+            min_age: std::time::Duration::from_secs(3600),
+            ..policy
+        };
+        fs::remove_file(dir.path().join("store/leases/c1")).unwrap();
+        assert!(store
+            .collect_garbage(young, (100, 0), now)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -180,6 +180,7 @@ impl ImageStore {
         let manifest = self.resolve(image)?;
         fs::create_dir_all(self.root.join("leases"))?;
         fs::write(self.lease_path(lease), &manifest)?;
+        self.mark_used(&manifest);
         let mounted = (|| {
             let lowers = self.unpack(&manifest)?;
             let (upper, work, rootfs) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"));

@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod container;
 mod exec;
 mod exit;
+pub mod gc;
 pub mod images;
 pub mod ingest;
 pub mod init;
