@@ -556,6 +556,11 @@ kind: Pod
 metadata: {name: keeper}
 spec:
   nodeName: n2
+  # The node is down for longer than the default 1 s toleration: this test is about the
+  # agent finding its containers again, not about eviction (node_failover.rs is).
+  tolerations:
+  - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 600}
+  - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 600}
   containers:
   - {name: app, image: busybox, command: ["sleep", "3600"]}
 ---

@@ -122,8 +122,15 @@ impl Images {
         waiter: &str,
     ) -> Outcome {
         let now = self.clock.now();
+        // Other credentials are another pull: a wrong password's back-off does not hold up
+        // the right one.
         let key = match &credentials {
-            Some(c) => format!("{image}|{}", c.username),
+            Some(c) => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (&c.username, &c.password).hash(&mut h);
+                format!("{image}|{}|{:x}", c.username, h.finish())
+            }
             None => image.to_string(),
         };
         let store = ImageStore::new(&self.store);
@@ -205,6 +212,11 @@ impl Images {
                 }
             };
             pulls.insert(key, next);
+            // Reports nobody came for.
+            pulls.retain(|_, p| match p {
+                Pull::Done { at, .. } => now.duration_since(*at).unwrap_or_default() < 10 * FRESH,
+                _ => true,
+            });
         });
         Outcome::Pulling
     }
@@ -327,8 +339,8 @@ impl Images {
         Ok(report)
     }
 
-    /// The other nodes to ask for `image`: those whose status lists it first, then the rest,
-    /// each group by name.
+    /// The other Ready nodes to ask for `image`: those whose status lists it first, then the
+    /// rest, each group by name.
     fn peers(&self, image: &str) -> Vec<(String, SocketAddr)> {
         let Ok(listing) = self.engine.list(NODES, None, 0) else {
             return Vec::new();
@@ -346,7 +358,12 @@ impl Images {
             if name == self.node {
                 continue;
             }
-            let Some(addr) = flotilla_tunnel::tunnel_address(&node) else {
+            let ready = node["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let Some(addr) = flotilla_tunnel::tunnel_address(&node).filter(|_| ready) else {
                 continue;
             };
             let has = node["status"]["images"]

@@ -75,8 +75,11 @@ impl Agent {
                     return Ok(None);
                 }
                 Outcome::Failed { message, retry_at } => {
-                    m.pulling = false;
-                    if was.as_deref() == Some(ERR_IMAGE_PULL) || was.as_deref() == Some(BACK_OFF) {
+                    // A pull this container waited for has just failed: ErrImagePull again.
+                    let just_failed = std::mem::take(&mut m.pulling);
+                    let backing_off =
+                        was.as_deref() == Some(ERR_IMAGE_PULL) || was.as_deref() == Some(BACK_OFF);
+                    if backing_off && !just_failed {
                         let text = format!(
                             "Back-off pulling image \"{image}\": {ERR_IMAGE_PULL}: {message}"
                         );
