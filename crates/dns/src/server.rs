@@ -193,11 +193,28 @@ pub async fn serve(
     fwd: Forwarder,
     stop: CancellationToken,
 ) -> io::Result<Serving> {
-    let tcp = TcpListener::bind(listen).await?;
-    let tcp_addr = tcp.local_addr()?;
-    let udp_addr = SocketAddr::new(listen.ip(), tcp_addr.port());
-    for i in 0..workers.max(1) {
-        let socket = Arc::new(udp_socket(udp_addr)?);
+    // With port 0 the kernel picks TCP's port, which UDP may hold for another process: then
+    // another port is tried.
+    let mut attempts = 0;
+    let (tcp, tcp_addr, udp_addr, sockets) = loop {
+        let tcp = TcpListener::bind(listen).await?;
+        let tcp_addr = tcp.local_addr()?;
+        let udp_addr = SocketAddr::new(listen.ip(), tcp_addr.port());
+        match (0..workers.max(1))
+            .map(|_| udp_socket(udp_addr))
+            .collect::<io::Result<Vec<_>>>()
+        {
+            Ok(sockets) => break (tcp, tcp_addr, udp_addr, sockets),
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrInUse && listen.port() == 0 && attempts < 20 =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let socket = Arc::new(socket);
         let (cell, fwd, stop) = (Arc::clone(&cell), fwd.clone(), stop.clone());
         std::thread::Builder::new()
             .name(format!("dns-udp-{i}"))
