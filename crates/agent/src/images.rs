@@ -324,7 +324,7 @@ impl Images {
         let name = image.to_string();
         tokio::task::spawn_blocking(move || {
             store
-                .put_manifest(&digest, &manifest)
+                .put(&digest, &manifest)
                 .and_then(|()| store.name_received(&name, &digest, pulled))
         })
         .await
@@ -455,7 +455,7 @@ async fn fetch_blob(
     let received = ingest.offset();
     ingest
         .commit(Some(header.size))
-        .map_err(|e| e.to_string().trim_start_matches("image: ").to_string())?;
+        .map_err(|e| with_notes(e.to_string(), &[]))?;
     Ok(received)
 }
 

@@ -133,7 +133,7 @@ impl ImageStore {
     }
 
     /// Keeps `bytes` as the blob `digest`, after checking that they are.
-    fn put(&self, digest: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
+    pub fn put(&self, digest: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
         let actual = digest_of(bytes);
         if actual != digest {
             return Err(bad(format!(
@@ -166,11 +166,7 @@ impl ImageStore {
     /// `docker.io/library/` prefix is optional (`busybox`, `busybox:latest` and
     /// `docker.io/library/busybox:latest` name one image).
     pub fn image_config(&self, reference: &str) -> Result<Option<ImageConfig>, RuntimeError> {
-        let refs = self.refs();
-        let Some(manifest) = reference_candidates(reference)
-            .into_iter()
-            .find_map(|r| refs.get(&r).cloned())
-        else {
+        let Some((_, manifest)) = self.lookup(reference) else {
             return Ok(None);
         };
         let m: serde_json::Value = serde_json::from_slice(&self.blob(&manifest)?)
@@ -383,14 +379,12 @@ impl ImageStore {
     /// The blobs an image's manifest names, with itself.
     pub(crate) fn blobs_of(&self, manifest: &str) -> Result<Vec<(String, u64)>, RuntimeError> {
         let bytes = self.blob(manifest)?;
-        let m: Value =
-            serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest {manifest}: {e}")))?;
         let mut out = vec![(manifest.to_string(), bytes.len() as u64)];
-        for d in std::iter::once(&m["config"]).chain(m["layers"].as_array().into_iter().flatten()) {
-            if let Some(digest) = d["digest"].as_str() {
-                out.push((digest.to_string(), d["size"].as_u64().unwrap_or(0)));
-            }
-        }
+        out.extend(
+            ImageStore::manifest_blobs(&bytes)?
+                .into_iter()
+                .map(|(d, size)| (d, size.unwrap_or(0))),
+        );
         Ok(out)
     }
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
-use crate::images::{bad, digest_of, ImageStore};
+use crate::images::{bad, ImageStore};
 use crate::RuntimeError;
 
 /// A blob being received.
@@ -132,20 +132,6 @@ impl ImageStore {
             hasher,
             written,
         })
-    }
-
-    /// Keeps `bytes` as a manifest if they hash to `digest`.
-    pub fn put_manifest(&self, digest: &str, bytes: &[u8]) -> Result<(), RuntimeError> {
-        let actual = digest_of(bytes);
-        if actual != digest {
-            return Err(bad(format!(
-                "manifest {digest} is corrupt: its content hashes to {actual}"
-            )));
-        }
-        let mut ingest = self.ingest(digest)?;
-        ingest.restart()?;
-        ingest.write(bytes)?;
-        ingest.commit(None)
     }
 
     /// The config and layers (digest, size) manifest `bytes` names.

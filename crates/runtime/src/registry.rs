@@ -285,15 +285,6 @@ impl std::fmt::Debug for Registries {
     }
 }
 
-/// What a pull fetched, for its events and the node's counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Pulled {
-    /// The image's manifest digest.
-    pub manifest: String,
-    /// Blob bytes received (blobs the store had are not fetched).
-    pub bytes: u64,
-}
-
 /// One conversation with a registry about one reference: its credentials and the token the
 /// registry gave.
 pub struct Session {
@@ -362,31 +353,6 @@ impl Registries {
             credentials,
             authorization: None,
         }
-    }
-
-    /// Pulls `reference` into `store`, naming it `name`: the manifest (this platform's, from
-    /// an index), then every blob the store lacks. Nothing is named unless all checked out.
-    pub fn pull(
-        &self,
-        store: &ImageStore,
-        reference: &Reference,
-        credentials: Option<Credentials>,
-        name: &str,
-    ) -> Result<Pulled, RuntimeError> {
-        let mut session = self.session(reference, credentials);
-        let (digest, manifest) = session.manifest()?;
-        let mut pulled = Pulled {
-            manifest: digest.clone(),
-            bytes: 0,
-        };
-        for (blob, size) in ImageStore::manifest_blobs(&manifest)? {
-            if !store.has_blob(&blob) {
-                pulled.bytes += session.blob(store, &blob, size)?;
-            }
-        }
-        store.put_manifest(&digest, &manifest)?;
-        store.name_received(name, &digest, true)?;
-        Ok(pulled)
     }
 }
 
