@@ -2,6 +2,7 @@
 
 mod admission;
 mod agent;
+mod attach;
 mod backup;
 mod cas;
 mod crash;

@@ -689,6 +689,7 @@ async fn the_process_runtime_runs_a_pod_for_a_multi_threaded_caller() {
         bundle,
         sandbox: Some("pod1".into()),
         image: Some("busybox".into()),
+        ..Default::default()
     };
     rt.create_container("pod1-app", &request).await.unwrap();
     rt.start_container("pod1-app").await.unwrap();

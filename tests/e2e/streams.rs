@@ -73,7 +73,11 @@ fn http_get(port: u16, path: &str) -> Vec<u8> {
 }
 
 /// kubectl with its exit code, stdout and stderr; `input` goes to its stdin.
-fn kubectl(ctx: &Kube, args: &[&str], input: Option<&[u8]>) -> (Option<i32>, Vec<u8>, String) {
+pub(crate) fn kubectl(
+    ctx: &Kube,
+    args: &[&str],
+    input: Option<&[u8]>,
+) -> (Option<i32>, Vec<u8>, String) {
     let mut child = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&ctx.kubectl.kubeconfig)
@@ -106,12 +110,12 @@ fn kubectl(ctx: &Kube, args: &[&str], input: Option<&[u8]>) -> (Option<i32>, Vec
 }
 
 /// kubectl in a detached tmux session of its own server (a terminal 100×30).
-struct Tmux {
+pub(crate) struct Tmux {
     socket: String,
 }
 
 impl Tmux {
-    fn start(ctx: &Kube, args: &[&str]) -> Tmux {
+    pub(crate) fn start(ctx: &Kube, args: &[&str]) -> Tmux {
         let tmux = Tmux {
             socket: format!("flotilla-e2e-{}", std::process::id()),
         };
@@ -140,7 +144,7 @@ impl Tmux {
         tmux
     }
 
-    fn run(&self, args: &[&str]) -> String {
+    pub(crate) fn run(&self, args: &[&str]) -> String {
         let out = Command::new("tmux")
             .args(["-L", &self.socket])
             .args(args)
@@ -154,17 +158,17 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn keys(&self, keys: &[&str]) {
+    pub(crate) fn keys(&self, keys: &[&str]) {
         let mut args = vec!["send-keys", "-t", "t"];
         args.extend(keys);
         self.run(&args);
     }
 
-    fn screen(&self) -> String {
+    pub(crate) fn screen(&self) -> String {
         self.run(&["capture-pane", "-p", "-t", "t"])
     }
 
-    fn alive(&self) -> bool {
+    pub(crate) fn alive(&self) -> bool {
         Command::new("tmux")
             .args(["-L", &self.socket, "has-session", "-t", "t"])
             .stderr(Stdio::null())
@@ -172,7 +176,7 @@ impl Tmux {
             .is_ok_and(|s| s.success())
     }
 
-    fn wait_for(&self, what: &str, check: impl Fn(&str) -> bool) {
+    pub(crate) fn wait_for(&self, what: &str, check: impl Fn(&str) -> bool) {
         let seen = wait_until_blocking(Duration::from_secs(20), || {
             let screen = self.screen();
             check(&screen).then_some(())

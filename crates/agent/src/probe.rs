@@ -456,6 +456,7 @@ mod tests {
             bundle: "/b".into(),
             sandbox: Some("s".into()),
             image: None,
+            ..Default::default()
         };
         rt.create_container("c", &request).await.unwrap();
         rt.start_container("c").await.unwrap();

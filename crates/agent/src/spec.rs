@@ -142,6 +142,12 @@ pub fn oci_config(
             order.push(k);
         }
     }
+    let tty = container.tty == Some(true);
+    // A terminal's programs need to know its kind, as the CRI runtimes set it.
+    if tty && !vars.contains_key("TERM") {
+        order.push("TERM".into());
+        vars.insert("TERM".into(), "xterm".into());
+    }
     if !vars.contains_key("PATH") {
         order.insert(0, "PATH".into());
         vars.insert(
@@ -295,7 +301,7 @@ pub fn oci_config(
     Ok(json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": tty,
             "user": {"uid": uid, "gid": gid, "additionalGids": groups},
             "args": args,
             "env": env,

@@ -1,7 +1,8 @@
 //! What a node serves on its tunnel for the pods it runs (the kubelet's streaming server):
-//! a container's log, read from the runtime's log files, and a command run in a container
+//! a container's log, read from the runtime's log files; a command run in a container
 //! with `flotilla runtime exec`, its stdin, stdout, stderr and exit status relayed as
-//! channel frames (see [`flotilla_tunnel::Request`]).
+//! channel frames (see [`flotilla_tunnel::Request`]); and the container's own streams
+//! (`attach`), relayed from its shim's socket (see [`flotilla_runtime::shim`]).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -84,6 +85,15 @@ impl flotilla_tunnel::Handler for PodStreams {
                 let id = container_id(&uid, &container);
                 self.exec(&id, &container, &command, stdin, tty, stream)
                     .await
+            }
+            Request::Attach {
+                uid,
+                container,
+                stdin,
+                tty,
+            } => {
+                let id = container_id(&uid, &container);
+                self.attach(&id, &container, stdin, tty, stream).await
             }
             Request::PortForward { uid, port } => self.port_forward(&uid, port, stream).await,
             Request::Manifest { reference } => {
@@ -220,28 +230,8 @@ impl PodStreams {
             )
             .await;
         }
-        let state = {
-            let (root, id) = (self.root.clone(), id.to_string());
-            tokio::task::spawn_blocking(move || Runtime::new(root).state(&id)).await
-        };
-        match state {
-            Ok(Ok((_, Status::Running))) => {}
-            Ok(Ok(_)) => {
-                return refuse(
-                    stream,
-                    Failure::bad_request(format!(
-                        "container {container} is not running, cannot exec into it"
-                    )),
-                )
-                .await
-            }
-            _ => {
-                return refuse(
-                    stream,
-                    Failure::not_found(format!("container not found (\"{container}\")")),
-                )
-                .await
-            }
+        if let Err(failure) = self.running(id, container, "exec into it").await {
+            return refuse(stream, failure).await;
         }
         let mut cli = tokio::process::Command::new(&self.binary);
         cli.arg("runtime").arg("--root").arg(&self.root).arg("exec");
@@ -353,6 +343,127 @@ impl PodStreams {
         let _ = write_frame(&mut send, 3, status.to_string().as_bytes()).await;
         let _ = send.finish();
     }
+}
+
+impl PodStreams {
+    /// Whether container `id` runs: a refusal saying why `what` cannot be done otherwise.
+    async fn running(&self, id: &str, container: &str, what: &str) -> Result<(), Failure> {
+        let state = {
+            let (root, id) = (self.root.clone(), id.to_string());
+            tokio::task::spawn_blocking(move || Runtime::new(root).state(&id)).await
+        };
+        match state {
+            Ok(Ok((_, Status::Running))) => Ok(()),
+            Ok(Ok(_)) => Err(Failure::bad_request(format!(
+                "container {container} is not running, cannot {what}"
+            ))),
+            _ => Err(Failure::not_found(format!(
+                "container not found (\"{container}\")"
+            ))),
+        }
+    }
+
+    /// Container `id`'s own streams, through its shim's socket: output from now on, stdin
+    /// when asked, window sizes; a `Success` status once the container has ended.
+    async fn attach(&self, id: &str, container: &str, stdin: bool, tty: bool, stream: Stream) {
+        use flotilla_runtime::shim::{CLOSE_STDIN, OPEN, RESIZE, STDERR, STDIN, STDOUT};
+        if let Err(failure) = self.running(id, container, "attach to it").await {
+            return refuse(stream, failure).await;
+        }
+        let socket = match connect_shim(&self.root, id).await {
+            Ok(s) => s,
+            Err(e) => {
+                let message = format!("cannot attach to container {container}: {e}");
+                return refuse(stream, Failure::bad_request(message)).await;
+            }
+        };
+        let (mut from_shim, mut to_shim) = socket.into_split();
+        let opened = async {
+            write_frame(&mut to_shim, OPEN, &[u8::from(stdin)]).await?;
+            read_frame(&mut from_shim).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), opened).await {
+            Ok(Ok(Some((OPEN, _)))) => {}
+            _ => {
+                let message =
+                    format!("cannot attach to container {container}: its shim does not answer");
+                return refuse(stream, Failure::internal(message)).await;
+            }
+        }
+        let Stream { mut send, mut recv } = stream;
+        if write_header(&mut send, &Reply::Ok).await.is_err() {
+            return;
+        }
+        // The caller's frames go to the shim; the socket stays open until the end, since its
+        // end tells the shim that this client has gone.
+        let (gone_tx, mut gone) = tokio::sync::oneshot::channel::<()>();
+        let upstream = tokio::spawn(async move {
+            loop {
+                match read_frame(&mut recv).await {
+                    Ok(Some((channel, data))) => {
+                        let forward = match channel {
+                            STDIN | CLOSE_STDIN => stdin,
+                            RESIZE => true,
+                            _ => false,
+                        };
+                        if forward && write_frame(&mut to_shim, channel, &data).await.is_err() {
+                            return;
+                        }
+                    }
+                    // The caller sends nothing more but still reads.
+                    Ok(None) => std::future::pending::<()>().await,
+                    Err(_) => {
+                        let _ = gone_tx.send(());
+                        return;
+                    }
+                }
+            }
+        });
+        loop {
+            tokio::select! {
+                frame = read_frame(&mut from_shim) => match frame {
+                    Ok(Some((channel @ (STDOUT | STDERR), data))) => {
+                        // With a terminal, Kubernetes has no stderr channel.
+                        let channel = if tty { STDOUT } else { channel };
+                        if write_frame(&mut send, channel, &data).await.is_err() {
+                            upstream.abort();
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    // The container has ended.
+                    Ok(None) | Err(_) => break,
+                },
+                _ = &mut gone => {
+                    upstream.abort();
+                    return;
+                }
+            }
+        }
+        upstream.abort();
+        let success = json!({"metadata": {}, "status": "Success"});
+        let _ = write_frame(&mut send, 3, success.to_string().as_bytes()).await;
+        let _ = send.finish();
+    }
+}
+
+/// Connects to container `id`'s attach socket through its directory's descriptor (a socket
+/// path is at most 107 bytes; the runtime's root may be long).
+async fn connect_shim(root: &std::path::Path, id: &str) -> std::io::Result<tokio::net::UnixStream> {
+    use std::os::fd::AsRawFd;
+    let socket = Runtime::new(root)
+        .attach_socket(id)
+        .map_err(std::io::Error::other)?;
+    let dir = std::fs::File::open(socket.parent().unwrap_or(root))?;
+    let short = format!("/proc/self/fd/{}/attach.sock", dir.as_raw_fd());
+    let connected = tokio::net::UnixStream::connect(&short).await;
+    drop(dir);
+    connected.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            std::io::Error::other("its shim has no attach socket (the container was created before this node served attach)")
+        }
+        _ => e,
+    })
 }
 
 /// The FIFO an exec with a terminal reads window sizes from (`COLS ROWS` lines); removed when

@@ -114,6 +114,7 @@ pub const RESOURCES: &[Resource] = &[
             "eviction",
             "log",
             "exec",
+            "attach",
             "portforward",
         ],
     ),

@@ -180,6 +180,7 @@ fn subresource(r: &Resource, sub: &str) -> Value {
         "eviction" => ("Eviction", &["create"], Some(("policy", "v1"))),
         "log" => ("Pod", &["get"], None),
         "exec" => ("PodExecOptions", &["create", "get"], None),
+        "attach" => ("PodAttachOptions", &["create", "get"], None),
         "portforward" => ("PodPortForwardOptions", &["create", "get"], None),
         _ => (r.kind, &["get"], None),
     };

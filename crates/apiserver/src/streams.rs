@@ -1,10 +1,10 @@
-//! The pods' streaming subresources, `log` and `exec`, served by every node's API for pods on
+//! The pods' streaming subresources, `log`, `exec`, `attach` and `portforward`, served by every node's API for pods on
 //! any node: the request goes through the tunnel to the node the pod is bound to (its
 //! address from the Node object: `InternalIP` and `daemonEndpoints.kubeletEndpoint.Port`, as
 //! the Kubernetes API server reaches a kubelet).
 //!
-//! `log` answers `text/plain`, chunked while following. `exec` is a WebSocket with the
-//! `v5.channel.k8s.io` subprotocol that kubectl 1.30 and later speak: each binary message is
+//! `log` answers `text/plain`, chunked while following. `exec` and `attach` are WebSockets
+//! with the `v5.channel.k8s.io` subprotocol that kubectl 1.30 and later speak: each binary message is
 //! a channel byte and data, relayed as tunnel frames. A refusal (no such pod or container, a
 //! container not running, a node that cannot be reached) comes back as a Kubernetes `Status`
 //! before anything is streamed.
@@ -33,7 +33,7 @@ const PORT_FORWARD: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// Whether `sub` of pods is served here.
 pub fn serves(sub: &str) -> bool {
-    matches!(sub, "log" | "exec" | "portforward")
+    matches!(sub, "log" | "exec" | "attach" | "portforward")
 }
 
 /// A refusal before anything is streamed (boxed: a response is large).
@@ -186,6 +186,9 @@ pub async fn handle(
         "log" => logs(&tunnel, pod, query.as_deref())
             .await
             .unwrap_or_else(|r| *r),
+        "attach" => attach(req, &tunnel, pod, query.as_deref())
+            .await
+            .unwrap_or_else(|r| *r),
         _ => exec(req, &tunnel, pod, query.as_deref())
             .await
             .unwrap_or_else(|r| *r),
@@ -278,6 +281,30 @@ async fn exec(
         uid: pod.uid,
         container: pod.container,
         command,
+        stdin: flag(query, "stdin"),
+        tty: flag(query, "tty"),
+    };
+    let stream = tunnel
+        .open(pod.node, &request)
+        .await
+        .map_err(tunnel_failure)?;
+    Ok(accept(&mut req, &key, V5, move |ws| relay(ws, stream)))
+}
+
+async fn attach(
+    mut req: Request<Incoming>,
+    tunnel: &Arc<flotilla_tunnel::Tunnel>,
+    pod: PodTarget,
+    query: Option<&str>,
+) -> Result<Response<Body>, Refusal> {
+    let Some(key) = websocket_key(&req, V5) else {
+        return Err(bad(&format!(
+            "attach is served over WebSocket with the {V5} subprotocol (kubectl 1.30 or later); SPDY is not served"
+        )));
+    };
+    let request = TunnelRequest::Attach {
+        uid: pod.uid,
+        container: pod.container,
         stdin: flag(query, "stdin"),
         tty: flag(query, "tty"),
     };

@@ -33,6 +33,12 @@ struct Placement {
     /// The image store.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/flotilla/images")]
     images: PathBuf,
+    /// Keep a stdin open that `attach` clients write (otherwise stdin is this command's).
+    #[arg(long)]
+    stdin: bool,
+    /// With --stdin: the stdin ends when the first client that attached it ends.
+    #[arg(long, requires = "stdin")]
+    stdin_once: bool,
 }
 
 impl Placement {
@@ -40,6 +46,8 @@ impl Placement {
         CreateOptions {
             sandbox: self.sandbox,
             image: self.image.map(|i| (self.images, i)),
+            stdin: self.stdin,
+            stdin_once: self.stdin_once,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,11 @@ pub struct CreateOptions {
     /// The root is this image (name or manifest digest) of the store at the path, as an
     /// overlay with the container's own upper layer, instead of the bundle's `root.path`.
     pub image: Option<(PathBuf, String)>,
+    /// The container reads a stdin that attached clients write (a pod's `stdin`); otherwise
+    /// its stdin is the caller's (`/dev/null` for the agent's containers).
+    pub stdin: bool,
+    /// The stdin ends after the first client that attached it (`stdinOnce`).
+    pub stdin_once: bool,
 }
 
 /// The image store's lease on layers for the container in `dir`: unique per container
@@ -114,12 +120,32 @@ fn limits(spec: &Spec) -> Limits {
     }
 }
 
+/// The shim's attach socket in the container's directory `dir`, bound with a short relative
+/// path (a socket's path is at most 107 bytes). The shim is single-threaded here.
+fn attach_listener(dir: &Path) -> Option<UnixListener> {
+    std::env::set_current_dir(dir).ok()?;
+    let listener = UnixListener::bind("attach.sock");
+    let _ = std::env::set_current_dir("/");
+    listener.ok()
+}
+
 /// How the init learns that it may exec the process.
 enum Go<'a> {
     /// `start`, in another process, reads the FIFO (`create` then `start`).
     Fifo(&'a Path),
     /// The parent writes a byte on this pipe (`run`, which starts at once).
     Pipe(&'a OwnedFd),
+}
+
+/// The standard streams a detached container's init sets up.
+#[derive(Clone, Copy, Default)]
+struct InitIo<'a> {
+    /// The write ends of the stdout and stderr pipes.
+    output: Option<(&'a OwnedFd, &'a OwnedFd)>,
+    /// The read end of the stdin pipe.
+    stdin: Option<&'a OwnedFd>,
+    /// Where the master of the container's terminal goes (`process.terminal`).
+    console: Option<&'a UnixStream>,
 }
 
 /// The container's init, in the child: every step, then the process. On failure the reason
@@ -130,13 +156,16 @@ fn init_main(
     joins: &[(PathBuf, flotilla_sys::CloneFlags)],
     go: Go<'_>,
     report: &OwnedFd,
-    output: Option<(&OwnedFd, &OwnedFd)>,
+    io: InitIo<'_>,
 ) -> isize {
     let sys = LinuxSyscall;
     let mut out = fs::File::from(report.try_clone().expect("dup of the report pipe"));
     let result = (|| -> Result<std::convert::Infallible, RuntimeError> {
-        if let Some((out, err)) = output {
+        if let Some((out, err)) = io.output {
             flotilla_sys::redirect_output(out.as_fd(), err.as_fd())?;
+        }
+        if let Some(input) = io.stdin {
+            flotilla_sys::tty::redirect_input(input.as_fd())?;
         }
         for (path, kind) in joins {
             flotilla_sys::Syscall::setns(&sys, path, *kind)?;
@@ -155,6 +184,12 @@ fn init_main(
         init::prepare_rootfs(&sys, spec, rootfs)?;
         init::configure(&sys, spec)?;
         init::find_program(spec)?;
+        // A terminal of the container's devpts, its master to the shim (the slave stays
+        // open until exec).
+        let terminal = match io.console {
+            Some(console) => Some(flotilla_sys::tty::send_console(console.as_fd())?),
+            None => None,
+        };
         out.write_all(b"ready\n")
             .map_err(|e| RuntimeError::Setup(format!("report: {e}")))?;
         match (go, fifo_path) {
@@ -175,6 +210,10 @@ fn init_main(
             }
             (Go::Fifo(_), None) => unreachable!("opened above"),
         }
+        if let Some((slave, _held)) = &terminal {
+            flotilla_sys::tty::attach_terminal(slave)?;
+        }
+        flotilla_sys::close_inherited_at_exec()?;
         init::exec(&sys, spec)
     })();
     let err = match result {
@@ -195,6 +234,12 @@ impl Runtime {
 
     pub(crate) fn dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
+    }
+
+    /// The socket `attach` clients reach container `id`'s shim on (see [`crate::shim`]).
+    pub fn attach_socket(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        self.load(id)?;
+        Ok(crate::shim::socket_path(&self.dir(id)))
     }
 
     /// Where a created container's output is logged (until it is deleted).
@@ -343,6 +388,28 @@ impl Runtime {
                 (None, None)
             };
             let ends = output.as_ref().map(|((_, ow), (_, ew))| (ow, ew));
+            // A terminal (its master comes from the init), or a stdin pipe the shim holds.
+            let terminal = logs
+                && spec
+                    .process()
+                    .as_ref()
+                    .and_then(|p| p.terminal())
+                    .unwrap_or(false);
+            let console = if terminal {
+                Some(UnixStream::pair()?)
+            } else {
+                None
+            };
+            let stdin = if logs && options.stdin && !terminal {
+                Some(flotilla_sys::pipe()?)
+            } else {
+                None
+            };
+            let io = InitIo {
+                output: ends,
+                stdin: stdin.as_ref().map(|(r, _)| r),
+                console: console.as_ref().map(|(_, init_end)| init_end),
+            };
             let go = match &go_pipe {
                 Some((r, _)) => Go::Pipe(r),
                 None => Go::Fifo(&fifo),
@@ -353,7 +420,7 @@ impl Runtime {
                         Go::Pipe(r) => Go::Pipe(r),
                         Go::Fifo(f) => Go::Fifo(f),
                     };
-                    init_main(&spec, &rootfs, &joins, go, &write, ends)
+                    init_main(&spec, &rootfs, &joins, go, &write, io)
                 })
             };
             let (pid, shim) = match (&output, writer) {
@@ -386,7 +453,28 @@ impl Runtime {
                             let _ = flotilla_sys::close_raw(ew.as_raw_fd());
                         }
                         let _ = flotilla_sys::close_raw(write.as_raw_fd());
-                        crate::logs::shim(out_r, err_r, writer);
+                        if let Some((r, _)) = &stdin {
+                            let _ = flotilla_sys::close_raw(r.as_raw_fd());
+                        }
+                        // The init's end closed here, the master arrives or the init ended.
+                        let master = console.as_ref().and_then(|(shim_end, init_end)| {
+                            let _ = flotilla_sys::close_raw(init_end.as_raw_fd());
+                            flotilla_sys::tty::recv_fd(shim_end.as_fd()).ok().flatten()
+                        });
+                        let streams = crate::shim::Streams {
+                            stdout: out_r,
+                            stderr: err_r,
+                            terminal: master,
+                            // The only write end left (the container's input ends with it).
+                            stdin: stdin.as_ref().and_then(|(_, w)| {
+                                let only = w.try_clone().ok();
+                                let _ = flotilla_sys::close_raw(w.as_raw_fd());
+                                only
+                            }),
+                            stdin_enabled: options.stdin,
+                            stdin_once: options.stdin_once,
+                        };
+                        crate::shim::run(streams, attach_listener(&dir), writer);
                         let status = flotilla_sys::wait_exit(pid);
                         record_exit(&exit_path, status, &cgroup);
                         0
@@ -408,6 +496,10 @@ impl Runtime {
             };
             drop(write);
             drop(output);
+            // Only the shim and the init keep these: the shim learns that an init failed
+            // before sending its terminal when the init's end closes.
+            drop(console);
+            drop(stdin);
             let go_writer = go_pipe.map(|(_, w)| fs::File::from(w));
             let state = State {
                 id: id.to_string(),

@@ -88,12 +88,12 @@ impl Runtime {
                 };
                 let slave = pty.as_ref().map(|(_, slave)| slave.clone());
                 let command = flotilla_sys::fork_child(|| {
-                    let started = match &slave {
-                        Some(slave) => flotilla_sys::tty::attach_terminal(slave)
-                            .map_err(RuntimeError::from)
-                            .and_then(|()| init::exec(&sys, &process_spec)),
-                        None => init::exec(&sys, &process_spec),
-                    };
+                    let started = slave
+                        .as_ref()
+                        .map_or(Ok(()), |s| flotilla_sys::tty::attach_terminal(s))
+                        .and_then(|()| flotilla_sys::close_inherited_at_exec())
+                        .map_err(RuntimeError::from)
+                        .and_then(|()| init::exec(&sys, &process_spec));
                     match started {
                         Ok(never) => match never {},
                         Err(e) => {

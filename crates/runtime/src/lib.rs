@@ -20,6 +20,7 @@ pub mod nft;
 pub mod pod;
 pub mod registry;
 pub mod sandbox;
+pub mod shim;
 
 pub use container::{CreateOptions, Exit, Runtime, State, Status};
 pub use pod::{

@@ -1,18 +1,16 @@
 //! Container logs as the kubelet keeps them (the CRI format): one line per line of output,
 //! `TIMESTAMP STREAM TAG MESSAGE`, the timestamp RFC 3339 with nanoseconds, the stream
 //! `stdout` or `stderr`, the tag `F` for a full line or `P` for a part of a longer one (cut
-//! every 16 KiB). A shim process, forked at `create`, reads the container's stdout and stderr
-//! pipes and appends to `container.log`, which it rotates to `container.log.1` past a size.
+//! every 16 KiB). The container's shim (see [`crate::shim`]) appends them to `container.log`,
+//! which it rotates to `container.log.1` past a size.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::fd::OwnedFd;
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::SystemTime;
 
 /// Longest part of a line written as one log line.
-const MAX_PART: usize = 16 * 1024;
+pub(crate) const MAX_PART: usize = 16 * 1024;
 
 /// The log file of a container in its state directory.
 pub fn path(dir: &Path) -> PathBuf {
@@ -59,6 +57,11 @@ impl Writer {
         })
     }
 
+    /// The log file written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
         if self.size + line.len() as u64 > self.max_bytes && self.size > 0 {
             let mut old = self.path.clone().into_os_string();
@@ -73,57 +76,6 @@ impl Writer {
         self.file.write_all(line)?;
         self.size += line.len() as u64;
         Ok(())
-    }
-}
-
-/// Reads `pipe` and sends each line (or 16 KiB part) of it, tagged with `stream`.
-fn pump(pipe: OwnedFd, stream: &'static str, tx: mpsc::Sender<Vec<u8>>) {
-    let mut reader = BufReader::new(File::from(pipe));
-    let mut pending: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = match reader.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&chunk[..n]);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let _ = tx.send(format_line(
-                SystemTime::now(),
-                stream,
-                false,
-                &line[..line.len() - 1],
-            ));
-        }
-        while pending.len() >= MAX_PART {
-            let part: Vec<u8> = pending.drain(..MAX_PART).collect();
-            let _ = tx.send(format_line(SystemTime::now(), stream, true, &part));
-        }
-    }
-    if !pending.is_empty() {
-        let _ = tx.send(format_line(SystemTime::now(), stream, false, &pending));
-    }
-}
-
-/// The shim's work: copy both pipes into the log until the container has closed them.
-pub fn shim(stdout: OwnedFd, stderr: OwnedFd, mut writer: Writer) -> i32 {
-    let (tx, rx) = mpsc::channel();
-    let out = {
-        let tx = tx.clone();
-        std::thread::spawn(move || pump(stdout, "stdout", tx))
-    };
-    let err = std::thread::spawn(move || pump(stderr, "stderr", tx));
-    for line in rx {
-        if writer.write(&line).is_err() {
-            return 1;
-        }
-    }
-    let _ = out.join();
-    let _ = err.join();
-    match File::create(done_path(&writer.path)) {
-        Ok(_) => 0,
-        Err(_) => 1,
     }
 }
 
@@ -250,22 +202,6 @@ mod tests {
         }
         assert!(dir.path().join("container.log.1").exists());
         assert!(fs::metadata(&log).unwrap().len() <= 200);
-    }
-
-    #[test]
-    fn the_shim_copies_both_pipes_until_they_close() {
-        let dir = tempfile::tempdir().unwrap();
-        let (out_r, out_w) = flotilla_sys::pipe().unwrap();
-        let (err_r, err_w) = flotilla_sys::pipe().unwrap();
-        let writer = Writer::open(path(dir.path()), 1 << 20).unwrap();
-        let shim = std::thread::spawn(move || shim(out_r, err_r, writer));
-        File::from(out_w).write_all(b"one\ntwo").unwrap();
-        File::from(err_w).write_all(b"oops\n").unwrap();
-        assert_eq!(shim.join().unwrap(), 0);
-        assert!(done_path(&path(dir.path())).exists());
-        let (mut msgs, _) = read_from(&path(dir.path()), 0, false).unwrap();
-        msgs.sort();
-        assert_eq!(msgs, ["one", "oops", "two"]);
     }
 
     #[test]

@@ -47,11 +47,14 @@ pub struct PodDns {
 /// A container to create: an OCI bundle (its `config.json` says what runs, with what
 /// environment, mounts and limits), in a sandbox, with an image of the node's store as its
 /// root when set.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContainerRequest {
     pub bundle: PathBuf,
     pub sandbox: Option<String>,
     pub image: Option<String>,
+    /// The pod's `stdin` and `stdinOnce`: a stdin that `kubectl attach -i` writes.
+    pub stdin: bool,
+    pub stdin_once: bool,
 }
 
 /// How a container ended.
@@ -291,6 +294,12 @@ impl PodRuntime for ProcessRuntime {
         }
         if let Some(i) = &request.image {
             args.extend(["--image", i.as_str(), "--images", &images]);
+        }
+        if request.stdin {
+            args.push("--stdin");
+        }
+        if request.stdin_once {
+            args.push("--stdin-once");
         }
         args.push(id);
         self.cli(&args, COMMAND_TIMEOUT).await.map(|_| ())
@@ -667,6 +676,7 @@ mod tests {
             bundle: "/b".into(),
             sandbox: Some("pod-a".into()),
             image: Some("busybox".into()),
+            ..Default::default()
         };
         rt.create_container("pod-a-app", &request).await.unwrap();
         rt.start_container("pod-a-app").await.unwrap();

@@ -15,9 +15,9 @@ pub use nix::sched::CloneFlags;
 pub use nix::sys::signal::Signal;
 pub use nix::unistd::Pid;
 pub use process::{
-    can_administer, clone_child, close_raw, exit_now, fork_child, kill, mkfifo, new_session,
-    pid_alive, pipe, redirect_output, spawn_in_netns, start_ticks, ticks_to_time, wait_exit,
-    ExitStatus,
+    can_administer, clone_child, close_inherited_at_exec, close_raw, exit_now, fork_child, kill,
+    mkfifo, new_session, pid_alive, pipe, redirect_output, spawn_in_netns, start_ticks,
+    ticks_to_time, wait_exit, ExitStatus,
 };
 pub use syscall::{LinuxSyscall, RecordingSyscall, Syscall};
 

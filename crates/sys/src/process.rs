@@ -186,3 +186,26 @@ pub fn spawn_in_netns(
     }
     Ok(())
 }
+
+/// Marks every descriptor from 3 up close-on-exec: a container's process gets its standard
+/// streams and nothing the node, the runtime or the shim had open.
+pub fn close_inherited_at_exec() -> Result<()> {
+    // SAFETY: close_range with the CLOEXEC flag only sets a flag on this process's
+    // descriptors; no memory is passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r < 0 {
+        return Err(SysError::new(
+            "close_range",
+            "3..",
+            nix::errno::Errno::last(),
+        ));
+    }
+    Ok(())
+}

@@ -177,3 +177,79 @@ pub fn raw_mode(fd: BorrowedFd<'_>) -> Option<Termios> {
 pub fn restore_mode(fd: BorrowedFd<'_>, saved: &Termios) {
     let _ = termios::tcsetattr(fd, SetArg::TCSANOW, saved);
 }
+
+/// In a container's init: a new terminal of the container's devpts, its master sent to the
+/// shim over `console` (a Unix socket), its slave opened once here so that the master
+/// never reads as ended before the process has it. Returns the slave's path (for
+/// [`attach_terminal`]) and that descriptor, which closes at exec.
+pub fn send_console(console: BorrowedFd<'_>) -> Result<(PathBuf, OwnedFd)> {
+    let (master, slave) = open_pty()?;
+    let held = nix::fcntl::open(
+        &slave,
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| SysError::new("open", slave.display(), e))?;
+    send_fd(console, master.as_fd())?;
+    Ok((slave, held))
+}
+
+/// Sends descriptor `fd` over the Unix socket `socket` (SCM_RIGHTS, with one byte of data).
+pub fn send_fd(socket: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let data = [std::io::IoSlice::new(b"t")];
+    loop {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            &data,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(SysError::new("sendmsg", "SCM_RIGHTS", e)),
+        }
+    }
+}
+
+/// Receives a descriptor [`send_fd`] sent (close-on-exec), or `None` when the socket ends
+/// without one.
+pub fn recv_fd(socket: BorrowedFd<'_>) -> Result<Option<OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut data = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    loop {
+        let message = match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut data,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => m,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(SysError::new("recvmsg", "SCM_RIGHTS", e)),
+        };
+        let cmsgs = message
+            .cmsgs()
+            .map_err(|e| SysError::new("recvmsg", "control messages", e))?;
+        for cmsg in cmsgs {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                if let Some(&fd) = fds.first() {
+                    // SAFETY: the kernel just installed `fd` in this process for us; nothing
+                    // else owns it.
+                    return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
+                }
+            }
+        }
+        return Ok(None);
+    }
+}
+
+/// Makes `fd` this process's stdin.
+pub fn redirect_input(fd: BorrowedFd<'_>) -> Result<()> {
+    nix::unistd::dup2_stdin(fd).map_err(|e| SysError::new("dup2", "stdin", e))
+}

@@ -106,6 +106,16 @@ pub enum Request {
         stdin: bool,
         tty: bool,
     },
+    /// The streams of a running container's own process (`kubectl attach`). Payload: frames
+    /// as for [`Request::Exec`]: the output as it is written from now on, stdin when
+    /// `stdin`, and, once the container has ended or the attach failed, a `Status` (3).
+    #[serde(rename_all = "camelCase")]
+    Attach {
+        uid: String,
+        container: String,
+        stdin: bool,
+        tty: bool,
+    },
     /// A TCP connection to `port` in the pod's network namespace. Payload: the connection's
     /// bytes, both ways.
     #[serde(rename_all = "camelCase")]

@@ -128,6 +128,8 @@ impl Agent {
             bundle,
             sandbox: Some(sandbox_id(uid)),
             image: Some(image.manifest.clone()),
+            stdin: c.stdin == Some(true),
+            stdin_once: c.stdin == Some(true) && c.stdin_once == Some(true),
         };
         // A program that cannot be executed fails `create` (the runtime looks it up before
         // the container is ready) or `start`: Kubernetes' RunContainerError, a StartError
