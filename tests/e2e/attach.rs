@@ -43,14 +43,24 @@ impl Attached {
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("kubectl");
         let out = BufReader::new(child.stdout.take().unwrap());
+        let err = BufReader::new(child.stderr.take().unwrap());
         let (tx, lines) = std::sync::mpsc::channel();
+        let tx_err = tx.clone();
         std::thread::spawn(move || {
             for line in out.lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        // kubectl's own messages, marked, so that a failure shows them.
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                if tx_err.send(format!("kubectl stderr: {line}")).is_err() {
                     return;
                 }
             }
@@ -64,6 +74,19 @@ impl Attached {
         stdin.flush().unwrap();
     }
 
+    /// Whether a line equal to `expected` comes within `wait`; the others go to `seen`.
+    fn saw(&mut self, expected: &str, wait: Duration, seen: &mut Vec<String>) -> bool {
+        let until = std::time::Instant::now() + wait;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line == expected => return true,
+                Ok(line) => seen.push(line),
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
     /// Waits for a line of output equal to `expected`, writing `input` each second until it
     /// comes (the attach may not be established when the first is sent).
     fn expect(&mut self, expected: &str, input: Option<&str>) {
@@ -73,44 +96,37 @@ impl Attached {
             if let Some(input) = input {
                 self.send(input);
             }
-            while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
-                if line == expected {
-                    return;
-                }
-                seen.push(line);
+            if self.saw(expected, Duration::from_secs(1), &mut seen) {
+                return;
             }
         }
         panic!("no {expected:?} from kubectl attach; it printed {seen:?}");
     }
 
-    /// Waits for kubectl to exit (killed after `timeout`): its exit code and its output.
-    fn finish(&mut self, timeout: Duration) -> (Option<i32>, String) {
+    /// Waits for kubectl to exit (killed after `timeout`): its exit code, its output, and
+    /// what it said on stderr.
+    fn finish(&mut self, timeout: Duration) -> (Option<i32>, String, String) {
         let deadline = std::time::Instant::now() + timeout;
-        let mut out = String::new();
+        let (mut out, mut err) = (String::new(), String::new());
+        let mut take = |line: String| match line.strip_prefix("kubectl stderr: ") {
+            Some(e) => err += &format!("{e}\n"),
+            None => out += &format!("{line}\n"),
+        };
         loop {
-            while let Ok(line) = self.lines.try_recv() {
-                out += &line;
-                out.push('\n');
-            }
             if let Some(status) = self.child.try_wait().unwrap() {
-                // What was printed before the exit, now that the pipe has ended.
+                // What was printed before the exit, until the pipes have ended.
                 while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-                    out += &line;
-                    out.push('\n');
+                    take(line);
                 }
-                return (status.code(), out);
+                return (status.code(), out, err);
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "kubectl did not end in {timeout:?}; it printed {out:?}"
+                "kubectl did not end in {timeout:?}; it printed {out:?} and {err:?}"
             );
-            let _ = self
-                .lines
-                .recv_timeout(Duration::from_millis(200))
-                .map(|l| {
-                    out += &l;
-                    out.push('\n');
-                });
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                take(line);
+            }
         }
     }
 }
@@ -148,11 +164,11 @@ async fn attach_and_run_it_reach_the_containers_own_process_through_another_node
     );
     run.send("one\ntwo\n");
     drop(run.child.stdin.take());
-    let (code, out) = run.finish(Duration::from_secs(90));
-    assert_eq!(code, Some(0), "kubectl run -i printed {out:?}");
+    let (code, out, err) = run.finish(Duration::from_secs(90));
+    assert_eq!(code, Some(0), "kubectl run -i printed {out:?} and {err:?}");
     assert!(
         out.contains("echo: one\necho: two\nend of input\n"),
-        "kubectl run -i printed {out:?}"
+        "kubectl run -i printed {out:?} and {err:?}"
     );
     ctx.wait("echoer deleted", Duration::from_secs(30), |c| {
         c.kubectl(&["get", "pods", "-o", "name"])
@@ -170,11 +186,23 @@ async fn attach_and_run_it_reach_the_containers_own_process_through_another_node
         let mut attached = Attached::start(&ctx, &["attach", "-i", "reader"]);
         attached.expect(&format!("got {word}"), Some(&format!("{word}\n")));
     }
-    let watcher = Attached::start(&ctx, &["attach", "reader"]);
+    let mut watcher = Attached::start(&ctx, &["attach", "reader"]);
     let mut typist = Attached::start(&ctx, &["attach", "-i", "reader"]);
     typist.expect("got third", Some("third\n"));
-    let mut watcher = watcher;
-    watcher.expect("got third", None);
+    // The watcher sees the output of the typist's input (sent until it does: the watcher's
+    // attach may begin after the typist's).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        typist.send("fourth\n");
+        if watcher.saw("got fourth", Duration::from_secs(1), &mut seen) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watcher never saw \"got fourth\"; it printed {seen:?}"
+        );
+    }
     let pod = ctx.json(&["get", "pod", "reader"]);
     assert_eq!(
         pod["status"]["containerStatuses"][0]["restartCount"], 0,
