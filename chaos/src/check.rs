@@ -17,6 +17,8 @@ pub enum Format {
     Jepsen,
     /// Key-value operations in EDN, one map per line.
     Kv,
+    /// Integer registers in EDN, one per key (what `flotilla-chaos run` records).
+    Register,
 }
 
 /// What a check found.
@@ -83,6 +85,11 @@ pub fn check(format: Format, text: &str, witness_time: Duration) -> Result<Verdi
         Format::Kv => check_keys(
             &KvKey,
             history::kv(text)?.into_iter().collect(),
+            witness_time,
+        ),
+        Format::Register => check_keys(
+            &Register,
+            history::register(text)?.into_iter().collect(),
             witness_time,
         ),
     })

@@ -203,6 +203,10 @@ enum Edn {
     Keyword(String),
     Str(String),
     Int(i64),
+    /// A vector of integers (`[1 2]`).
+    Ints(Vec<i64>),
+    /// Any other number, as written (`:time 1.25`).
+    Float(String),
     Nil,
 }
 
@@ -266,13 +270,35 @@ fn edn_map(text: &str) -> Result<BTreeMap<String, Edn>, String> {
                 chars.next();
                 Edn::Keyword(word(&mut chars))
             }
+            Some('[') => {
+                chars.next();
+                let mut items = String::new();
+                loop {
+                    match chars.next() {
+                        None => return Err(format!("the vector of :{key} does not end")),
+                        Some(']') => break,
+                        Some(c) => items.push(c),
+                    }
+                }
+                let ints = items
+                    .split(|c: char| c.is_whitespace() || c == ',')
+                    .filter(|w| !w.is_empty())
+                    .map(|w| w.parse::<i64>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| format!("the vector of :{key} holds something not an integer"))?;
+                Edn::Ints(ints)
+            }
             Some(_) => {
                 let w = word(&mut chars);
-                match w.as_str() {
-                    "nil" => Edn::Nil,
-                    _ => Edn::Int(w.parse().map_err(|_| {
-                        format!("value {w:?} of :{key}: not a string, keyword, integer or nil")
-                    })?),
+                match (w.as_str(), w.parse::<i64>(), w.parse::<f64>()) {
+                    ("nil", _, _) => Edn::Nil,
+                    (_, Ok(i), _) => Edn::Int(i),
+                    (_, _, Ok(_)) => Edn::Float(w),
+                    _ => {
+                        return Err(format!(
+                            "value {w:?} of :{key}: not a string, keyword, number or nil"
+                        ))
+                    }
                 }
             }
             None => return Err(format!(":{key} has no value")),
@@ -285,11 +311,26 @@ fn edn_map(text: &str) -> Result<BTreeMap<String, Edn>, String> {
     Ok(map)
 }
 
-/// A key-value history: each key's operations.
-pub type KvHistory = BTreeMap<String, Vec<Operation<KvOp, KvOut>>>;
+/// Each key's operations.
+pub type Keyed<I, O> = BTreeMap<String, Vec<Operation<I, O>>>;
 
-/// A key-value history in EDN.
-pub fn kv(text: &str) -> Result<KvHistory, ParseError> {
+/// A key-value history: each key's operations.
+pub type KvHistory = Keyed<KvOp, KvOut>;
+
+/// A history of registers: each key's operations.
+pub type RegisterHistory = Keyed<RegisterOp, RegisterOut>;
+
+/// How one kind of history reads its operations.
+struct Reader<I, O> {
+    /// The input of an invocation: its `:f` and `:value`.
+    input: fn(&str, &Edn) -> Result<I, String>,
+    /// What a completed operation returned, from its `:value`.
+    output: fn(&I, &Edn) -> Result<O, String>,
+    /// What a `:fail` says, if it says more than that the operation did not happen.
+    failed: fn(&I) -> Option<O>,
+}
+
+fn edn_history<I, O>(text: &str, reader: Reader<I, O>) -> Result<Keyed<I, O>, ParseError> {
     let mut pairing = Pairing::new();
     let mut keys: Vec<String> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
@@ -315,62 +356,99 @@ pub fn kv(text: &str) -> Result<KvHistory, ParseError> {
             Edn::Keyword(k) => kind(k, line)?,
             other => return Err(error(line, format!(":type {other:?}: expected a keyword"))),
         };
-        let value = match map.get("value") {
-            Some(Edn::Str(s)) => Some(s.clone()),
-            Some(Edn::Nil) | None => None,
-            Some(other) => {
-                return Err(error(
-                    line,
-                    format!(":value {other:?}: expected a string or nil"),
-                ))
-            }
-        };
+        let value = map.get("value").unwrap_or(&Edn::Nil);
         match kind {
             Kind::Invoke => {
                 let key = match get("key")? {
                     Edn::Str(k) => k.clone(),
                     other => return Err(error(line, format!(":key {other:?}: expected a string"))),
                 };
-                let input = match (get("f")?, value) {
-                    (Edn::Keyword(f), _) if f == "get" => KvOp::Get,
-                    (Edn::Keyword(f), Some(v)) if f == "put" => KvOp::Put(v),
-                    (Edn::Keyword(f), Some(v)) if f == "append" => KvOp::Append(v),
-                    (f, _) => {
-                        return Err(error(
-                            line,
-                            format!(
-                                ":f {f:?}: expected :get, or :put or :append with a string value"
-                            ),
-                        ))
-                    }
+                let f = match get("f")? {
+                    Edn::Keyword(f) => f.clone(),
+                    other => return Err(error(line, format!(":f {other:?}: expected a keyword"))),
                 };
+                let input = (reader.input)(&f, value).map_err(|m| error(line, m))?;
                 pairing.invoke(process, input, line)?;
                 keys.push(key);
             }
             Kind::Ok => {
                 let i = pairing.end(process, line)?;
-                let output = match pairing.input(i) {
-                    KvOp::Get => KvOut(Some(value.unwrap_or_default())),
-                    _ => KvOut(None),
-                };
+                let output =
+                    (reader.output)(pairing.input(i), value).map_err(|m| error(line, m))?;
                 pairing.complete(i, output, line);
             }
             Kind::Fail => {
                 let i = pairing.end(process, line)?;
-                pairing.ops[i] = None;
+                match (reader.failed)(pairing.input(i)) {
+                    Some(output) => pairing.complete(i, output, line),
+                    None => pairing.ops[i] = None,
+                }
             }
             Kind::Info => {
                 pairing.end(process, line)?;
             }
         }
     }
-    let mut history = KvHistory::new();
+    let mut history = Keyed::new();
     for (op, key) in pairing.ops.into_iter().zip(keys) {
         if let Some(op) = op {
             history.entry(key).or_default().push(op);
         }
     }
     Ok(history)
+}
+
+/// A key-value history in EDN (`:f` `:get`, `:put` or `:append`, string values).
+pub fn kv(text: &str) -> Result<KvHistory, ParseError> {
+    edn_history(
+        text,
+        Reader {
+            input: |f, value| match (f, value) {
+                ("get", _) => Ok(KvOp::Get),
+                ("put", Edn::Str(v)) => Ok(KvOp::Put(v.clone())),
+                ("append", Edn::Str(v)) => Ok(KvOp::Append(v.clone())),
+                _ => Err(format!(
+                    ":f :{f} with {value:?}: expected :get, or :put or :append with a string value"
+                )),
+            },
+            output: |input, value| match (input, value) {
+                (KvOp::Get, Edn::Str(v)) => Ok(KvOut(Some(v.clone()))),
+                (KvOp::Get, Edn::Nil) => Ok(KvOut(Some(String::new()))),
+                (KvOp::Get, other) => Err(format!(":value {other:?}: expected a string or nil")),
+                _ => Ok(KvOut(None)),
+            },
+            failed: |_| None,
+        },
+    )
+}
+
+/// A history of integer registers in EDN, one per key (`:f` `:read`, `:write` N or `:cas`
+/// `[OLD NEW]`; a read's value is N or `nil`): what `flotilla-chaos run` records.
+pub fn register(text: &str) -> Result<RegisterHistory, ParseError> {
+    edn_history(
+        text,
+        Reader {
+            input: |f, value| match (f, value) {
+                ("read", _) => Ok(RegisterOp::Read),
+                ("write", Edn::Int(v)) => Ok(RegisterOp::Write(*v)),
+                ("cas", Edn::Ints(pair)) if pair.len() == 2 => {
+                    Ok(RegisterOp::Cas(pair[0], pair[1]))
+                }
+                _ => Err(format!(
+                    ":f :{f} with {value:?}: expected :read, :write N or :cas [OLD NEW]"
+                )),
+            },
+            output: |input, value| match (input, value) {
+                (RegisterOp::Read, Edn::Int(v)) => Ok(RegisterOut::Read(Some(*v))),
+                (RegisterOp::Read, Edn::Nil) => Ok(RegisterOut::Read(None)),
+                (RegisterOp::Read, other) => {
+                    Err(format!(":value {other:?}: expected an integer or nil"))
+                }
+                _ => Ok(RegisterOut::Done),
+            },
+            failed: |input| matches!(input, RegisterOp::Cas(..)).then_some(RegisterOut::CasFailed),
+        },
+    )
 }
 
 #[cfg(test)]
@@ -441,5 +519,25 @@ mod tests {
         assert_eq!(h["a"][0].input, KvOp::Append("x 0 0 y".into()));
         assert_eq!(h["b"][0].output, Some(KvOut(Some(String::new()))));
         assert_eq!((h["b"][0].call, h["b"][0].ret), (2, Some(4)));
+    }
+
+    #[test]
+    fn a_register_history_reads_writes_and_compare_and_sets() {
+        let text = "{:process 0, :type :invoke, :f :write, :key \"r1\", :value 3}\n\
+                    {:process 1, :type :invoke, :f :cas, :key \"r1\", :value [3 4]}\n\
+                    {:process 0, :type :ok, :f :write, :key \"r1\", :value 3}\n\
+                    {:process 1, :type :fail, :f :cas, :key \"r1\", :value [3 4]}\n\
+                    {:process 2, :type :invoke, :f :read, :key \"r2\", :value nil}\n\
+                    {:process 2, :type :ok, :f :read, :key \"r2\", :value nil}\n";
+        let h = register(text).unwrap();
+        let r1: Vec<_> = h["r1"].iter().map(|o| (o.input, o.output)).collect();
+        assert_eq!(
+            r1,
+            [
+                (RegisterOp::Write(3), Some(RegisterOut::Done)),
+                (RegisterOp::Cas(3, 4), Some(RegisterOut::CasFailed)),
+            ]
+        );
+        assert_eq!(h["r2"][0].output, Some(RegisterOut::Read(None)));
     }
 }

@@ -8,3 +8,4 @@ pub mod check;
 pub mod history;
 pub mod linearizability;
 pub mod models;
+pub mod run;

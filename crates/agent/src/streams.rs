@@ -292,7 +292,8 @@ impl PodStreams {
             });
             tx
         });
-        let Stream { mut send, mut recv } = stream;
+        let Stream { mut send, recv } = stream;
+        let mut input = caller_frames(recv);
         let mut input_open = true;
         let status = loop {
             tokio::select! {
@@ -304,7 +305,7 @@ impl PodStreams {
                     }
                     None => break child.wait().await,
                 },
-                frame = read_frame(&mut recv), if input_open => match frame {
+                frame = input.recv(), if input_open => match frame.unwrap_or(Ok(None)) {
                     Ok(Some((0, data))) => {
                         if child_stdin.as_ref().is_some_and(|i| i.send(data).is_err()) {
                             child_stdin = None;
@@ -551,6 +552,28 @@ impl PodStreams {
         let _ = send.finish();
         let _ = to_pod.await;
     }
+}
+
+/// A channel frame: its channel and data.
+type Frame = (u8, Vec<u8>);
+
+/// The caller's frames, read by a task of their own: reading a frame is not cancel-safe (a
+/// frame half read when another branch of a `select!` wins would be lost, and the stream
+/// after it misread). The last item is the end of the stream or its error.
+fn caller_frames(
+    mut recv: flotilla_tunnel::RecvStream,
+) -> tokio::sync::mpsc::Receiver<std::io::Result<Option<Frame>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut recv).await;
+            let last = !matches!(frame, Ok(Some(_)));
+            if tx.send(frame).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Copies a pipe into frames of `channel`.
