@@ -48,7 +48,12 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
         /// The faults the nemesis picks from, comma-separated.
-        #[arg(long, value_enum, value_delimiter = ',', default_value = "kill,pause")]
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "kill,pause,partition"
+        )]
         faults: Vec<flotilla_chaos::run::Fault>,
         /// The workloads, comma-separated (this far: register).
         #[arg(long, value_delimiter = ',', default_value = "register")]

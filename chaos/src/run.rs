@@ -13,7 +13,8 @@
 //!
 //! The nemesis, from the seed: every 2–4 s a fault on one node, never more than one at a time
 //! (the cluster keeps its quorum): `kill` (SIGKILL of the node and so of its processes, then a
-//! restart from its data directory 2–4 s later) or `pause` (SIGSTOP, SIGCONT 2–4 s later).
+//! restart from its data directory 2–4 s later), `pause` (SIGSTOP, SIGCONT 2–4 s later) or
+//! `partition` (the node cut off from the others, healed 2–4 s later).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,9 @@ pub enum Fault {
     Kill,
     /// SIGSTOP a node, SIGCONT it 2–4 s later.
     Pause,
+    /// Cut a node off from the others (nftables in the lab's namespaces; clients still reach
+    /// it), heal 2–4 s later.
+    Partition,
 }
 
 /// What a run does.
@@ -280,6 +284,12 @@ pub async fn run(options: RunOptions) -> Result<Value> {
                 cluster.signal(node, nix::sys::signal::Signal::SIGSTOP)?;
                 tokio::time::sleep(hold).await;
                 cluster.signal(node, nix::sys::signal::Signal::SIGCONT)?;
+            }
+            Fault::Partition => {
+                let others: Vec<usize> = (0..options.nodes).filter(|i| *i != node).collect();
+                cluster.partition(&[vec![node], others]).await?;
+                tokio::time::sleep(hold).await;
+                cluster.heal().await?;
             }
         }
         faults.push(json!({

@@ -1,11 +1,11 @@
-//! A short seeded run on a real 3-node lab cluster: kills and pauses while clients on every
+//! A short seeded run on a real 3-node lab cluster: kills, pauses and partitions while clients on every
 //! node read, write and compare-and-set registers through the API; the recorded history is
 //! linearizable and the cluster kept answering between faults.
 
 use std::process::Command;
 
 #[test]
-fn a_seeded_run_with_kills_and_pauses_records_a_linearizable_history() {
+fn a_seeded_run_with_kills_pauses_and_partitions_records_a_linearizable_history() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "flotilla-chaos run needs root for the lab's network namespaces (CI runs as root)"
@@ -13,7 +13,7 @@ fn a_seeded_run_with_kills_and_pauses_records_a_linearizable_history() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_flotilla-chaos"))
         .args(["run", "--nodes", "3", "--seed", "7", "--duration", "25s"])
-        .args(["--faults", "kill,pause", "--report"])
+        .args(["--faults", "kill,pause,partition", "--report"])
         .arg(dir.path())
         .output()
         .unwrap();
