@@ -1,13 +1,11 @@
 //! `flotilla-chaos check`: a recorded history's verdict, key by key.
 
-use std::fmt::Display;
-
 use crate::history::{self, ParseError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::linearizability::{linearizable_unless, witness, History, Model, Operation};
+use crate::linearizability::{linearizable_unless, witness, History, Model};
 use crate::models::{KvKey, Register};
 
 /// The formats `check` reads.
@@ -60,17 +58,13 @@ where
         let (key, ops) = &keys[i];
         let mut w = witness(model, ops, Instant::now() + witness_time);
         w.sort_by_key(|o| o.call);
-        (key.clone(), w.iter().map(describe).collect())
+        (key.clone(), w.iter().map(ToString::to_string).collect())
     });
     Verdict {
         operations,
         keys: count,
         violation,
     }
-}
-
-fn describe<I: Display, O: Display>(op: &Operation<I, O>) -> String {
-    op.to_string()
 }
 
 /// Checks the history `text` in `format`, spending at most `witness_time` on making the

@@ -186,10 +186,7 @@ pub async fn handle(
         "log" => logs(&tunnel, pod, query.as_deref())
             .await
             .unwrap_or_else(|r| *r),
-        "attach" => attach(req, &tunnel, pod, query.as_deref())
-            .await
-            .unwrap_or_else(|r| *r),
-        _ => exec(req, &tunnel, pod, query.as_deref())
+        _ => remote_command(req, &tunnel, pod, query.as_deref(), sub)
             .await
             .unwrap_or_else(|r| *r),
     }
@@ -262,51 +259,40 @@ async fn logs(
         .expect("a valid response"))
 }
 
-async fn exec(
+/// `exec` and `attach`: a WebSocket with the `v5.channel.k8s.io` subprotocol, relayed to a
+/// tunnel stream to the pod's node.
+async fn remote_command(
     mut req: Request<Incoming>,
     tunnel: &Arc<flotilla_tunnel::Tunnel>,
     pod: PodTarget,
     query: Option<&str>,
+    sub: &str,
 ) -> Result<Response<Body>, Refusal> {
     let Some(key) = websocket_key(&req, V5) else {
         return Err(bad(&format!(
-            "exec is served over WebSocket with the {V5} subprotocol (kubectl 1.30 or later); SPDY is not served"
+            "{sub} is served over WebSocket with the {V5} subprotocol (kubectl 1.30 or later); SPDY is not served"
         )));
     };
-    let command = query_params(query, "command");
-    if command.is_empty() {
-        return Err(bad("you must specify at least 1 command"));
-    }
-    let request = TunnelRequest::Exec {
-        uid: pod.uid,
-        container: pod.container,
-        command,
-        stdin: flag(query, "stdin"),
-        tty: flag(query, "tty"),
-    };
-    let stream = tunnel
-        .open(pod.node, &request)
-        .await
-        .map_err(tunnel_failure)?;
-    Ok(accept(&mut req, &key, V5, move |ws| relay(ws, stream)))
-}
-
-async fn attach(
-    mut req: Request<Incoming>,
-    tunnel: &Arc<flotilla_tunnel::Tunnel>,
-    pod: PodTarget,
-    query: Option<&str>,
-) -> Result<Response<Body>, Refusal> {
-    let Some(key) = websocket_key(&req, V5) else {
-        return Err(bad(&format!(
-            "attach is served over WebSocket with the {V5} subprotocol (kubectl 1.30 or later); SPDY is not served"
-        )));
-    };
-    let request = TunnelRequest::Attach {
-        uid: pod.uid,
-        container: pod.container,
-        stdin: flag(query, "stdin"),
-        tty: flag(query, "tty"),
+    let (stdin, tty) = (flag(query, "stdin"), flag(query, "tty"));
+    let request = if sub == "attach" {
+        TunnelRequest::Attach {
+            uid: pod.uid,
+            container: pod.container,
+            stdin,
+            tty,
+        }
+    } else {
+        let command = query_params(query, "command");
+        if command.is_empty() {
+            return Err(bad("you must specify at least 1 command"));
+        }
+        TunnelRequest::Exec {
+            uid: pod.uid,
+            container: pod.container,
+            command,
+            stdin,
+            tty,
+        }
     };
     let stream = tunnel
         .open(pod.node, &request)

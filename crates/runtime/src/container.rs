@@ -138,7 +138,7 @@ enum Go<'a> {
 }
 
 /// The standard streams a detached container's init sets up.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct InitIo<'a> {
     /// The write ends of the stdout and stderr pipes.
     output: Option<(&'a OwnedFd, &'a OwnedFd)>,
